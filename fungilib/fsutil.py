@@ -1,0 +1,90 @@
+"""Atomic file writes and paths that cannot escape their folder."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from fungilib.errors import FungilibError
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def safe_id(value: object) -> str:
+    """Return ``value`` as a string usable as one path component, or raise.
+
+    Ids come from archives we do not control: anything but letters, digits, ``_``, ``.`` and ``-``
+    (and so ``..``, ``/`` or an empty string) is refused rather than silently rewritten.
+    """
+    text = str(value)
+    if not _SAFE_ID.match(text) or text in {".", ".."} or ".." in text:
+        raise FungilibError(f"unsafe id {text!r}: ids used in file names may hold only letters, digits, '_', '.', '-'")
+    return text
+
+
+def join_inside(root: Path, *parts: str) -> Path:
+    """Join ``parts`` under ``root`` and refuse a result that leaves ``root``."""
+    root = Path(root).resolve()
+    path = root.joinpath(*parts).resolve()
+    if path != root and root not in path.parents:
+        raise FungilibError(f"path {path} escapes its folder {root}")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it over ``path`` only when the block succeeds.
+
+    A killed process leaves at most a ``.tmp-*`` file, never a half-written file under the final name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; results are meant to be shared
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_open(path: Path, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
+    """Open a temporary file for writing; it replaces ``path`` when the block exits cleanly."""
+    with atomic_path(path) as tmp, open(tmp, mode, **kwargs) as handle:
+        yield handle
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as indented JSON, atomically."""
+    with atomic_open(path, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2, sort_keys=False, default=str)
+        handle.write("\n")
+
+
+def write_hdf(path: Path, tables: dict[str, Any]) -> None:
+    """Write pandas DataFrames to one HDF5 file (PyTables ``table`` format), atomically."""
+    with atomic_path(path) as tmp:
+        for key, frame in tables.items():
+            frame.to_hdf(tmp, key=key, mode="a", format="table", complevel=5, complib="blosc:lz4")
+
+
+def remove_stale_temps(folder: Path) -> int:
+    """Delete ``.tmp-*`` leftovers of a killed run under ``folder``; return how many were removed."""
+    count = 0
+    for tmp in Path(folder).rglob(".tmp-*"):
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+            count += 1
+    return count

@@ -1,0 +1,341 @@
+"""The embedded sample: a deterministic GBIF-shaped Darwin Core Archive of synthetic fungi and its images."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import zipfile
+import zlib
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+from PIL import Image
+from tqdm.auto import tqdm
+
+from fungilib.fsutil import atomic_path, write_json
+from fungilib.sample_art import draw_mushroom
+
+DWC = "http://rs.tdwg.org/dwc/terms/"
+GBIF = "http://rs.gbif.org/terms/1.0/"
+DC = "http://purl.org/dc/terms/"
+ARCHIVE_NAME = "fungi-sample.zip"
+DEFAULT_PORT = 8765
+DEFAULT_BASE_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
+
+# species → (authorship, genus, family, order); keys are synthetic (9.1 M range), not GBIF's.
+TAXA: dict[str, tuple[str, str, str, str]] = {
+    "Amanita muscaria": ("(L.) Lam.", "Amanita", "Amanitaceae", "Agaricales"),
+    "Boletus edulis": ("Bull.", "Boletus", "Boletaceae", "Boletales"),
+    "Cantharellus cibarius": ("Fr.", "Cantharellus", "Hydnaceae", "Cantharellales"),
+    "Trametes versicolor": ("(L.) Lloyd", "Trametes", "Polyporaceae", "Polyporales"),
+    "Lycoperdon perlatum": ("Pers.", "Lycoperdon", "Lycoperdaceae", "Agaricales"),
+    "Coprinus comatus": ("(O.F.Müll.) Pers.", "Coprinus", "Agaricaceae", "Agaricales"),
+    "Pleurotus ostreatus": ("(Jacq.) P.Kumm.", "Pleurotus", "Pleurotaceae", "Agaricales"),
+    "Laetiporus sulphureus": ("(Bull.) Murrill", "Laetiporus", "Laetiporaceae", "Polyporales"),
+    "Morchella esculenta": ("(L.) Pers.", "Morchella", "Morchellaceae", "Pezizales"),
+    "Ramaria formosa": ("(Pers.) Quél.", "Ramaria", "Gomphaceae", "Gomphales"),
+    "Hygrocybe conica": ("(Schaeff.) P.Kumm.", "Hygrocybe", "Hygrophoraceae", "Agaricales"),
+    "Mycena galericulata": ("(Scop.) Gray", "Mycena", "Mycenaceae", "Agaricales"),
+}
+# identifications that stop above species: (rank, name, family, order, share of observations)
+COARSE_IDS = [
+    ("GENUS", "Russula", "Russulaceae", "Russulales", 0.03),
+    ("GENUS", "Cortinarius", "Cortinariaceae", "Agaricales", 0.02),
+    ("FAMILY", "Polyporaceae", "Polyporaceae", "Polyporales", 0.01),
+]
+LICENSES = [
+    "http://creativecommons.org/licenses/by-nc/4.0/legalcode",
+    "http://creativecommons.org/licenses/by/4.0/legalcode",
+    "http://creativecommons.org/publicdomain/zero/1.0/legalcode",
+]
+COUNTRIES = ["DK", "SE", "NO", "DE", "GB", "FR", "NL", "PL"]
+FAULTS = ["missing", "missing", "flaky", "slow", "truncated", "html", "corrupt", "png", "cmyk", "exif_rotated", "huge"]
+# the media rows a real export has that fungilib must not download: bad scheme, no URL, not a still image
+ODD_MEDIA = ["ftp_scheme", "empty_url", "sound"]
+
+OCCURRENCE_TERMS = [
+    (GBIF, "gbifID"), (GBIF, "datasetKey"), (DWC, "occurrenceID"), (DC, "license"), (DC, "rightsHolder"),
+    (DWC, "institutionCode"), (DWC, "collectionCode"), (DWC, "basisOfRecord"), (DWC, "catalogNumber"),
+    (DWC, "recordedBy"), (DWC, "occurrenceStatus"), (DWC, "eventDate"), (DWC, "year"), (DWC, "month"), (DWC, "day"),
+    (DWC, "countryCode"), (DWC, "stateProvince"), (DWC, "decimalLatitude"), (DWC, "decimalLongitude"),
+    (DWC, "coordinateUncertaintyInMeters"), (DWC, "identifiedBy"), (DWC, "taxonID"), (DWC, "scientificName"),
+    (DWC, "kingdom"), (DWC, "phylum"), (DWC, "class"), (DWC, "order"), (DWC, "family"), (DWC, "genus"),
+    (DWC, "specificEpithet"), (DWC, "taxonRank"), (DWC, "taxonomicStatus"), (GBIF, "publishingCountry"),
+    (GBIF, "lastInterpreted"), (GBIF, "issue"), (GBIF, "mediaType"), (GBIF, "hasCoordinate"),
+    (GBIF, "hasGeospatialIssues"), (GBIF, "taxonKey"), (GBIF, "acceptedTaxonKey"), (GBIF, "kingdomKey"),
+    (GBIF, "phylumKey"), (GBIF, "classKey"), (GBIF, "orderKey"), (GBIF, "familyKey"), (GBIF, "genusKey"),
+    (GBIF, "speciesKey"), (GBIF, "species"), (GBIF, "acceptedScientificName"), (GBIF, "verbatimScientificName"),
+]
+MULTIMEDIA_TERMS = [
+    (GBIF, "gbifID"), (DC, "type"), (DC, "format"), (DC, "identifier"), (DC, "references"), (DC, "title"),
+    (DC, "description"), (DC, "created"), (DC, "creator"), (DC, "publisher"), (DC, "license"), (DC, "rightsHolder"),
+]
+
+
+@dataclass
+class SampleSpec:
+    """What to generate: ``observations`` species-rank observations, long-tailed over the twelve species."""
+
+    out: Path
+    observations: int = 700
+    seed: int = 0
+    base_url: str = DEFAULT_BASE_URL
+    image_size: int = 256
+    tail_exponent: float = 1.0
+    extra_columns: int = 0  # empty columns appended, to reach a real export's ~250 terms in benchmarks
+    write_images: bool = True
+
+
+@dataclass
+class Sample:
+    """Where a generated sample lies, and the faults its server plants (URL path → fault)."""
+
+    root: Path
+    archive: Path
+    media_dir: Path
+    faults: dict[str, str] = field(default_factory=dict)
+    occurrences: int = 0
+    media_rows: int = 0
+
+
+def species_observation_counts(total: int, exponent: float) -> dict[str, int]:
+    """Pareto-like (Zipf) counts: the k-th species gets a share proportional to 1 / k**exponent."""
+    names = list(TAXA)
+    weights = 1.0 / np.arange(1, len(names) + 1) ** exponent
+    counts = np.maximum(np.round(total * weights / weights.sum()).astype(int), 6)
+    return dict(zip(names, counts.tolist(), strict=True))
+
+
+def _media_path(photo_id: int, ext: str = "jpg") -> str:
+    return f"photos/{photo_id}/original.{ext}"
+
+
+def _jpeg(img: Image.Image, **kwargs: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=88, **kwargs)
+    return buf.getvalue()
+
+
+def _render(job: tuple[int, int, str, int, str, str]) -> None:
+    """Draw one photo (seeded by sample seed and photo id) and write it, applying its planted fault."""
+    seed, photo_id, species, size, fault, path = job
+    rng = np.random.default_rng([seed, photo_id])
+    img = draw_mushroom(species, rng, size)
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if fault == "png":
+        img.convert("RGBA").save(target, "PNG")
+    elif fault == "cmyk":
+        target.write_bytes(_jpeg(img.convert("CMYK")))
+    elif fault == "exif_rotated":
+        # stored rotated a quarter turn with Orientation=6, as phone cameras do: upright after EXIF transpose
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        target.write_bytes(_jpeg(img.transpose(Image.Transpose.ROTATE_90), exif=exif.tobytes()))
+    elif fault == "corrupt":
+        data = _jpeg(img)
+        target.write_bytes(data[:400] + bytes(range(256)) * 3 + b"\xff\xd9")
+    elif fault == "html":
+        target.write_bytes(b"<!DOCTYPE html><html><body><h1>Photo moved</h1></body></html>")
+    elif fault == "huge":
+        target.write_bytes(_huge_png(40000, 40000))
+    else:
+        target.write_bytes(_jpeg(img))
+
+
+def _huge_png(width: int, height: int) -> bytes:
+    """A PNG whose header declares ``width`` x ``height`` one-bit pixels (a decompression bomb), a few rows of data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = zlib.compress(b"\x00" * ((width + 7) // 8 + 1) * 16)
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+def _taxon_columns(rank: str, species: str | None, genus: str, family: str, order: str, keys: dict) -> dict:
+    author = TAXA[species][0] if species else ""
+    name = f"{species} {author}" if species else f"{genus if rank == 'GENUS' else family}"
+    taxon_key = keys[species] if species else keys[genus if rank == "GENUS" else family]
+    return {
+        "kingdom": "Fungi", "phylum": "Ascomycota" if order == "Pezizales" else "Basidiomycota",
+        "class": "Pezizomycetes" if order == "Pezizales" else "Agaricomycetes", "order": order, "family": family,
+        "genus": genus if rank != "FAMILY" else "", "specificEpithet": species.split()[1] if species else "",
+        "taxonRank": rank, "scientificName": name, "acceptedScientificName": name, "verbatimScientificName": name,
+        "taxonKey": taxon_key, "acceptedTaxonKey": taxon_key, "kingdomKey": 5, "phylumKey": 34 if order != "Pezizales" else 95,
+        "classKey": 186, "orderKey": keys[order], "familyKey": keys[family],
+        "genusKey": keys[genus] if rank != "FAMILY" else "", "speciesKey": keys[species] if species else "",
+        "species": species or "",
+    }
+
+
+def _taxon_keys() -> dict[str, int]:
+    names: list[str] = list(TAXA)
+    for _, genus, family, order in TAXA.values():
+        names += [genus, family, order]
+    for _, name, family, order, _ in COARSE_IDS:
+        names += [name, family, order]
+    keys: dict[str, int] = {}
+    for name in names:
+        keys.setdefault(name, 9_100_000 + len(keys))
+    return keys
+
+
+def _meta_xml(occ_terms: list[tuple[str, str]], media_terms: list[tuple[str, str]]) -> str:
+    def fields(terms: list[tuple[str, str]]) -> str:
+        return "\n".join(f'    <field index="{i}" term="{ns}{name}"/>' for i, (ns, name) in enumerate(terms))
+
+    attrs = 'encoding="UTF-8" fieldsTerminatedBy="\\t" linesTerminatedBy="\\n" fieldsEnclosedBy="" ignoreHeaderLines="1"'
+    return f"""<?xml version="1.0" encoding="utf-8"?>
+<archive xmlns="http://rs.tdwg.org/dwc/text/" metadata="metadata.xml">
+  <core {attrs} rowType="http://rs.tdwg.org/dwc/terms/Occurrence">
+    <files><location>occurrence.txt</location></files>
+    <id index="0"/>
+{fields(occ_terms)}
+  </core>
+  <extension {attrs} rowType="http://rs.gbif.org/terms/1.0/Multimedia">
+    <files><location>multimedia.txt</location></files>
+    <coreid index="0"/>
+{fields(media_terms)}
+  </extension>
+</archive>
+"""
+
+
+def _write_table(zf: zipfile.ZipFile, name: str, columns: dict[str, list]) -> None:
+    table = pa.table({k: pa.array([str(v) for v in vals], pa.string()) for k, vals in columns.items()})
+    buf = io.BytesIO()
+    buf.write(("\t".join(columns) + "\n").encode())  # GBIF's header line is not quoted
+    pacsv.write_csv(table, buf, pacsv.WriteOptions(delimiter="\t", quoting_style="none", include_header=False))
+    _zip_bytes(zf, name, buf.getvalue())
+
+
+def _zip_bytes(zf: zipfile.ZipFile, name: str, data: bytes) -> None:
+    info = zipfile.ZipInfo(name, date_time=(2026, 1, 1, 0, 0, 0))  # fixed, so the same spec gives the same bytes
+    info.compress_type = zipfile.ZIP_DEFLATED
+    zf.writestr(info, data, compresslevel=1)
+
+
+def build_tables(spec: SampleSpec) -> tuple[dict[str, list], dict[str, list], list[tuple], dict[str, str]]:
+    """The occurrence and multimedia columns, the photos to draw, and the planted faults (URL path → fault)."""
+    rng = np.random.default_rng(spec.seed)
+    keys = _taxon_keys()
+    occ: dict[str, list] = {name: [] for _, name in OCCURRENCE_TERMS}
+    media: dict[str, list] = {name: [] for _, name in MULTIMEDIA_TERMS}
+    photos: list[tuple] = []  # (photo_id, species or None, gbifID)
+    ids: list[tuple[str, str | None, str, str, str]] = []
+    for species, n in species_observation_counts(spec.observations, spec.tail_exponent).items():
+        _, genus, family, order = TAXA[species]
+        ids += [("SPECIES", species, genus, family, order)] * n
+    for rank, name, family, order, share in COARSE_IDS:
+        ids += [(rank, None, name if rank == "GENUS" else "", family, order)] * max(2, round(spec.observations * share))
+    order_ix = rng.permutation(len(ids))
+    photo_id = 100_000
+    for row, ix in enumerate(order_ix):
+        rank, species, genus, family, order = ids[ix]
+        gbif_id = 4_000_000_000 + row * 7 + 3
+        obs_id = 150_000_000 + row
+        lic = LICENSES[rng.choice(3, p=[0.7, 0.2, 0.1])]
+        user = f"observer{rng.integers(1, max(2, spec.observations // 6))}"
+        date = np.datetime64("2018-01-01") + rng.integers(0, 8 * 365)
+        year, month, day = str(date).split("-")
+        values = {
+            "gbifID": gbif_id, "datasetKey": "50c9509d-22c7-4a22-a47d-8c48425ef4a7",
+            "occurrenceID": f"https://www.inaturalist.org/observations/{obs_id}", "license": lic,
+            "rightsHolder": user, "institutionCode": "iNaturalist", "collectionCode": "Observations",
+            "basisOfRecord": "HUMAN_OBSERVATION", "catalogNumber": obs_id, "recordedBy": user,
+            "occurrenceStatus": "PRESENT", "eventDate": f"{date}T{rng.integers(6, 20):02d}:{rng.integers(0, 60):02d}:00",
+            "year": int(year), "month": int(month), "day": int(day), "countryCode": COUNTRIES[rng.integers(len(COUNTRIES))],
+            "stateProvince": "", "decimalLatitude": round(float(rng.uniform(45, 62)), 5),
+            "decimalLongitude": round(float(rng.uniform(-5, 25)), 5), "coordinateUncertaintyInMeters": int(rng.integers(3, 500)),
+            "identifiedBy": user, "taxonID": f"https://www.inaturalist.org/taxa/{keys.get(species or genus or family)}",
+            "taxonomicStatus": "ACCEPTED", "publishingCountry": "US", "lastInterpreted": "2026-10-01T00:00:00.000Z",
+            "issue": "COORDINATE_ROUNDED" if rng.random() < 0.3 else "", "mediaType": "StillImage",
+            "hasCoordinate": "true", "hasGeospatialIssues": "false",
+        }
+        values.update(_taxon_columns(rank, species, genus, family, order, keys))
+        for name in occ:
+            occ[name].append(values.get(name, ""))
+        for _ in range(int(rng.choice([1, 2, 3, 4], p=[0.45, 0.3, 0.15, 0.1]))):
+            photos.append((photo_id, species or genus or family, gbif_id, lic, user))
+            photo_id += 1
+    # planted faults and odd rows, on photos of the most common species so every class keeps its images
+    by_species = [p for p in photos if p[1] == next(iter(TAXA))]
+    chosen = rng.choice(len(by_species), len(FAULTS) + 8, replace=False)
+    faults = {by_species[i][0]: f for i, f in zip(chosen, FAULTS, strict=False)}
+    shared = [by_species[i] for i in chosen[len(FAULTS):]]
+    media_rows: list[tuple] = [(p[2], p[0], p[3], p[4], "StillImage") for p in photos]
+    # a few photos belong to two observations (same URL, same species); one to two species (a labelling conflict)
+    for a, b in zip(shared[0:6:2], shared[1:6:2], strict=True):
+        media_rows.append((b[2], a[0], a[3], a[4], "StillImage"))
+    other = next(p for p in photos if p[1] == list(TAXA)[1])
+    media_rows.append((other[2], shared[6][0], shared[6][3], shared[6][4], "StillImage"))
+    for kind, p in zip(ODD_MEDIA, photos[-len(ODD_MEDIA):], strict=True):
+        media_rows.append((p[2], -1, p[3], p[4], kind))
+    for gbif_id, pid, lic, user, kind in media_rows:
+        ext = "png" if faults.get(pid) in {"png", "huge"} else "jpg"
+        url = f"{spec.base_url}/{_media_path(pid, ext)}"
+        mtype, fmt = "StillImage", f"image/{'png' if ext == 'png' else 'jpeg'}"
+        if kind == "ftp_scheme":
+            url = url.replace("http://", "ftp://", 1)
+        elif kind == "empty_url":
+            url = ""
+        elif kind == "sound":
+            mtype, fmt, url = "Sound", "audio/mpeg", f"{spec.base_url}/sounds/{gbif_id}.mp3"
+        row = {"gbifID": gbif_id, "type": mtype, "format": fmt, "identifier": url,
+               "references": f"https://www.inaturalist.org/photos/{pid}", "title": "", "description": "",
+               "created": "2024-09-14T10:00:00Z", "creator": user, "publisher": "iNaturalist", "license": lic,
+               "rightsHolder": user}
+        for name in media:
+            media[name].append(row[name])
+    draw_jobs = [(p[0], p[1], faults.get(p[0], "")) for p in photos]
+    fault_paths = {"/" + _media_path(pid, "png" if f in {"png", "huge"} else "jpg"): f for pid, f in faults.items()}
+    return occ, media, draw_jobs, fault_paths
+
+
+def generate_sample(spec: SampleSpec, workers: int = 2) -> Sample:
+    """Write the archive, the photos under ``media/`` and ``faults.json``; the same spec gives the same files."""
+    root = Path(spec.out)
+    media_dir = root / "media"
+    occ, media, draw_jobs, faults = build_tables(spec)
+    for i in range(spec.extra_columns):
+        occ[f"extraTerm{i}"] = [""] * len(occ["gbifID"])
+    occ_terms = OCCURRENCE_TERMS + [(DWC, f"extraTerm{i}") for i in range(spec.extra_columns)]
+    archive = root / ARCHIVE_NAME
+    with atomic_path(archive) as tmp, zipfile.ZipFile(tmp, "w") as zf:
+        _zip_bytes(zf, "meta.xml", _meta_xml(occ_terms, MULTIMEDIA_TERMS).encode())
+        _zip_bytes(zf, "metadata.xml", b'<?xml version="1.0"?><eml:eml xmlns:eml="eml://ecoinformatics.org/eml-2.1.1">'
+                   b"<dataset><title>fungilib synthetic sample (not real observations)</title></dataset></eml:eml>")
+        _write_table(zf, "occurrence.txt", occ)
+        _write_table(zf, "multimedia.txt", media)
+    if spec.write_images:
+        jobs = [
+            (spec.seed, pid, name, spec.image_size, fault, str(media_dir / _media_path(pid, "png" if fault in {"png", "huge"} else "jpg")))
+            for pid, name, fault in draw_jobs
+            if fault != "missing"
+        ]
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            list(tqdm(pool.map(_render, jobs, chunksize=16), total=len(jobs), desc="drawing sample photos", unit="img"))
+    write_json(root / "faults.json", faults)
+    return Sample(root, archive, media_dir, faults, len(occ["gbifID"]), len(media["gbifID"]))
+
+
+def load_sample(root: Path) -> Sample:
+    """A previously generated sample (its archive must exist)."""
+    root = Path(root)
+    faults = json.loads((root / "faults.json").read_text()) if (root / "faults.json").exists() else {}
+    return Sample(root, root / ARCHIVE_NAME, root / "media", faults)
+
+
+def ensure_sample(root: Path, **spec: object) -> Sample:
+    """Generate the sample under ``root`` unless it is already there."""
+    root = Path(root)
+    if (root / ARCHIVE_NAME).exists() and (root / "faults.json").exists():
+        return load_sample(root)
+    return generate_sample(SampleSpec(out=root, **spec))  # type: ignore[arg-type]
