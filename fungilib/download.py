@@ -1,0 +1,365 @@
+"""Stage 2, download: every image URL of observations.h5 → a resized RGB JPEG, with a per-image status table."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import random
+import socket
+import threading
+import time
+import warnings
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urljoin, urlsplit
+
+import pandas as pd
+from PIL import Image, ImageOps
+from tqdm.auto import tqdm
+
+from fungilib import __version__
+from fungilib.errors import FungilibError
+from fungilib.fsutil import atomic_path, join_inside, remove_stale_temps, safe_id, write_hdf, write_json
+from fungilib.ingest import load_observations
+from fungilib.params import write_params
+
+DOWNLOADS_FILE = "downloads.h5"
+LOG_FILE = "download_log.jsonl"
+# failures that a retry will not mend; a rerun skips them unless asked to retry failed items
+PERMANENT = ("http 4", "not an image", "undecodable", "too large", "too many pixels", "unsupported URL")
+
+
+@dataclass
+class DownloadParams:
+    """How to fetch: concurrency, patience, limits, and the size images are saved at."""
+
+    observations: Path
+    out: Path
+    max_side: int = 512
+    jpeg_quality: int = 90
+    workers: int = 32
+    per_host: int = 16
+    timeout: float = 10.0
+    retries: int = 3
+    backoff: float = 0.5
+    max_bytes: int = 30_000_000
+    max_pixels: int = 100_000_000
+    limit: int = 0
+    retry_failed: bool = False
+
+    def validate(self) -> None:
+        for name in ("max_side", "workers", "per_host", "max_bytes", "max_pixels"):
+            if getattr(self, name) < 1:
+                raise FungilibError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise FungilibError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+        if self.timeout <= 0 or self.retries < 0 or self.backoff < 0 or self.limit < 0:
+            raise FungilibError("timeout must be > 0, and retries, backoff and limit >= 0")
+
+
+@dataclass
+class DownloadResult:
+    downloads: Path
+    ok: int
+    failed: int
+    cached: int
+    requested: int
+    reasons: dict[str, int]
+    seconds: float
+    images_per_second: float
+
+
+class _Fetch(Exception):
+    def __init__(self, reason: str, transient: bool, status: int = 0, retry_after: float = 0.0) -> None:
+        super().__init__(reason)
+        self.reason, self.transient, self.status, self.retry_after = reason, transient, status, retry_after
+
+
+class _Fetcher:
+    """HTTP GETs over keep-alive connections (one per thread and host) with a per-host concurrency limit."""
+
+    def __init__(self, params: DownloadParams) -> None:
+        self.p = params
+        self._local = threading.local()
+        self._host_slots: dict[str, threading.BoundedSemaphore] = {}
+        self._lock = threading.Lock()
+        self.requests = 0
+
+    def _slot(self, host: str) -> threading.BoundedSemaphore:
+        with self._lock:
+            if host not in self._host_slots:
+                self._host_slots[host] = threading.BoundedSemaphore(self.p.per_host)
+            return self._host_slots[host]
+
+    def _connection(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
+        pool = getattr(self._local, "pool", None)
+        if pool is None:
+            pool = self._local.pool = {}
+        key = (scheme, netloc)
+        if key not in pool:
+            cls = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
+            pool[key] = cls(netloc, timeout=self.p.timeout)
+        return pool[key]
+
+    def _drop(self, scheme: str, netloc: str) -> None:
+        conn = getattr(self._local, "pool", {}).pop((scheme, netloc), None)
+        if conn is not None:
+            conn.close()
+
+    def get_once(self, url: str) -> tuple[bytes, str]:
+        for _ in range(5):  # redirects
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise _Fetch(f"unsupported URL scheme {parts.scheme or '(none)'!r}", transient=False)
+            path = parts.path or "/"
+            if parts.query:
+                path += "?" + parts.query
+            with self._slot(parts.netloc):
+                conn = self._connection(parts.scheme, parts.netloc)
+                try:
+                    with self._lock:
+                        self.requests += 1
+                    conn.request("GET", path, headers={"User-Agent": f"fungilib/{__version__}", "Accept": "image/*"})
+                    resp = conn.getresponse()
+                    status = resp.status
+                    length = int(resp.headers.get("Content-Length") or 0)
+                    ctype = (resp.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+                    if status in (301, 302, 303, 307, 308) and resp.headers.get("Location"):
+                        resp.read()
+                        url = urljoin(url, resp.headers["Location"])
+                        continue
+                    if status != 200:
+                        resp.read()
+                        retry_after = float(resp.headers.get("Retry-After") or 0) if status in (429, 503) else 0.0
+                        transient = status >= 500 or status == 429
+                        raise _Fetch(f"http {status}", transient, status, min(retry_after, 30.0))
+                    if length > self.p.max_bytes:
+                        self._drop(parts.scheme, parts.netloc)
+                        raise _Fetch(f"too large ({length} bytes > max_bytes)", transient=False)
+                    body = resp.read() if length else _read_capped(resp, self.p.max_bytes + 1)
+                    if len(body) > self.p.max_bytes:
+                        self._drop(parts.scheme, parts.netloc)
+                        raise _Fetch(f"too large (> {self.p.max_bytes} bytes)", transient=False)
+                    if resp.will_close:
+                        self._drop(parts.scheme, parts.netloc)
+                    return body, ctype
+                except http.client.IncompleteRead as exc:
+                    self._drop(parts.scheme, parts.netloc)
+                    raise _Fetch(f"truncated body ({len(exc.partial)} bytes received)", transient=True) from None
+                except (TimeoutError, socket.timeout):
+                    self._drop(parts.scheme, parts.netloc)
+                    raise _Fetch(f"timeout after {self.p.timeout:g} s", transient=True) from None
+                except (ConnectionError, http.client.HTTPException, OSError) as exc:
+                    self._drop(parts.scheme, parts.netloc)
+                    raise _Fetch(f"connection error ({type(exc).__name__})", transient=True) from None
+        raise _Fetch("too many redirects", transient=False)
+
+    def get(self, url: str) -> tuple[bytes, str, int]:
+        """GET with retries on 5xx, 429, timeouts and connection errors (exponential backoff with jitter)."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                body, ctype = self.get_once(url)
+                return body, ctype, attempt
+            except _Fetch as exc:
+                if not exc.transient or attempt > self.p.retries:
+                    exc.reason = f"{exc.reason}" + (f" after {attempt} attempts" if attempt > 1 else "")
+                    exc.status = attempt
+                    raise
+                delay = exc.retry_after or self.p.backoff * 2 ** (attempt - 1)
+                time.sleep(delay * random.uniform(0.75, 1.25))
+
+
+def _read_capped(resp: http.client.HTTPResponse, cap: int) -> bytes:
+    """Read a body of unknown length (chunked) until its end or ``cap`` bytes."""
+    chunks, size = [], 0
+    while size < cap:
+        chunk = resp.read(min(1 << 16, cap - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def save_image(body: bytes, target: Path, max_side: int, quality: int, max_pixels: int) -> dict:
+    """Decode ``body`` fully, apply EXIF orientation, convert to RGB, shrink to ``max_side`` and save a JPEG."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(body))
+            width, height = img.size
+            if width * height > max_pixels:
+                raise _Fetch(f"too many pixels ({width}x{height})", transient=False)
+            if img.format == "JPEG":
+                img.draft("RGB", (max_side, max_side))  # decode at a reduced DCT scale: much faster, same result size
+            img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise _Fetch("too many pixels (decompression bomb)", transient=False) from None
+    except _Fetch:
+        raise
+    except Exception as exc:  # Pillow raises many types for broken data
+        raise _Fetch(f"undecodable ({type(exc).__name__}: {str(exc)[:80]})", transient=False) from None
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        img = background
+    elif img.mode != "RGB":
+        img = img.convert("RGB")
+    if max(img.size) > max_side:
+        img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC, reducing_gap=2.0)
+    with atomic_path(target) as tmp:
+        img.save(tmp, "JPEG", quality=quality)
+    return {"orig_width": width, "orig_height": height, "width": img.width, "height": img.height}
+
+
+def _is_complete_jpeg(path: Path) -> bool:
+    """A saved file is complete when it ends with the JPEG end-of-image marker (writes are atomic anyway)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(-2, 2)
+            return handle.read(2) == b"\xff\xd9"
+    except OSError:
+        return False
+
+
+def image_path(out: Path, taxon_key: str, media_id: str) -> Path:
+    """``out/images/<taxonKey>/<media_id>.jpg`` built from sanitized ids, never from names or URLs."""
+    return join_inside(Path(out) / "images", safe_id(taxon_key or "unplaced"), safe_id(media_id) + ".jpg")
+
+
+def _read_log(path: Path) -> dict[str, dict]:
+    records: dict[str, dict] = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+                records[rec["url"]] = rec
+            except (json.JSONDecodeError, KeyError):
+                continue  # a line cut by a killed run
+    return records
+
+
+def download_images(params: DownloadParams) -> DownloadResult:
+    """Download, check, orient, convert and resize every image of ``params.observations`` into ``params.out``.
+
+    Resumable: a complete file already saved is not requested again; failures recorded as permanent (404, not an
+    image, undecodable) are not retried unless ``retry_failed``. Writes are atomic. Returns the summary and writes
+    ``downloads.h5`` (key ``downloads``, one row per media_id), ``downloads.csv`` and ``download_summary.json``.
+    """
+    start = time.perf_counter()
+    out = Path(params.out)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out / "images")
+    obs = load_observations(params.observations)
+    if params.limit:
+        obs = obs.head(params.limit)
+    urls = obs.drop_duplicates("url")[["url", "media_id", "taxonKey"]]
+    log_path = out / LOG_FILE
+    previous = _read_log(log_path)
+    fetcher = _Fetcher(params)
+    results: dict[str, dict] = {}
+    todo: list[tuple[str, Path]] = []
+    for url, media_id, taxon_key in urls.itertuples(index=False):
+        try:
+            target = image_path(out, taxon_key, media_id)
+        except FungilibError as exc:
+            results[url] = {"status": "failed", "reason": f"unsafe id: {exc}", "path": ""}
+            continue
+        rel = str(target.relative_to(out))
+        prev = previous.get(url, {})
+        if target.exists() and _is_complete_jpeg(target):
+            results[url] = {**prev, "status": "ok", "reason": "", "path": rel, "cached": True}
+        elif prev.get("status") == "failed" and prev.get("reason", "").startswith(PERMANENT) and not params.retry_failed:
+            results[url] = {**prev, "cached": True}
+        else:
+            todo.append((url, target))
+
+    def work(url: str, target: Path) -> dict:
+        t0 = time.perf_counter()
+        rec: dict = {"url": url, "path": str(target.relative_to(out)), "cached": False}
+        try:
+            body, ctype, attempts = fetcher.get(url)
+            rec.update(attempts=attempts, bytes=len(body), content_type=ctype)
+            if ctype.startswith(("text/", "application/json", "application/xml")):
+                raise _Fetch(f"not an image ({ctype})", transient=False)
+            rec.update(save_image(body, target, params.max_side, params.jpeg_quality, params.max_pixels))
+            rec.update(status="ok", reason="")
+        except _Fetch as exc:
+            rec.update(status="failed", reason=exc.reason, path="")
+        rec["seconds"] = round(time.perf_counter() - t0, 3)
+        return rec
+
+    with open(log_path, "a", encoding="utf-8") as log, ThreadPoolExecutor(params.workers) as pool, tqdm(
+        total=len(urls), initial=len(results), desc="downloading", unit="img", smoothing=0.05
+    ) as bar:
+        futures = [pool.submit(work, url, target) for url, target in todo]
+        try:
+            for future in as_completed(futures):
+                rec = future.result()
+                results[rec["url"]] = rec
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+                bar.update(1)
+        except KeyboardInterrupt:
+            for f in futures:
+                f.cancel()
+            raise
+    table = _results_table(obs, results)
+    write_hdf(out / DOWNLOADS_FILE, {"downloads": table})
+    table.to_csv(out / "downloads.csv", index=False)
+    seconds = time.perf_counter() - start
+    fetched = len(todo)
+    reasons = Counter(_reason_kind(r) for r in table.loc[table["status"] != "ok", "reason"])
+    result = DownloadResult(
+        downloads=out / DOWNLOADS_FILE,
+        ok=int((table["status"] == "ok").sum()),
+        failed=int((table["status"] != "ok").sum()),
+        cached=int(table["cached"].sum()),
+        requested=fetcher.requests,
+        reasons=dict(reasons.most_common()),
+        seconds=round(seconds, 2),
+        images_per_second=round(fetched / seconds, 1) if fetched else 0.0,
+    )
+    write_json(out / "download_summary.json", {**result.__dict__, "downloads": str(result.downloads)})
+    write_params(out / "params.yaml", params)
+    return result
+
+
+def _reason_kind(reason: str) -> str:
+    """Group reasons for the summary: 'http 404', 'timeout', 'undecodable', … without per-item detail."""
+    return reason.split(" (")[0].split(" after ")[0]
+
+
+def _results_table(obs: pd.DataFrame, results: dict[str, dict]) -> pd.DataFrame:
+    """One row per media_id: images shared by several observations point at the one saved file."""
+    columns = ["status", "reason", "path", "cached", "attempts", "bytes", "width", "height", "orig_width",
+               "orig_height", "seconds"]
+    per_url = pd.DataFrame.from_dict(results, orient="index").reindex(columns=columns)
+    per_url.index.name = "url"
+    table = obs[["media_id", "url"]].merge(per_url, left_on="url", right_index=True, how="left")
+    table["status"] = table["status"].fillna("failed")
+    table["reason"] = table["reason"].fillna("").astype(str)
+    table["path"] = table["path"].fillna("").astype(str)
+    table["cached"] = table["cached"].fillna(False).astype(bool)
+    for name in columns[4:]:
+        table[name] = pd.to_numeric(table[name], errors="coerce").fillna(0).astype("float64")
+    for name in ("media_id", "url", "status", "reason", "path"):
+        table[name] = table[name].astype(object)
+    return table.reset_index(drop=True)
+
+
+def load_downloads(path: Path) -> pd.DataFrame:
+    """Read downloads.h5 (or the folder holding it)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / DOWNLOADS_FILE
+    if not path.exists():
+        raise FungilibError(f"{path}: no downloads table; run the download stage first")
+    return pd.read_hdf(path, "downloads")
