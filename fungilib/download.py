@@ -316,7 +316,7 @@ def download_images(params: DownloadParams) -> DownloadResult:
     table.to_csv(out / "downloads.csv", index=False)
     seconds = time.perf_counter() - start
     fetched = len(todo)
-    reasons = Counter(_reason_kind(r) for r in table.loc[table["status"] != "ok", "reason"])
+    reasons = Counter(reason_kind(r) for r in table.loc[table["status"] != "ok", "reason"])
     result = DownloadResult(
         downloads=out / DOWNLOADS_FILE,
         ok=int((table["status"] == "ok").sum()),
@@ -332,7 +332,7 @@ def download_images(params: DownloadParams) -> DownloadResult:
     return result
 
 
-def _reason_kind(reason: str) -> str:
+def reason_kind(reason: str) -> str:
     """Group reasons for the summary: 'http 404', 'timeout', 'undecodable', … without per-item detail."""
     return reason.split(" (")[0].split(" after ")[0]
 
@@ -350,8 +350,6 @@ def _results_table(obs: pd.DataFrame, results: dict[str, dict]) -> pd.DataFrame:
     table["cached"] = table["cached"].fillna(False).astype(bool)
     for name in columns[4:]:
         table[name] = pd.to_numeric(table[name], errors="coerce").fillna(0).astype("float64")
-    for name in ("media_id", "url", "status", "reason", "path"):
-        table[name] = table[name].astype(object)
     return table.reset_index(drop=True)
 
 

@@ -73,11 +73,20 @@ def write_json(path: Path, data: Any) -> None:
         handle.write("\n")
 
 
+def _hdf_ready(frame: Any) -> Any:
+    """PyTables stores text as fixed-width strings from object columns: text columns become plain objects."""
+    frame = frame.copy()
+    for name in frame.columns:
+        if frame[name].dtype.kind not in "iufb":
+            frame[name] = frame[name].fillna("").astype(str).astype(object)
+    return frame
+
+
 def write_hdf(path: Path, tables: dict[str, Any]) -> None:
     """Write pandas DataFrames to one HDF5 file (PyTables ``table`` format), atomically."""
     with atomic_path(path) as tmp:
         for key, frame in tables.items():
-            frame.to_hdf(tmp, key=key, mode="a", format="table", complevel=5, complib="blosc:lz4")
+            _hdf_ready(frame).to_hdf(tmp, key=key, mode="a", format="table", complevel=5, complib="blosc:lz4")
 
 
 def remove_stale_temps(folder: Path) -> int:

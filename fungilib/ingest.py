@@ -7,7 +7,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -209,9 +208,6 @@ def _observation_rows(joined: pd.DataFrame) -> pd.DataFrame:
         "recordedBy": col("recordedBy"),
     })
     rows.loc[(rows["taxonRank"] == "") & (rows["species"] != ""), "taxonRank"] = "SPECIES"
-    for name in rows.columns:
-        if rows[name].dtype != np.float32 and rows[name].dtype != np.float64:
-            rows[name] = rows[name].astype(object)  # PyTables stores plain str columns
     return rows.reset_index(drop=True)
 
 

@@ -1,0 +1,54 @@
+"""Leak-free splits: images grouped by observation (and by shared photos), groups stratified by class."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+SPLITS = ("train", "val", "test")
+
+
+def connected_groups(keys_a: pd.Series, keys_b: pd.Series) -> dict[str, str]:
+    """Union-find over pairs (a, b): every key maps to the smallest key of its connected component."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in zip(keys_a, keys_b, strict=True):
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    return {k: find(k) for k in parent}
+
+
+def stratified_group_split(frame: pd.DataFrame, label: str, group: str, fractions: dict[str, float],
+                           seed: int) -> pd.Series:
+    """Assign each row a split so that no group spans two splits and each class follows ``fractions``.
+
+    Within a class, groups are shuffled (seeded) and each goes to the split furthest below its target share of
+    the class's images. With three or more groups, val and test each get one group first, so every class is
+    evaluated.
+    """
+    rng = np.random.default_rng(seed)
+    assignment: dict[object, str] = {}
+    sizes = frame.groupby([label, group], sort=True).size()
+    for _, class_groups in sizes.groupby(level=0, sort=True):
+        groups = class_groups.droplevel(0)
+        order = rng.permutation(len(groups))
+        total = float(groups.sum())
+        assigned = dict.fromkeys(SPLITS, 0.0)
+        seeded = [s for s in ("test", "val") if fractions[s] > 0] if len(groups) >= 3 else []
+        for rank, ix in enumerate(order):
+            key, count = groups.index[ix], float(groups.iloc[ix])
+            if rank < len(seeded):
+                split = seeded[rank]
+            else:
+                split = max(SPLITS, key=lambda s: fractions[s] * total - assigned[s])
+            assigned[split] += count
+            assignment[key] = split
+    return frame[group].map(assignment)
