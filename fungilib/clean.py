@@ -224,3 +224,17 @@ def load_manifest(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 def load_dropped(path: Path) -> pd.DataFrame:
     path = Path(path)
     return pd.read_hdf(path / MANIFEST_FILE if path.is_dir() else path, "dropped")
+
+
+def plot_splits(labels: pd.DataFrame, out: Path) -> Path:
+    """Stacked bars of images per class and split, saved as ``splits.png`` beside the manifest."""
+    from fungilib.plotting import plt, save_figure
+
+    table = labels.set_index("species")[[f"{s}_images" for s in SPLITS]].iloc[::-1]
+    fig, ax = plt.subplots(figsize=(7, max(3, 0.3 * min(len(table), 60))))
+    table.tail(60).plot.barh(stacked=True, ax=ax, color=["tab:green", "tab:orange", "tab:red"])
+    ax.set(xlabel="images", ylabel="", title="Images per class and split (split by observation)")
+    ax.legend([s for s in SPLITS])
+    path = save_figure(fig, Path(out) / "splits.png")
+    plt.close(fig)
+    return path

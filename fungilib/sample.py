@@ -339,3 +339,14 @@ def ensure_sample(root: Path, **spec: object) -> Sample:
     if (root / ARCHIVE_NAME).exists() and (root / "faults.json").exists():
         return load_sample(root)
     return generate_sample(SampleSpec(out=root, **spec))  # type: ignore[arg-type]
+
+
+def ensure_sample_for(archive: str | Path, sample_dir: str | Path | None) -> None:
+    """Make sure ``archive`` exists: generate the embedded sample into ``sample_dir`` when it is missing."""
+    if Path(archive).exists():
+        return
+    if sample_dir is None:
+        from fungilib.errors import FungilibError
+
+        raise FungilibError(f"archive {archive} does not exist")
+    ensure_sample(Path(sample_dir))

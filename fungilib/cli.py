@@ -1,0 +1,151 @@
+"""The ``fungilib`` command: one sub-command per stage, plus the sample and the demo."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fungilib import __version__
+from fungilib.errors import FungilibError
+from fungilib.params import load_params
+
+
+def _overrides(pairs: list[str]) -> dict[str, Any]:
+    """``--set key=value`` pairs, values parsed as YAML (so numbers, booleans and lists keep their types)."""
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise FungilibError(f"--set expects key=value, got {pair!r}")
+        values[key.strip()] = yaml.safe_load(raw)
+    return values
+
+
+def _print_result(result: object) -> None:
+    data = dataclasses.asdict(result) if dataclasses.is_dataclass(result) else result  # type: ignore[arg-type]
+    print(json.dumps(data, indent=2, default=str))
+
+
+def _stage_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    p.add_argument("--params", type=Path, help="a YAML file of parameters (see params/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one parameter")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fungilib", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"fungilib {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("sample", help="generate the embedded sample archive, or serve its images on loopback")
+    p.add_argument("action", nargs="?", choices=["generate", "serve"], default="generate")
+    p.add_argument("--out", type=Path, default=Path("runs/demo/sample"), help="sample folder")
+    p.add_argument("--observations", type=int, default=700)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--port", type=int, default=8765, help="loopback port the archive's URLs point at")
+    p.add_argument("--slow-seconds", type=float, default=30.0, help="(serve) how long the planted slow response waits")
+
+    p = _stage_parser(sub, "ingest", "read a GBIF Darwin Core Archive into observations.h5")
+    p.add_argument("archive", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+
+    p = _stage_parser(sub, "eda", "class distribution, Pareto curve, cut table and plots of observations.h5")
+    p.add_argument("observations", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+
+    p = _stage_parser(sub, "download", "download, check and resize every image of observations.h5")
+    p.add_argument("observations", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--workers", type=int)
+    p.add_argument("--max-side", type=int)
+
+    p = _stage_parser(sub, "clean", "dedupe, filter and split the downloads into manifest.h5 and the label table")
+    p.add_argument("--observations", type=Path, required=True)
+    p.add_argument("--downloads", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--min-per-class", type=int)
+    p.add_argument("--seed", type=int)
+
+    p = sub.add_parser("demo", help="the main job on the embedded sample: sample → ingest/EDA → download → clean")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--observations", type=int, default=700)
+    p.add_argument("--port", type=int, default=8765)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "sample":
+        from fungilib.sample import SampleSpec, generate_sample
+        from fungilib.sample_server import SampleServer
+
+        if args.action == "serve":
+            with SampleServer(args.out, port=args.port, slow_seconds=args.slow_seconds) as server:
+                print(f"serving {args.out / 'media'} at {server.base_url}/ (Ctrl-C stops)", flush=True)
+                try:
+                    server._thread.join()
+                except KeyboardInterrupt:
+                    pass
+            return 0
+        sample = generate_sample(SampleSpec(out=args.out, observations=args.observations, seed=args.seed,
+                                            base_url=f"http://127.0.0.1:{args.port}"))
+        print(f"wrote {sample.archive} ({sample.occurrences} occurrences, {sample.media_rows} media rows); "
+              f"serve its images with: fungilib sample serve --out {args.out} --port {args.port}")
+        return 0
+    if args.command == "demo":
+        from fungilib.demo import run_demo
+
+        result = run_demo(args.out, args.observations, args.port)
+        root = result.root
+        print(f"\nThe demo is in {root}:")
+        print(f"  executed notebooks: {', '.join(str(r.output.relative_to(root)) for r in result.runs)}")
+        print(f"  manifest and labels: {root / 'clean' / 'manifest.h5'}, {root / 'clean' / 'labels.csv'}")
+        print(f"  plots: {root / 'ingest'}/*.png, {root / 'clean' / 'splits.png'}")
+        print(f"  open them: .venv/bin/jupyter lab {root}")
+        return 0
+    values = _overrides(args.set)
+    if args.command == "ingest":
+        from fungilib.ingest import IngestParams, ingest
+
+        _print_result(ingest(load_params(IngestParams, args.params, archive=args.archive, out=args.out, **values)))
+    elif args.command == "eda":
+        from fungilib.eda import EdaParams, run_eda
+
+        result = run_eda(load_params(EdaParams, args.params, observations=args.observations, out=args.out, **values))
+        print(result.cut_table.to_string(index=False))
+        _print_result(result.summary)
+    elif args.command == "download":
+        from fungilib.download import DownloadParams, download_images
+
+        _print_result(download_images(load_params(
+            DownloadParams, args.params, observations=args.observations, out=args.out, workers=args.workers,
+            max_side=args.max_side, **values)))
+    elif args.command == "clean":
+        from fungilib.clean import CleanParams, clean_dataset
+
+        _print_result(clean_dataset(load_params(
+            CleanParams, args.params, observations=args.observations, downloads=args.downloads, out=args.out,
+            min_per_class=args.min_per_class, seed=args.seed, **values)))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except FungilibError as exc:
+        print(f"fungilib: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fungilib: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

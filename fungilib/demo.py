@@ -1,0 +1,50 @@
+"""The main job on the embedded sample: generate it, serve it on loopback, run the stage notebooks in order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from fungilib.notebooks import NOTEBOOKS_DIR, NotebookRun, run_notebook, stage_defaults
+from fungilib.sample import DEFAULT_PORT, ARCHIVE_NAME, ensure_sample
+
+STAGE_NOTEBOOKS = [
+    ("ingest_eda", "01_ingest_eda.ipynb", "ingest"),
+    ("download", "02_download.ipynb", "download"),
+    ("clean", "03_clean.ipynb", "clean"),
+]
+
+
+@dataclass
+class DemoResult:
+    root: Path
+    runs: list[NotebookRun]
+
+
+def stage_paths(root: Path) -> dict[str, dict[str, str]]:
+    """Where each stage of a pipeline rooted at ``root`` reads and writes (absolute paths)."""
+    root = Path(root).resolve()
+    return {
+        "ingest_eda": {"archive": str(root / "sample" / ARCHIVE_NAME), "out": str(root / "ingest")},
+        "download": {"observations": str(root / "ingest"), "out": str(root / "download"),
+                     "sample_dir": str(root / "sample")},
+        "clean": {"observations": str(root / "ingest"), "downloads": str(root / "download"), "out": str(root / "clean")},
+    }
+
+
+def run_demo(root: Path, observations: int = 700, port: int = DEFAULT_PORT) -> DemoResult:
+    """Generate the sample under ``root/sample`` (once) and execute the stage notebooks into ``root/<stage>/``."""
+    root = Path(root).resolve()
+    ensure_sample(root / "sample", observations=observations, base_url=f"http://127.0.0.1:{port}")
+    runs = []
+    paths = stage_paths(root)
+    for stage, notebook, folder in STAGE_NOTEBOOKS:
+        parameters = {**stage_defaults(stage), **paths[stage]}
+        if stage == "download":
+            # the sample's server is on loopback: a short timeout keeps its planted slow response from idling the demo
+            parameters.update(sample_port=port, timeout=3.0, retries=2)
+        print(f"[demo] {notebook} → {root / folder}", flush=True)
+        run = run_notebook(NOTEBOOKS_DIR / notebook, root / folder / notebook, parameters, f"params/{stage}.yaml")
+        print(f"[demo]   done in {run.seconds:.0f} s", flush=True)
+        runs.append(run)
+    return DemoResult(root, runs)

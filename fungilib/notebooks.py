@@ -1,0 +1,72 @@
+"""Running the stage notebooks with papermill: parameters checked first, every executed notebook kept."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import papermill as pm
+
+from fungilib.errors import FungilibError
+from fungilib.params import read_yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
+PARAMS_DIR = PROJECT_ROOT / "params"
+
+
+@dataclass
+class NotebookRun:
+    notebook: Path
+    output: Path
+    parameters: dict[str, Any]
+    seconds: float
+    ok: bool
+    error: str = ""
+
+
+def notebook_parameters(notebook: Path) -> dict[str, Any]:
+    """The names and defaults of a notebook's ``parameters`` cell, as papermill reads them."""
+    found = pm.inspect_notebook(str(notebook))
+    return {name: spec["default"] for name, spec in found.items()}
+
+
+def check_parameters(notebook: Path, parameters: dict[str, Any], source: str = "parameters") -> None:
+    """Refuse a parameter the notebook does not declare (papermill itself would only warn)."""
+    allowed = notebook_parameters(notebook)
+    unknown = sorted(set(parameters) - set(allowed))
+    if unknown:
+        raise FungilibError(
+            f"{source}: unknown parameter {unknown[0]!r} for {notebook.name}; allowed: {', '.join(allowed)}"
+        )
+
+
+def stage_defaults(stage: str) -> dict[str, Any]:
+    """The stage's default parameters from ``params/<stage>.yaml`` (empty when there is none)."""
+    path = PARAMS_DIR / f"{stage}.yaml"
+    return read_yaml(path) if path.exists() else {}
+
+
+def run_notebook(notebook: Path, output: Path, parameters: dict[str, Any], source: str = "parameters",
+                 raise_on_error: bool = True) -> NotebookRun:
+    """Execute ``notebook`` into ``output`` with ``parameters`` (checked against its parameters cell).
+
+    The executed notebook is written even when a cell fails: papermill keeps the traceback in it, so the
+    notebook is the log of the failed run. With ``raise_on_error`` the failure is then re-raised as one line.
+    """
+    notebook, output = Path(notebook), Path(output)
+    check_parameters(notebook, parameters, source)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    try:
+        pm.execute_notebook(str(notebook), str(output), parameters=parameters, cwd=str(notebook.parent),
+                            progress_bar=False, kernel_name="python3", log_output=False)
+    except pm.PapermillExecutionError as exc:
+        run = NotebookRun(notebook, output, parameters, time.perf_counter() - start, False,
+                          f"{exc.ename}: {exc.evalue}".splitlines()[0])
+        if raise_on_error:
+            raise FungilibError(f"{notebook.name} failed ({run.error}); the executed notebook is {output}") from None
+        return run
+    return NotebookRun(notebook, output, parameters, round(time.perf_counter() - start, 1), True)
