@@ -76,6 +76,7 @@ class _Fetch(Exception):
     def __init__(self, reason: str, transient: bool, status: int = 0, retry_after: float = 0.0) -> None:
         super().__init__(reason)
         self.reason, self.transient, self.status, self.retry_after = reason, transient, status, retry_after
+        self.attempts = 1
 
 
 class _Fetcher:
@@ -167,8 +168,8 @@ class _Fetcher:
                 return body, ctype, attempt
             except _Fetch as exc:
                 if not exc.transient or attempt > self.p.retries:
-                    exc.reason = f"{exc.reason}" + (f" after {attempt} attempts" if attempt > 1 else "")
-                    exc.status = attempt
+                    exc.reason += f" after {attempt} attempts" if attempt > 1 else ""
+                    exc.attempts = attempt
                     raise
                 delay = exc.retry_after or self.p.backoff * 2 ** (attempt - 1)
                 time.sleep(delay * random.uniform(0.75, 1.25))
@@ -292,6 +293,7 @@ def download_images(params: DownloadParams) -> DownloadResult:
             rec.update(save_image(body, target, params.max_side, params.jpeg_quality, params.max_pixels))
             rec.update(status="ok", reason="")
         except _Fetch as exc:
+            rec.setdefault("attempts", exc.attempts)
             rec.update(status="failed", reason=exc.reason, path="")
         rec["seconds"] = round(time.perf_counter() - t0, 3)
         return rec

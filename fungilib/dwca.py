@@ -242,7 +242,8 @@ class Archive:
         """
         ncols = self.column_count(spec)
         if ncols == 0:
-            return pa.table({t: pa.array([], pa.string()) for t in terms if t in spec.fields})
+            names = [t for t in terms if t in spec.fields] + ([with_id] if with_id else [])
+            return pa.table({t: pa.array([], pa.string()) for t in dict.fromkeys(names)})
         wanted: dict[str, int] = {}
         for term in terms:
             f = spec.fields.get(term)

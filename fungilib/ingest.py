@@ -152,6 +152,11 @@ def ingest(params: IngestParams) -> IngestResult:
     joined = media.merge(occ, left_on="coreid", right_on="_id", how="inner", suffixes=("_media", ""))
     skipped["no matching occurrence"] = int(len(media) - len(joined))
     observations = _observation_rows(joined)
+    if observations.empty:
+        raise FungilibError(
+            f"{params.archive}: no downloadable images ({len(occ)} occurrences; media rows skipped: "
+            + ", ".join(f"{k}: {v}" for k, v in skipped.items()) + ")"
+        )
     out.mkdir(parents=True, exist_ok=True)
     write_hdf(out / OBSERVATIONS_FILE, {"observations": observations})
     seconds = time.perf_counter() - start

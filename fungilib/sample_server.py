@@ -27,6 +27,8 @@ class ServerState:
     slow_seconds: float = 30.0
     latency: float = 0.0
     requests: Counter = field(default_factory=Counter)
+    active: int = 0
+    max_active: int = 0
     stopping: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -55,6 +57,15 @@ class _Handler(BaseHTTPRequestHandler):
         with state.lock:
             state.requests[path] += 1
             seen = state.requests[path]
+            state.active += 1
+            state.max_active = max(state.max_active, state.active)
+        try:
+            self._respond(state, path, seen)
+        finally:
+            with state.lock:
+                state.active -= 1
+
+    def _respond(self, state: ServerState, path: str, seen: int) -> None:
         if state.latency:
             time.sleep(state.latency)
         fault = state.faults.get(path, "")
@@ -98,11 +109,12 @@ class SampleServer:
 
     def __init__(self, root: Path, port: int = 0, slow_seconds: float = 30.0, latency: float = 0.0,
                  faults: dict[str, str] | None = None) -> None:
-        root = Path(root)
+        self.root = Path(root)
+        self.state = ServerState(self.root / "media", {}, slow_seconds, latency)
         if faults is None:
-            faults_file = root / "faults.json"
-            faults = json.loads(faults_file.read_text()) if faults_file.exists() else {}
-        self.state = ServerState(root / "media", faults, slow_seconds, latency)
+            self.load_faults()
+        else:
+            self.state.faults = faults
         try:
             self._server = _Server(("127.0.0.1", port), self.state)
         except OSError as exc:
@@ -110,6 +122,11 @@ class SampleServer:
                 f"cannot serve the sample on 127.0.0.1:{port} ({exc.strerror}); stop what uses that port or pick another"
             ) from None
         self._thread = threading.Thread(target=self._server.serve_forever, name="sample-server", daemon=True)
+
+    def load_faults(self) -> None:
+        """(Re)read ``faults.json``: a sample may be generated after the server picked its port."""
+        faults_file = self.root / "faults.json"
+        self.state.faults = json.loads(faults_file.read_text()) if faults_file.exists() else {}
 
     @property
     def port(self) -> int:

@@ -1,0 +1,30 @@
+# fungilib — `make demo` and `make test` set everything up on a fresh machine through `make setup`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.fungilib-installed
+
+.PHONY: setup demo test lint clean-runs
+
+setup: $(STAMP)
+
+# The venv is (re)built when missing or older than the pinned requirements or the package metadata.
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+	@echo "fungilib is set up: $(BIN)/fungilib"
+
+demo: setup
+	$(BIN)/fungilib demo --out runs/demo
+
+test: setup
+	$(BIN)/python -m pytest -q tests notebooks --nbval-lax -p no:cacheprovider
+
+lint: setup
+	$(BIN)/ruff check fungilib tests bench
+
+clean-runs:
+	rm -rf runs/demo
