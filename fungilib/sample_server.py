@@ -40,7 +40,16 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the stdlib's name
         pass
 
+    def _release(self) -> None:
+        """Stop counting this request as active: called just before the body is written, so that the server's
+        count of active requests never exceeds the client's count of requests in flight."""
+        if getattr(self, "_active", False):
+            self._active = False
+            with self.server.state.lock:
+                self.server.state.active -= 1
+
     def _send(self, status: int, body: bytes, content_type: str, length: int | None = None) -> None:
+        self._release()
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body) if length is None else length))
@@ -59,11 +68,11 @@ class _Handler(BaseHTTPRequestHandler):
             seen = state.requests[path]
             state.active += 1
             state.max_active = max(state.max_active, state.active)
+        self._active = True
         try:
             self._respond(state, path, seen)
         finally:
-            with state.lock:
-                state.active -= 1
+            self._release()
 
     def _respond(self, state: ServerState, path: str, seen: int) -> None:
         if state.latency:

@@ -1,0 +1,171 @@
+"""Download over real HTTP on loopback: planted faults, resume, SIGKILL, limits."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from fungilib.download import download_images, load_downloads
+from fungilib.errors import FungilibError
+from fungilib.fsutil import join_inside, safe_id
+from fungilib.ingest import load_observations
+
+from .conftest import fast_download_params
+
+EXPECTED = {
+    "missing": ("failed", "http 404"),
+    "flaky": ("ok", ""),
+    "slow": ("failed", "timeout"),
+    "truncated": ("failed", "truncated body"),
+    "html": ("failed", "not an image (text/html)"),
+    "corrupt": ("failed", "undecodable"),
+    "png": ("ok", ""),
+    "cmyk": ("ok", ""),
+    "exif_rotated": ("ok", ""),
+    "huge": ("failed", "too many pixels"),
+}
+
+
+def _by_fault(pipeline) -> dict[str, list]:
+    table = load_downloads(pipeline.root / "download")
+    base = pipeline.server.base_url
+    rows: dict[str, list] = {}
+    for path, fault in pipeline.sample.faults.items():
+        rows.setdefault(fault, []).extend(table[table["url"] == base + path].to_dict("records"))
+    return rows
+
+
+def test_every_planted_fault_ends_recorded_with_its_reason(pipeline) -> None:
+    rows = _by_fault(pipeline)
+    assert set(rows) == set(EXPECTED)
+    for fault, (status, reason) in EXPECTED.items():
+        for row in rows[fault]:
+            assert row["status"] == status, (fault, row)
+            assert row["reason"].startswith(reason), (fault, row["reason"])
+            assert (row["path"] != "") == (status == "ok")
+    requests = pipeline.server.requests
+    missing = [p for p, f in pipeline.sample.faults.items() if f == "missing"]
+    assert all(requests[p] == 1 for p in missing)  # a 404 is never retried
+    flaky = next(p for p, f in pipeline.sample.faults.items() if f == "flaky")
+    assert requests[flaky] == 2  # a 500 is retried, and succeeds
+    slow = next(p for p, f in pipeline.sample.faults.items() if f == "slow")
+    assert requests[slow] == 2  # timeout: one retry (retries=1)
+
+
+def test_saved_images_are_rgb_oriented_resized_and_nothing_bad_is_kept(pipeline) -> None:
+    out = pipeline.root / "download"
+    table = load_downloads(out)
+    files = sorted((out / "images").rglob("*"))
+    files = [f for f in files if f.is_file()]
+    ok_paths = set(table.loc[table["status"] == "ok", "path"])
+    assert {str(f.relative_to(out)) for f in files} == ok_paths  # exactly the ok images, no leftovers
+    for f in files:
+        with Image.open(f) as img:
+            img.load()
+            assert img.format == "JPEG" and img.mode == "RGB"
+            assert max(img.size) <= 128
+    rows = _by_fault(pipeline)
+    rotated = rows["exif_rotated"][0]
+    assert rotated["orig_width"] < rotated["orig_height"]  # stored sideways …
+    assert rotated["width"] >= rotated["height"]  # … saved upright
+    assert not list(out.rglob(".tmp-*"))
+
+
+def test_rerun_requests_nothing_already_saved(pipeline, tmp_path: Path) -> None:
+    before = Counter(pipeline.server.requests)
+    result = download_images(fast_download_params(pipeline.root / "ingest", pipeline.root / "download", max_side=128))
+    after = pipeline.server.requests
+    retried = {p for p in after if after[p] != before[p]}
+    transient = {p for p, f in pipeline.sample.faults.items() if f in {"slow", "truncated"}}
+    assert retried == transient  # only transient failures are tried again; 404 and saved files are not
+    assert result.ok == pipeline.download.ok and result.cached >= result.ok
+
+
+def test_per_host_limit_is_respected(pipeline, tmp_path: Path) -> None:
+    state = pipeline.server.state
+    deadline = time.monotonic() + 10
+    while state.active and time.monotonic() < deadline:  # a slow fault of an earlier test may still be sleeping
+        time.sleep(0.05)
+    faults, state.faults = state.faults, {}  # only plain responses: a server-side sleep outlives the client's timeout
+    state.max_active, state.latency = 0, 0.02
+    try:
+        result = download_images(fast_download_params(pipeline.root / "ingest", tmp_path, workers=8, per_host=2, limit=40))
+    finally:
+        state.latency, state.faults = 0.0, faults
+    assert result.ok + result.failed == 40
+    assert state.max_active == 2
+
+
+def test_sigkill_mid_download_then_rerun_resumes(pipeline, tmp_path: Path) -> None:
+    out = tmp_path / "dl"
+    state = pipeline.server.state
+    state.latency = 0.03
+    cmd = [sys.executable, "-m", "fungilib.cli", "download", str(pipeline.root / "ingest"), "--out", str(out),
+           "--workers", "4", "--max-side", "128", "--set", "timeout=1", "--set", "retries=1", "--set", "backoff=0.05"]
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(list((out / "images").rglob("*.jpg"))) < 60:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        state.latency = 0.0
+    saved = sorted((out / "images").rglob("*.jpg"))
+    total = load_observations(pipeline.root / "ingest")["url"].nunique()
+    assert 60 <= len(saved) < total, "the kill must land mid-way"
+    for f in saved:  # no partial file under a final name
+        with Image.open(f) as img:
+            img.load()
+    assert not (out / "downloads.h5").exists()
+    before = Counter(pipeline.server.requests)
+    result = download_images(fast_download_params(pipeline.root / "ingest", out, max_side=128))
+    after = pipeline.server.requests
+    base = len(pipeline.server.base_url)
+    saved_urls = {"/" + str(f.relative_to(out)) for f in saved}  # file path ≠ URL path: map through the table
+    table = load_downloads(out)
+    saved_rel = {str(f.relative_to(out)) for f in saved}
+    saved_url_paths = set(table.loc[table["path"].isin(saved_rel), "url"].str[base:])
+    assert saved_url_paths and not any(after[p] != before[p] for p in saved_url_paths)
+    assert result.ok == pipeline.download.ok
+    assert not list(out.rglob(".tmp-*"))
+    assert saved_urls  # paths were built from ids
+    del saved_urls
+
+
+def test_paths_are_built_from_safe_ids_only(tmp_path: Path) -> None:
+    assert safe_id("4000000003-1") == "4000000003-1"
+    for bad in ["../etc", "a/b", "", "..", "x" * 200, "a b"]:
+        with pytest.raises(FungilibError):
+            safe_id(bad)
+    with pytest.raises(FungilibError, match="escapes"):
+        join_inside(tmp_path, "..", "outside.jpg")
+
+
+def test_keyboard_interrupt_in_cli_exits_cleanly_without_traceback(pipeline, tmp_path: Path) -> None:
+    out = tmp_path / "dl"
+    state = pipeline.server.state
+    state.latency = 0.05
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fungilib.cli", "download", str(pipeline.root / "ingest"), "--out", str(out),
+             "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(list((out / "images").rglob("*.jpg"))) < 10:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        state.latency = 0.0
+    assert proc.returncode == 130
+    assert "rerun the same command to resume" in err
+    assert (out / "download_log.jsonl").read_text().count("\n") >= 10
