@@ -40,7 +40,7 @@ class CleanParams:
     test_fraction: float = 0.15
     seed: int = 0
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         if self.min_per_class < 1 or self.max_per_class < 0 or self.min_side < 1:
             raise FungilibError("min_per_class and min_side must be >= 1, max_per_class >= 0")
         if self.max_per_class and self.max_per_class < self.min_per_class:
@@ -89,10 +89,10 @@ def clean_dataset(params: CleanParams) -> CleanResult:
     rank above species, duplicate (same bytes), conflicting labels for one image, class under
     ``min_per_class``, class over ``max_per_class``.
     """
-    out = Path(params.out)
+    out = Path(params.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     obs = load_observations(params.observations)
-    downloads_path = Path(params.downloads)
+    downloads_path = Path(params.downloads).resolve()
     download_dir = downloads_path if downloads_path.is_dir() else downloads_path.parent
     dl = load_downloads(params.downloads)
     frame = obs.merge(dl[["media_id", "status", "reason", "path"]], on="media_id", how="left")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fungilib.notebooks import NOTEBOOKS_DIR, NotebookRun, run_notebook, stage_defaults
-from fungilib.sample import DEFAULT_PORT, ARCHIVE_NAME, ensure_sample
+from fungilib.sample import ARCHIVE_NAME, DEFAULT_PORT, ensure_sample
 
 STAGE_NOTEBOOKS = [
     ("ingest_eda", "01_ingest_eda.ipynb", "ingest"),

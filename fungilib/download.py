@@ -6,7 +6,6 @@ import http.client
 import io
 import json
 import random
-import socket
 import threading
 import time
 import warnings
@@ -50,7 +49,7 @@ class DownloadParams:
     limit: int = 0
     retry_failed: bool = False
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         for name in ("max_side", "workers", "per_host", "max_bytes", "max_pixels"):
             if getattr(self, name) < 1:
                 raise FungilibError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -150,7 +149,7 @@ class _Fetcher:
                 except http.client.IncompleteRead as exc:
                     self._drop(parts.scheme, parts.netloc)
                     raise _Fetch(f"truncated body ({len(exc.partial)} bytes received)", transient=True) from None
-                except (TimeoutError, socket.timeout):
+                except TimeoutError:
                     self._drop(parts.scheme, parts.netloc)
                     raise _Fetch(f"timeout after {self.p.timeout:g} s", transient=True) from None
                 except (ConnectionError, http.client.HTTPException, OSError) as exc:
@@ -255,7 +254,7 @@ def download_images(params: DownloadParams) -> DownloadResult:
     ``downloads.h5`` (key ``downloads``, one row per media_id), ``downloads.csv`` and ``download_summary.json``.
     """
     start = time.perf_counter()
-    out = Path(params.out)
+    out = Path(params.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out / "images")
     obs = load_observations(params.observations)

@@ -24,7 +24,7 @@ class EdaParams:
     min_images: list[int] = field(default_factory=lambda: [1, 5, 10, 20, 50, 100, 200, 500, 1000])
     species_only: bool = True
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         if not self.min_images or any(m < 1 for m in self.min_images):
             raise FungilibError("min_images must list thresholds of at least 1")
 

@@ -35,7 +35,7 @@ class IngestParams:
     archive: Path
     out: Path
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         if not Path(self.archive).exists():
             raise FungilibError(f"archive {self.archive} does not exist (generate the sample with `fungilib sample`)")
 

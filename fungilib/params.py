@@ -95,13 +95,10 @@ def build_params(cls: type[P], values: Mapping[str, Any], source: str = "paramet
     ]
     if missing:
         raise FungilibError(f"{source}: missing required parameter {missing[0]!r} for {cls.__name__}")
-    params = cls(**kwargs)
-    validate = getattr(params, "validate", None)
-    if validate is not None:
-        try:
-            validate()
-        except FungilibError as exc:
-            raise FungilibError(f"{source}: {exc}") from None
+    try:
+        params = cls(**kwargs)  # stage parameter classes validate themselves in __post_init__
+    except FungilibError as exc:
+        raise FungilibError(f"{source}: {exc}") from None
     return params
 
 
