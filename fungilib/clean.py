@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from fungilib.download import load_downloads, reason_kind
 from fungilib.errors import FungilibError
-from fungilib.fsutil import write_hdf, write_json
+from fungilib.fsutil import read_hdf, write_hdf, write_json
 from fungilib.ingest import load_observations
 from fungilib.params import write_params
 from fungilib.split import SPLITS, connected_groups, stratified_group_split
@@ -216,14 +216,14 @@ def load_manifest(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         path = path / MANIFEST_FILE
     if not path.exists():
         raise FungilibError(f"{path}: no manifest; run the clean stage first")
-    manifest = pd.read_hdf(path, "manifest")
+    manifest = read_hdf(path, "manifest")
     manifest["path"] = [os.path.normpath(path.parent / p) for p in manifest["path"]]
-    return manifest, pd.read_hdf(path, "labels")
+    return manifest, read_hdf(path, "labels")
 
 
 def load_dropped(path: Path) -> pd.DataFrame:
     path = Path(path)
-    return pd.read_hdf(path / MANIFEST_FILE if path.is_dir() else path, "dropped")
+    return read_hdf(path / MANIFEST_FILE if path.is_dir() else path, "dropped")
 
 
 def plot_splits(labels: pd.DataFrame, out: Path) -> Path:

@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--port", type=int, default=8765, help="loopback port the archive's URLs point at")
     p.add_argument("--slow-seconds", type=float, default=30.0, help="(serve) how long the planted slow response waits")
+    p.add_argument("--latency", type=float, default=0.0, help="(serve) seconds added before every response")
+    p.add_argument("--no-faults", action="store_true", help="(serve) serve every file plainly (benchmarks)")
 
     p = _stage_parser(sub, "ingest", "read a GBIF Darwin Core Archive into observations.h5")
     p.add_argument("archive", type=Path)
@@ -86,7 +88,8 @@ def _run(args: argparse.Namespace) -> int:
         from fungilib.sample_server import SampleServer
 
         if args.action == "serve":
-            with SampleServer(args.out, port=args.port, slow_seconds=args.slow_seconds) as server:
+            with SampleServer(args.out, port=args.port, slow_seconds=args.slow_seconds, latency=args.latency,
+                              faults={} if args.no_faults else None) as server:
                 print(f"serving {args.out / 'media'} at {server.base_url}/ (Ctrl-C stops)", flush=True)
                 try:
                     server._thread.join()

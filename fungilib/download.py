@@ -21,7 +21,15 @@ from tqdm.auto import tqdm
 
 from fungilib import __version__
 from fungilib.errors import FungilibError
-from fungilib.fsutil import atomic_path, join_inside, remove_stale_temps, safe_id, write_hdf, write_json
+from fungilib.fsutil import (
+    atomic_path,
+    join_inside,
+    read_hdf,
+    remove_stale_temps,
+    safe_id,
+    write_hdf,
+    write_json,
+)
 from fungilib.ingest import load_observations
 from fungilib.params import write_params
 
@@ -361,4 +369,4 @@ def load_downloads(path: Path) -> pd.DataFrame:
         path = path / DOWNLOADS_FILE
     if not path.exists():
         raise FungilibError(f"{path}: no downloads table; run the download stage first")
-    return pd.read_hdf(path, "downloads")
+    return read_hdf(path, "downloads")

@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 
 from fungilib.dwca import MEDIA_ROW_TYPES, OCCURRENCE, Archive, RowIssues, TableSpec, local_name, open_archive
 from fungilib.errors import FungilibError
-from fungilib.fsutil import write_hdf, write_json
+from fungilib.fsutil import read_hdf, write_hdf, write_json
 from fungilib.params import write_params
 
 OBSERVATIONS_FILE = "observations.h5"
@@ -223,7 +223,7 @@ def load_observations(path: Path) -> pd.DataFrame:
         path = path / OBSERVATIONS_FILE
     if not path.exists():
         raise FungilibError(f"{path}: no observations file; run the ingest stage first")
-    return pd.read_hdf(path, "observations")
+    return read_hdf(path, "observations")
 
 
 __all__ = ["IngestParams", "IngestResult", "ingest", "load_observations", "pa", "pc"]

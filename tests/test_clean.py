@@ -9,6 +9,7 @@ import pytest
 
 from fungilib.clean import CleanParams, clean_dataset, load_dropped, load_manifest
 from fungilib.errors import FungilibError
+from fungilib.ingest import load_observations
 from fungilib.split import connected_groups, stratified_group_split
 
 
@@ -43,7 +44,7 @@ def test_shared_photos_are_deduplicated_and_conflicts_dropped(pipeline) -> None:
     assert reasons.str.startswith("download failed: http 404").sum() == 2
     assert reasons.str.startswith("identified only to rank genus").sum() > 0
     manifest, _ = load_manifest(pipeline.root / "clean")
-    observations = pd.read_hdf(pipeline.root / "ingest" / "observations.h5")
+    observations = load_observations(pipeline.root / "ingest")
     kept_or_dropped = set(manifest["media_id"]) | set(dropped["media_id"])
     assert kept_or_dropped == set(observations["media_id"])  # never a silent loss
     assert not set(manifest["media_id"]) & set(dropped["media_id"])
