@@ -75,16 +75,20 @@ def write_json(path: Path, data: Any) -> None:
         handle.write("\n")
 
 
-def _hdf_ready(frame: Any) -> Any:
-    """PyTables stores text as fixed-width strings converted one by one: repetitive text columns (species,
-    licence, rank, …) are stored as categoricals instead, which is much faster and smaller at GBIF scale."""
+def compact_text(frame: Any, min_rows: int = 1000) -> Any:
+    """Text columns with few distinct values (species, licence, rank, …) as categoricals, the rest as plain
+    objects: at GBIF scale this divides memory, join and HDF write times several-fold."""
     frame = frame.copy()
     for name in frame.columns:
         column = frame[name]
         if column.dtype.kind in "iufb" or isinstance(column.dtype, pd.CategoricalDtype):
             continue
+        head = column.iloc[:10_000]
+        if len(column) < min_rows or head.nunique() > len(head) // 2:  # ids, URLs, dates: plain text
+            frame[name] = column.fillna("").astype(str).astype(object)
+            continue
         codes, uniques = pd.factorize(column.fillna(""))
-        if len(column) > 1000 and len(uniques) < len(column) // 4:
+        if len(uniques) < len(column) // 4:
             frame[name] = pd.Categorical.from_codes(codes, pd.Index(uniques.astype(str), dtype=object))
         else:
             frame[name] = column.fillna("").astype(str).astype(object)
@@ -95,7 +99,7 @@ def write_hdf(path: Path, tables: dict[str, Any]) -> None:
     """Write pandas DataFrames to one HDF5 file (PyTables ``table`` format), atomically."""
     with atomic_path(path) as tmp:
         for key, frame in tables.items():
-            _hdf_ready(frame).to_hdf(tmp, key=key, mode="a", format="table", index=False, complevel=5,
+            compact_text(frame).to_hdf(tmp, key=key, mode="a", format="table", index=False, complevel=5,
                                      complib="blosc:lz4")
 
 

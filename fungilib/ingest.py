@@ -79,19 +79,23 @@ def _media_spec(archive: Archive) -> TableSpec | None:
     return None
 
 
-def _str_frame(table: pa.Table) -> pd.DataFrame:
-    return table.to_pandas(types_mapper={pa.string(): pd.StringDtype("pyarrow")}.get)
+def _column(table: pa.Table, name: str) -> pa.ChunkedArray:
+    """A text column, or empty strings when the archive lacks the term."""
+    if name in table.column_names:
+        return table.column(name)
+    return pa.chunked_array([pa.array([""] * table.num_rows, pa.string())])
 
 
-def _canonical_species(occ: pd.DataFrame) -> pd.Series:
+def _canonical_species(occ: pa.Table) -> pa.ChunkedArray:
     """The species name without authorship: GBIF's 'species' column, or the binomial of scientificName."""
-    if "species" in occ:
-        return occ["species"]
-    name = occ.get("scientificName", occ.get("acceptedScientificName"))
-    parts = name.str.split(" ", n=2, expand=True).reindex(columns=[0, 1], fill_value="").fillna("")
-    rank = occ.get("taxonRank", pd.Series("", index=occ.index)).str.upper()
-    binomial = parts[1].str.match(r"^[a-z][a-z-]+$") & rank.isin(["", "SPECIES", "SUBSPECIES", "VARIETY", "FORM"])
-    return (parts[0] + " " + parts[1]).where(binomial, "")
+    if "species" in occ.column_names:
+        return occ.column("species")
+    name = _column(occ, "scientificName" if "scientificName" in occ.column_names else "acceptedScientificName")
+    binomial = pc.extract_regex(name, r"^(?P<genus>[A-Z][a-z-]+) (?P<epithet>[a-z][a-z-]+)(?:\s|$)")
+    species = pc.binary_join_element_wise(pc.struct_field(binomial, "genus"), pc.struct_field(binomial, "epithet"), " ")
+    rank = pc.utf8_upper(_column(occ, "taxonRank"))
+    species_rank = pc.is_in(rank, pa.array(["", "SPECIES", "SUBSPECIES", "VARIETY", "FORM"]))
+    return pc.if_else(pc.and_(pc.is_valid(species), species_rank), pc.fill_null(species, ""), "")
 
 
 def _media_from_extension(archive: Archive, spec: TableSpec, issues: RowIssues) -> pa.Table:
@@ -101,21 +105,115 @@ def _media_from_extension(archive: Archive, spec: TableSpec, issues: RowIssues) 
     return table
 
 
-def _media_from_associated(occ: pd.DataFrame) -> pd.DataFrame:
+def _media_from_associated(occ: pa.Table) -> pa.Table:
     """Occurrence cores without a multimedia extension may list image URLs in dwc:associatedMedia ('|'-separated)."""
-    urls = occ["associatedMedia"].str.replace(",", "|").str.split("|")
-    media = pd.DataFrame({"coreid": occ["_id"], "identifier": urls}).explode("identifier")
-    media["identifier"] = media["identifier"].str.strip()
-    media = media[media["identifier"].fillna("") != ""]
-    return media.assign(type="StillImage", format="", license="", rightsHolder="", created="", references="")
+    lists = pc.split_pattern_regex(occ.column("associatedMedia").combine_chunks(), r"[|,]")
+    urls = pc.utf8_trim_whitespace(pc.list_flatten(lists))
+    parents = pc.list_parent_indices(lists)
+    table = pa.table({"coreid": occ.column("_id").take(parents), "identifier": urls})
+    table = table.filter(pc.not_equal(urls, ""))
+    return table.append_column("type", pa.array(["StillImage"] * table.num_rows, pa.string()))
+
+
+def _filter_media(media: pa.Table, skipped: dict[str, int]) -> pa.Table:
+    """Keep still images with an http(s) URL; count what is left out, by reason."""
+    kind = pc.utf8_lower(_column(media, "type"))
+    fmt = pc.utf8_lower(_column(media, "format"))
+    still = pc.or_(pc.is_in(kind, pa.array(sorted(STILL_IMAGE))),
+                   pc.and_(pc.equal(kind, ""), pc.starts_with(fmt, "image/")))
+    skipped["not a still image"] = media.num_rows - pc.sum(still).as_py() if media.num_rows else 0
+    media = media.filter(still)
+    url = pc.utf8_trim_whitespace(media.column("identifier"))
+    http = pc.match_substring_regex(url, r"^https?://[^\s/]+")
+    skipped["no http(s) URL"] = media.num_rows - (pc.sum(http).as_py() or 0)
+    media = media.set_column(media.column_names.index("identifier"), "identifier", url)
+    return media.filter(http)
+
+
+def _join_positions(occ_ids: pa.ChunkedArray, media_ids: pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
+    """For each media row, the position of its occurrence (first one when an id repeats) and a found mask.
+
+    Only the key columns are hashed (pandas' Index lookup); the other columns are then taken by position, which
+    is several times faster and lighter than a merge at 2.8 M rows."""
+    index = pd.Index(occ_ids.to_numpy(zero_copy_only=False))
+    if not index.is_unique:
+        index = index.where(~index.duplicated(), None)
+    pos = index.get_indexer(media_ids.to_numpy(zero_copy_only=False))
+    found = pos >= 0
+    return pa.array(pos[found]), pa.array(found)
+
+
+def _numbers(column: pa.ChunkedArray, dtype: pa.DataType) -> pa.ChunkedArray:
+    """Text to numbers, with empty or malformed values as missing (NaN) rather than an error."""
+    clean = pc.if_else(pc.match_substring_regex(column, r"^\s*[-+]?\d+(\.\d*)?([eE][-+]?\d+)?\s*$"), column, None)
+    return pc.cast(pc.utf8_trim_whitespace(clean), dtype)
+
+
+def _observation_table(media: pa.Table, occ: pa.Table) -> pa.Table:
+    """Join media rows to their occurrences and shape the stable observations schema, in Arrow."""
+    positions, found = _join_positions(occ.column("_id"), media.column("coreid"))
+    media = media.filter(found)
+    occ = occ.take(positions)
+
+    def text(table: pa.Table, name: str) -> pa.ChunkedArray:
+        return _column(table, name)
+
+    def first_nonempty(a: pa.ChunkedArray, b: pa.ChunkedArray) -> pa.ChunkedArray:
+        return pc.if_else(pc.equal(a, ""), b, a)
+
+    gbif_id = first_nonempty(text(occ, "gbifID"), occ.column("_id"))
+    position = pd.Series(media.column("coreid").to_numpy(zero_copy_only=False)).groupby(
+        media.column("coreid").to_numpy(zero_copy_only=False), sort=False).cumcount()
+    rank = pc.utf8_upper(text(occ, "taxonRank"))
+    species = text(occ, "species")
+    rank = pc.if_else(pc.and_(pc.equal(rank, ""), pc.not_equal(species, "")), "SPECIES", rank)
+    return pa.table({
+        "media_id": pc.binary_join_element_wise(gbif_id, pa.array(position.astype(str).to_numpy(), pa.string()), "-"),
+        "gbifID": gbif_id,
+        "url": media.column("identifier"),
+        "format": text(media, "format"),
+        "license": first_nonempty(text(media, "license"), text(occ, "license")),
+        "rightsHolder": first_nonempty(text(media, "rightsHolder"), text(occ, "rightsHolder")),
+        "speciesKey": text(occ, "speciesKey"),
+        "species": species,
+        "genusKey": text(occ, "genusKey"),
+        "genus": text(occ, "genus"),
+        "familyKey": text(occ, "familyKey"),
+        "family": text(occ, "family"),
+        "taxonKey": text(occ, "taxonKey"),
+        "taxonRank": rank,
+        "scientificName": first_nonempty(text(occ, "acceptedScientificName"), text(occ, "scientificName")),
+        "kingdom": text(occ, "kingdom"),
+        "order": text(occ, "order"),
+        "basisOfRecord": text(occ, "basisOfRecord"),
+        "eventDate": text(occ, "eventDate"),
+        "year": _numbers(text(occ, "year"), pa.float32()),
+        "countryCode": text(occ, "countryCode"),
+        "decimalLatitude": _numbers(text(occ, "decimalLatitude"), pa.float64()),
+        "decimalLongitude": _numbers(text(occ, "decimalLongitude"), pa.float64()),
+        "recordedBy": text(occ, "recordedBy"),
+    })
+
+
+def _to_frame(table: pa.Table) -> pd.DataFrame:
+    """Arrow → pandas with repetitive text columns dictionary-encoded (categoricals) and the rest plain objects."""
+    columns = {}
+    for name in table.column_names:
+        column = table.column(name)
+        if pa.types.is_string(column.type) and table.num_rows >= 1000:
+            encoded = pc.dictionary_encode(column).combine_chunks()
+            if len(encoded.dictionary) < table.num_rows // 4:
+                column = encoded
+        columns[name] = column
+    return pa.table(columns).to_pandas(types_mapper=None, strings_to_categorical=False)
 
 
 def ingest(params: IngestParams) -> IngestResult:
     """Read the archive at ``params.archive`` and write ``params.out/observations.h5`` (key ``observations``).
 
     Only the needed columns are parsed (pyarrow), so memory is bounded by those columns, not by the ~250 a GBIF
-    export has. Media rows that are not still images, lack an http(s) URL or point at no occurrence are counted
-    in ``ingest_report.json``; they are never silently dropped.
+    export has; the join and reshaping run in Arrow. Media rows that are not still images, lack an http(s) URL
+    or point at no occurrence are counted in ``ingest_report.json``; they are never silently dropped.
     """
     start = time.perf_counter()
     out = Path(params.out)
@@ -129,41 +227,31 @@ def ingest(params: IngestParams) -> IngestResult:
                 f"{archive.source}: {occurrences} occurrences but no multimedia extension (nor associatedMedia), "
                 "so no images to download; request the GBIF download in 'Darwin Core Archive' format"
             )
-        occ_table = archive.read_table(core, OCCURRENCE_TERMS, issues, with_id="_id")
-        occ = _str_frame(occ_table)
-        if "gbifID" in occ:
-            occ["_id"] = occ["_id"] if core.id_index is not None else occ["gbifID"]
-        media = (_str_frame(_media_from_extension(archive, media_spec, issues)) if media_spec is not None
+        occ = archive.read_table(core, OCCURRENCE_TERMS, issues, with_id="_id")
+        if "_id" not in occ.column_names:
+            occ = occ.append_column("_id", occ.column("gbifID"))
+        media = (_media_from_extension(archive, media_spec, issues) if media_spec is not None
                  else _media_from_associated(occ))
-    occ = occ.drop(columns=["associatedMedia"], errors="ignore")
-    occ["species"] = _canonical_species(occ)
-    del occ_table
+    if "species" not in occ.column_names:
+        occ = occ.append_column("species", _canonical_species(occ))
     skipped: dict[str, int] = {}
-    kind = media.get("type", pd.Series("", index=media.index)).fillna("").str.lower()
-    fmt = media.get("format", pd.Series("", index=media.index)).fillna("").str.lower()
-    still = kind.isin(STILL_IMAGE) | ((kind == "") & fmt.str.startswith("image/"))
-    skipped["not a still image"] = int((~still).sum())
-    media = media[still]
-    url = media["identifier"].fillna("").str.strip()
-    http = url.str.match(r"^https?://[^\s/]+")
-    skipped["no http(s) URL"] = int((~http).sum())
-    media = media[http].assign(identifier=url[http])
-    occ = occ.drop_duplicates("_id")
-    joined = media.merge(occ, left_on="coreid", right_on="_id", how="inner", suffixes=("_media", ""))
-    skipped["no matching occurrence"] = int(len(media) - len(joined))
-    observations = _observation_rows(joined)
-    if observations.empty:
+    media = _filter_media(media, skipped)
+    table = _observation_table(media, occ)
+    skipped["no matching occurrence"] = media.num_rows - table.num_rows
+    if table.num_rows == 0:
         raise FungilibError(
-            f"{params.archive}: no downloadable images ({len(occ)} occurrences; media rows skipped: "
+            f"{params.archive}: no downloadable images ({occ.num_rows} occurrences; media rows skipped: "
             + ", ".join(f"{k}: {v}" for k, v in skipped.items()) + ")"
         )
+    observations = _to_frame(table)
+    del table, media
     out.mkdir(parents=True, exist_ok=True)
     write_hdf(out / OBSERVATIONS_FILE, {"observations": observations})
     seconds = time.perf_counter() - start
     result = IngestResult(
         observations=out / OBSERVATIONS_FILE,
         images=len(observations),
-        occurrences=len(occ),
+        occurrences=occ.num_rows,
         occurrences_with_images=int(observations["gbifID"].nunique()),
         skipped_media=skipped,
         malformed_rows=issues.count,
@@ -174,46 +262,6 @@ def ingest(params: IngestParams) -> IngestResult:
                                              "malformed_row_examples": issues.first, "archive": str(params.archive)})
     write_params(out / "params.yaml", params)
     return result
-
-
-def _observation_rows(joined: pd.DataFrame) -> pd.DataFrame:
-    """Shape the joined table into the stable observations schema."""
-
-    def col(name: str) -> pd.Series:
-        return joined[name].fillna("") if name in joined else pd.Series("", index=joined.index, dtype="string")
-
-    gbif_id = col("gbifID").where(col("gbifID") != "", joined["_id"])
-    position = joined.groupby("_id", sort=False).cumcount()
-    rows = pd.DataFrame({
-        "media_id": gbif_id.astype(str) + "-" + position.astype(str),
-        "gbifID": gbif_id,
-        "url": joined["identifier"],
-        "format": col("format"),
-        "license": col("license_media").where(col("license_media") != "", col("license")) if "license_media" in joined
-        else col("license"),
-        "rightsHolder": col("rightsHolder_media").where(col("rightsHolder_media") != "", col("rightsHolder"))
-        if "rightsHolder_media" in joined else col("rightsHolder"),
-        "speciesKey": col("speciesKey"),
-        "species": col("species"),
-        "genusKey": col("genusKey"),
-        "genus": col("genus"),
-        "familyKey": col("familyKey"),
-        "family": col("family"),
-        "taxonKey": col("taxonKey"),
-        "taxonRank": col("taxonRank").str.upper(),
-        "scientificName": col("acceptedScientificName").where(col("acceptedScientificName") != "", col("scientificName")),
-        "kingdom": col("kingdom"),
-        "order": col("order"),
-        "basisOfRecord": col("basisOfRecord"),
-        "eventDate": col("eventDate"),
-        "year": pd.to_numeric(col("year"), errors="coerce").astype("float32"),
-        "countryCode": col("countryCode"),
-        "decimalLatitude": pd.to_numeric(col("decimalLatitude"), errors="coerce").astype("float64"),
-        "decimalLongitude": pd.to_numeric(col("decimalLongitude"), errors="coerce").astype("float64"),
-        "recordedBy": col("recordedBy"),
-    })
-    rows.loc[(rows["taxonRank"] == "") & (rows["species"] != ""), "taxonRank"] = "SPECIES"
-    return rows.reset_index(drop=True)
 
 
 def load_observations(path: Path) -> pd.DataFrame:
