@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fungilib-installed
 
-.PHONY: setup demo test lint clean-runs
+.PHONY: setup demo test lint bench clean-runs
 
 setup: $(STAMP)
 
@@ -22,6 +22,11 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q tests notebooks --nbval-lax -p no:cacheprovider
+
+bench: setup
+	$(BIN)/python bench/ingest_scale.py
+	$(BIN)/python bench/download_loopback.py
+	$(BIN)/python bench/download_loopback.py --image-size 768 --latency 0.05 --out-name download_loopback_768px_50ms
 
 lint: setup
 	$(BIN)/ruff check fungilib tests bench

@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds the server waits before each response")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out-name", default="download_loopback", help="results file name (without .json)")
     args = parser.parse_args()
     from fungilib.download import DownloadParams, download_images
     from fungilib.ingest import IngestParams, ingest
@@ -75,7 +76,7 @@ def main() -> None:
               "workers": defaults.workers, "per_host": defaults.per_host, "max_side": defaults.max_side,
               "median_images_per_second": median, "runs": rows}
     (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "download_loopback.json").write_text(json.dumps(result, indent=2) + "\n")
+    (HERE / "results" / f"{args.out_name}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"\n| images | source KB | latency s | workers / per host | max_side | median img/s ({args.repeats} runs) |")
     print("|---|---|---|---|---|---|")
     print(f"| {result['images']} | {result['source_kb']} | {args.latency} | {defaults.workers} / {defaults.per_host} | "
