@@ -1,0 +1,104 @@
+"""tf.data pipelines from the manifest: augmented training batches, central-crop evaluation batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+EVAL_CROP = 0.875  # evaluation: resize the shorter side to size / 0.875, then a central square crop
+
+
+@dataclass
+class Augmentation:
+    """Training-time augmentation; ``enabled: false`` turns all of it off."""
+
+    enabled: bool = True
+    min_crop: float = 0.35  # random-resized-crop: smallest share of the image area kept
+    flip: bool = True
+    color_jitter: float = 0.15  # brightness, contrast and saturation strength (0: none)
+
+
+def _decode(path: Any) -> Any:
+    import tensorflow as tf
+
+    return tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
+
+
+def eval_transform(image: Any, size: int) -> Any:
+    """Resize so the shorter side is size / 0.875 and crop the central size x size square, as float [0, 255]."""
+    import tensorflow as tf
+
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = (size / EVAL_CROP) / tf.reduce_min(shape)
+    new = tf.cast(tf.round(shape * scale), tf.int32)
+    image = tf.image.resize(image, new, method="bilinear", antialias=True)
+    top = (new[0] - size) // 2
+    left = (new[1] - size) // 2
+    return tf.image.crop_to_bounding_box(image, top, left, size, size)
+
+
+def train_transform(image: Any, size: int, aug: Augmentation) -> Any:
+    """Random-resized crop, horizontal flip and mild colour jitter (each only when enabled)."""
+    import tensorflow as tf
+
+    if not aug.enabled:
+        return eval_transform(image, size)
+    begin, crop_size, _ = tf.image.sample_distorted_bounding_box(
+        tf.shape(image), tf.zeros([0, 0, 4], tf.float32), min_object_covered=0.0,
+        aspect_ratio_range=(3 / 4, 4 / 3), area_range=(aug.min_crop, 1.0), max_attempts=10,
+        use_image_if_no_bounding_boxes=True)
+    image = tf.slice(image, begin, crop_size)
+    image = tf.image.resize(image, (size, size), method="bilinear", antialias=True)
+    if aug.flip:
+        image = tf.image.random_flip_left_right(image)
+    if aug.color_jitter > 0:
+        j = aug.color_jitter
+        image = tf.image.random_brightness(image, 255 * j * 0.5)
+        image = tf.image.random_contrast(image, 1 - j, 1 + j)
+        image = tf.image.random_saturation(image, 1 - j, 1 + j)
+    return tf.clip_by_value(image, 0.0, 255.0)
+
+
+def make_dataset(frame: pd.DataFrame, num_classes: int, size: int, batch_size: int, training: bool,
+                 aug: Augmentation | None = None, seed: int = 0, cache: bool = False,
+                 balance: str = "none") -> Any:
+    """Batches of (image float32 [0, 255], one-hot label) for ``frame``'s rows (``path``, ``label``).
+
+    Training: shuffled each epoch (seeded), augmented, optionally class-balanced by sampling; evaluation: in
+    manifest order, central crop. ``cache`` keeps decoded images in memory (decode once, augment every epoch).
+    """
+    import tensorflow as tf
+
+    paths = frame["path"].astype(str).to_numpy()
+    labels = frame["label"].astype("int32").to_numpy()
+    autotune = tf.data.AUTOTUNE
+
+    def labelled(indices: np.ndarray) -> Any:
+        ds = tf.data.Dataset.from_tensor_slices((paths[indices], labels[indices]))
+        ds = ds.map(lambda p, y: (_decode(p), y), num_parallel_calls=autotune, deterministic=not training)
+        return ds.cache() if cache else ds
+
+    if training and balance == "sampling":
+        per_class = [np.nonzero(labels == c)[0] for c in range(num_classes) if (labels == c).any()]
+        streams = [labelled(ix).shuffle(len(ix), seed=seed, reshuffle_each_iteration=True).repeat() for ix in per_class]
+        ds = tf.data.Dataset.sample_from_datasets(streams, seed=seed, stop_on_empty_dataset=False)
+        ds = ds.take(len(labels))  # an epoch is still one pass worth of images
+    else:
+        ds = labelled(np.arange(len(labels)))
+        if training:
+            ds = ds.shuffle(min(len(labels), 10_000), seed=seed, reshuffle_each_iteration=True)
+    aug = aug or Augmentation()
+    transform = (lambda img: train_transform(img, size, aug)) if training else (lambda img: eval_transform(img, size))
+    ds = ds.map(lambda img, y: (transform(img), tf.one_hot(y, num_classes)), num_parallel_calls=autotune,
+                deterministic=not training)
+    return ds.batch(batch_size).prefetch(autotune)
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
+    """Inverse-frequency weights, normalised so the average image weighs 1."""
+    counts = np.bincount(labels, minlength=num_classes).astype(float)
+    weights = np.where(counts > 0, len(labels) / (num_classes * np.maximum(counts, 1)), 0.0)
+    return {i: float(w) for i, w in enumerate(weights)}

@@ -1,0 +1,186 @@
+"""Feature extractors (keras.applications and TF Hub modules), offline weight resolution, and the classifier head."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fungilib.errors import FungilibError
+
+
+@dataclass(frozen=True)
+class BaseSpec:
+    """How to build one feature extractor and what its input must look like."""
+
+    name: str
+    default_size: int
+    scaling: str  # what the base expects: "0_255" (preprocessing inside), "minus1_1", "caffe", "0_1"
+    application: str = ""  # keras.applications constructor name
+    hub_handle: str = ""  # TF Hub handle (URL) for hub modules
+
+
+BASES: dict[str, BaseSpec] = {
+    "MobileNetV3Small": BaseSpec("MobileNetV3Small", 224, "0_255", application="MobileNetV3Small"),
+    "MobileNetV3Large": BaseSpec("MobileNetV3Large", 224, "0_255", application="MobileNetV3Large"),
+    "MobileNetV2": BaseSpec("MobileNetV2", 224, "minus1_1", application="MobileNetV2"),
+    "EfficientNetB0": BaseSpec("EfficientNetB0", 224, "0_255", application="EfficientNetB0"),
+    "EfficientNetV2B0": BaseSpec("EfficientNetV2B0", 224, "0_255", application="EfficientNetV2B0"),
+    "ResNet50": BaseSpec("ResNet50", 224, "caffe", application="ResNet50"),
+    "InceptionV3": BaseSpec("InceptionV3", 299, "minus1_1", application="InceptionV3"),
+    "Xception": BaseSpec("Xception", 299, "minus1_1", application="Xception"),
+    "inat_inception_v3": BaseSpec(
+        "inat_inception_v3", 299, "0_1", hub_handle="https://tfhub.dev/google/inaturalist/inception_v3/feature_vector/5"
+    ),
+}
+
+
+def keras_cache_dir() -> Path:
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+
+
+def hub_cache_dir() -> Path:
+    return Path(os.environ.get("TFHUB_CACHE_DIR", Path(os.environ.get("TMPDIR", "/tmp")) / "tfhub_modules"))
+
+
+def hub_cache_path(handle: str) -> Path:
+    """Where tensorflow_hub keeps a downloaded module: TFHUB_CACHE_DIR/<sha1 of the handle>."""
+    return hub_cache_dir() / hashlib.sha1(handle.encode("utf8")).hexdigest()
+
+
+def resolve_hub_module(handle: str) -> Path:
+    """A local SavedModel folder for ``handle`` (a path, or a handle already in TF Hub's cache), or one clear error."""
+    local = Path(handle)
+    if local.is_dir():
+        if not (local / "saved_model.pb").exists():
+            raise FungilibError(f"{local}: not a SavedModel folder (no saved_model.pb)")
+        return local
+    cached = hub_cache_path(handle)
+    if (cached / "saved_model.pb").exists():
+        return cached
+    raise FungilibError(
+        f"TF Hub module {handle} is not available offline (looked in {cached}); on a connected machine run "
+        f"`TFHUB_CACHE_DIR={hub_cache_dir()} fungilib weights fetch {handle}` and copy that folder here"
+    )
+
+
+def spec_for(base: str) -> BaseSpec:
+    """The registry entry for ``base``: a registered name, a TF Hub handle, or a local SavedModel folder."""
+    if base in BASES:
+        return BASES[base]
+    if base.startswith(("http://", "https://")) or Path(base).is_dir():
+        return BaseSpec(base, 224, "0_1", hub_handle=base)
+    raise FungilibError(f"unknown base model {base!r}; choose one of {', '.join(BASES)}, a TF Hub handle or a folder")
+
+
+def _hub_layer(path: Path, trainable: bool) -> Any:
+    """A Keras 3 layer over a reusable SavedModel (TF Hub format).
+
+    Keras 3 cannot call tf_keras' ``hub.KerasLayer`` on its tensors, so modules load through ``TFSMLayer``. Its
+    variables keep TF1-style names ending in ':0', which Keras 3 optimizers turn into invalid slot names (Adam:
+    "'w:0_momentum' is not a valid scope name"); the subclass below tracks them under sanitized names.
+    """
+    import keras
+    import tensorflow as tf
+
+    class HubModuleLayer(keras.layers.TFSMLayer):
+        def _add_existing_weight(self, weight: tf.Variable) -> None:
+            variable = keras.Variable(initializer=weight, trainable=weight.trainable, dtype=weight.dtype,
+                                      shape=weight.shape, name=weight.name.replace("/", "_").replace(":", "_"))
+            self._track_variable(variable)
+
+    loaded = tf.saved_model.load(str(path))
+    endpoint = "serving_default" if "serving_default" in loaded.signatures else "__call__"
+    return HubModuleLayer(str(path), call_endpoint=endpoint, trainable=trainable, name="hub_module")
+
+
+def build_base(spec: BaseSpec, weights: str, image_size: int) -> Any:
+    """The feature extractor (no top, global-pooled later), with weights 'imagenet', 'none' or a file path."""
+    import keras
+
+    if spec.hub_handle:
+        if weights not in ("imagenet", "none", ""):
+            raise FungilibError("a TF Hub module carries its own weights: set weights to 'imagenet' (default)")
+        return _hub_layer(resolve_hub_module(spec.hub_handle), trainable=True)
+    constructor = getattr(keras.applications, spec.application)
+    kwargs: dict[str, Any] = {"include_top": False, "input_shape": (image_size, image_size, 3)}
+    if spec.application.startswith(("MobileNetV3", "EfficientNet")):
+        kwargs["include_preprocessing"] = True
+    if weights == "none":
+        model = constructor(weights=None, **kwargs)
+        # From scratch, Keras' BatchNorm momentum (0.99-0.999) leaves the moving statistics near their initial values
+        # for hundreds of steps: the model then scores well in training mode and predicts one class in inference.
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = 0.9
+        return model
+    if weights == "imagenet":
+        try:
+            return constructor(weights="imagenet", **kwargs)
+        except Exception as exc:  # keras raises a plain Exception on a failed download
+            if "URL fetch failure" not in str(exc) and "fetch" not in str(exc).lower():
+                raise
+            raise FungilibError(
+                f"ImageNet weights for {spec.name} are not available offline (Keras looks in {keras_cache_dir()}); "
+                f"on a connected machine run `fungilib weights fetch {spec.name}` and copy that folder here"
+            ) from None
+    path = Path(weights)
+    if not path.exists():
+        raise FungilibError(f"weights file {path} does not exist (weights: imagenet, none, or a path)")
+    model = constructor(weights=None, **kwargs)
+    model.load_weights(str(path))
+    return model
+
+
+def fetch_weights(name: str) -> Path:
+    """Download ``name``'s weights into the library's own cache (run on a connected machine)."""
+    spec = spec_for(name)
+    if spec.hub_handle:
+        import tensorflow_hub as hub
+
+        return Path(hub.resolve(spec.hub_handle))
+    import keras
+
+    getattr(keras.applications, spec.application)(weights="imagenet", include_top=False)
+    return keras_cache_dir()
+
+
+def rescale_layer(scaling: str) -> Any:
+    """A layer mapping RGB in [0, 255] to what the base expects; the model's own input is always [0, 255]."""
+    import keras
+
+    if scaling == "0_255":
+        return keras.layers.Identity(name="preprocess")
+    if scaling == "minus1_1":
+        return keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")
+    if scaling == "0_1":
+        return keras.layers.Rescaling(1 / 255.0, name="preprocess")
+    if scaling == "caffe":  # RGB → BGR, minus the ImageNet means
+        return keras.layers.Lambda(
+            lambda x: x[..., ::-1] - keras.ops.convert_to_tensor([103.939, 116.779, 123.68]), name="preprocess")
+    raise FungilibError(f"unknown scaling {scaling!r}")
+
+
+def build_classifier(base_name: str, weights: str, image_size: int, num_classes: int, dropout: float,
+                     bn_inference: bool) -> tuple[Any, Any]:
+    """(model, base): [0, 255] RGB → preprocess → base → global average pool → dropout → dense logits.
+
+    Dropout sits before the logits, never after; softmax is added at export time. With ``bn_inference`` the base
+    runs with ``training=False`` so its BatchNorm statistics stay as pretrained while fine-tuning.
+    """
+    import keras
+
+    spec = spec_for(base_name)
+    base = build_base(spec, weights, image_size)
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = rescale_layer(spec.scaling)(inputs)
+    x = base(x, training=False) if bn_inference else base(x)
+    if isinstance(x, dict):  # a SavedModel signature returns a dict of outputs
+        x = next(iter(x.values()))
+    if len(x.shape) == 4:
+        x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.Dropout(dropout, name="dropout")(x)
+    outputs = keras.layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name=f"fungilib_{spec.name.replace('/', '_')}"), base
