@@ -75,6 +75,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-per-class", type=int)
     p.add_argument("--seed", type=int)
 
+    p = _stage_parser(sub, "train", "train a classifier on a manifest (resumes when rerun with the same --out)")
+    p.add_argument("--manifest", type=Path, required=True, help="the clean stage's folder (manifest.h5)")
+    p.add_argument("--out", type=Path, required=True, help="the run folder")
+    p.add_argument("--no-evaluate", action="store_true", help="skip the test-split evaluation after training")
+
+    p = sub.add_parser("evaluate", help="evaluate a trained run on its test split (metrics.json and plots)")
+    p.add_argument("run", type=Path)
+    p.add_argument("--manifest", type=Path, help="default: the manifest the run was trained on")
+    p.add_argument("--no-temperature", action="store_true", help="skip temperature scaling on the validation split")
+
+    p = sub.add_parser("weights", help="fill the offline caches with pretrained weights (on a connected machine)")
+    p.add_argument("action", choices=["fetch", "where"])
+    p.add_argument("name", help="a base model name (see fungilib.models.BASES) or a TF Hub handle")
+
     p = sub.add_parser("demo", help="the main job on the embedded sample: sample → ingest/EDA → download → clean")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.add_argument("--observations", type=int, default=700)
@@ -112,6 +126,19 @@ def _run(args: argparse.Namespace) -> int:
         print(f"  plots: {root / 'ingest'}/*.png, {root / 'clean' / 'splits.png'}")
         print(f"  open them: .venv/bin/jupyter lab {root}")
         return 0
+    if args.command == "evaluate":
+        from fungilib.evaluate import evaluate_run
+
+        _print_result(evaluate_run(args.run, args.manifest, temperature_scaling=not args.no_temperature).metrics)
+        return 0
+    if args.command == "weights":
+        from fungilib.models import fetch_weights, hub_cache_dir, keras_cache_dir, spec_for
+
+        if args.action == "where":
+            print(hub_cache_dir() if spec_for(args.name).hub_handle else keras_cache_dir())
+            return 0
+        print(f"cached in {fetch_weights(args.name)}")
+        return 0
     values = _overrides(args.set)
     if args.command == "ingest":
         from fungilib.ingest import IngestParams, ingest
@@ -129,6 +156,16 @@ def _run(args: argparse.Namespace) -> int:
         _print_result(download_images(load_params(
             DownloadParams, args.params, observations=args.observations, out=args.out, workers=args.workers,
             max_side=args.max_side, **values)))
+    elif args.command == "train":
+        from fungilib.evaluate import evaluate_run
+        from fungilib.notebooks import PARAMS_DIR
+        from fungilib.train import TrainParams, train
+
+        params = load_params(TrainParams, args.params or PARAMS_DIR / "train.yaml", out=args.out,
+                             **{"dataset.manifest": str(args.manifest)}, **values)
+        _print_result(train(params))
+        if not args.no_evaluate:
+            _print_result(evaluate_run(params.out, temperature_scaling=params.fit.temperature_scaling).metrics)
     elif args.command == "clean":
         from fungilib.clean import CleanParams, clean_dataset
 

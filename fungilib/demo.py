@@ -12,6 +12,7 @@ STAGE_NOTEBOOKS = [
     ("ingest_eda", "01_ingest_eda.ipynb", "ingest"),
     ("download", "02_download.ipynb", "download"),
     ("clean", "03_clean.ipynb", "clean"),
+    ("train", "04_train.ipynb", "train"),
 ]
 
 
@@ -29,6 +30,7 @@ def stage_paths(root: Path) -> dict[str, dict[str, str]]:
         "download": {"observations": str(root / "ingest"), "out": str(root / "download"),
                      "sample_dir": str(root / "sample")},
         "clean": {"observations": str(root / "ingest"), "downloads": str(root / "download"), "out": str(root / "clean")},
+        "train": {"manifest": str(root / "clean"), "out": str(root / "train")},
     }
 
 

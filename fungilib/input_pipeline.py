@@ -27,6 +27,10 @@ def _decode(path: Any) -> Any:
     return tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
 
 
+def _decode_example(path: Any, label: Any) -> tuple[Any, Any]:
+    return _decode(path), label
+
+
 def eval_transform(image: Any, size: int) -> Any:
     """Resize so the shorter side is size / 0.875 and crop the central size x size square, as float [0, 255]."""
     import tensorflow as tf
@@ -78,7 +82,7 @@ def make_dataset(frame: pd.DataFrame, num_classes: int, size: int, batch_size: i
 
     def labelled(indices: np.ndarray) -> Any:
         ds = tf.data.Dataset.from_tensor_slices((paths[indices], labels[indices]))
-        ds = ds.map(lambda p, y: (_decode(p), y), num_parallel_calls=autotune, deterministic=not training)
+        ds = ds.map(_decode_example, num_parallel_calls=autotune, deterministic=not training)
         return ds.cache() if cache else ds
 
     if training and balance == "sampling":
@@ -91,9 +95,12 @@ def make_dataset(frame: pd.DataFrame, num_classes: int, size: int, batch_size: i
         if training:
             ds = ds.shuffle(min(len(labels), 10_000), seed=seed, reshuffle_each_iteration=True)
     aug = aug or Augmentation()
-    transform = (lambda img: train_transform(img, size, aug)) if training else (lambda img: eval_transform(img, size))
-    ds = ds.map(lambda img, y: (transform(img), tf.one_hot(y, num_classes)), num_parallel_calls=autotune,
-                deterministic=not training)
+
+    def to_example(image: Any, label: Any) -> tuple[Any, Any]:
+        image = train_transform(image, size, aug) if training else eval_transform(image, size)
+        return image, tf.one_hot(label, num_classes)
+
+    ds = ds.map(to_example, num_parallel_calls=autotune, deterministic=not training)
     return ds.batch(batch_size).prefetch(autotune)
 
 

@@ -75,25 +75,37 @@ def spec_for(base: str) -> BaseSpec:
     raise FungilibError(f"unknown base model {base!r}; choose one of {', '.join(BASES)}, a TF Hub handle or a folder")
 
 
-def _hub_layer(path: Path, trainable: bool) -> Any:
+_HUB_LAYER: Any = None
+
+
+def hub_layer_class() -> Any:
     """A Keras 3 layer over a reusable SavedModel (TF Hub format).
 
     Keras 3 cannot call tf_keras' ``hub.KerasLayer`` on its tensors, so modules load through ``TFSMLayer``. Its
     variables keep TF1-style names ending in ':0', which Keras 3 optimizers turn into invalid slot names (Adam:
-    "'w:0_momentum' is not a valid scope name"); the subclass below tracks them under sanitized names.
+    "'w:0_momentum' is not a valid scope name"); the subclass tracks them under sanitized names.
     """
-    import keras
-    import tensorflow as tf
+    global _HUB_LAYER
+    if _HUB_LAYER is None:
+        import keras
 
-    class HubModuleLayer(keras.layers.TFSMLayer):
-        def _add_existing_weight(self, weight: tf.Variable) -> None:
-            variable = keras.Variable(initializer=weight, trainable=weight.trainable, dtype=weight.dtype,
-                                      shape=weight.shape, name=weight.name.replace("/", "_").replace(":", "_"))
-            self._track_variable(variable)
+        @keras.saving.register_keras_serializable(package="fungilib")
+        class HubModuleLayer(keras.layers.TFSMLayer):
+            def _add_existing_weight(self, weight: Any) -> None:
+                variable = keras.Variable(initializer=weight, trainable=weight.trainable, dtype=weight.dtype,
+                                          shape=weight.shape, name=weight.name.replace("/", "_").replace(":", "_"))
+                self._track_variable(variable)
+
+        _HUB_LAYER = HubModuleLayer
+    return _HUB_LAYER
+
+
+def _hub_layer(path: Path, trainable: bool) -> Any:
+    import tensorflow as tf
 
     loaded = tf.saved_model.load(str(path))
     endpoint = "serving_default" if "serving_default" in loaded.signatures else "__call__"
-    return HubModuleLayer(str(path), call_endpoint=endpoint, trainable=trainable, name="hub_module")
+    return hub_layer_class()(str(path), call_endpoint=endpoint, trainable=trainable, name="hub_module")
 
 
 def build_base(spec: BaseSpec, weights: str, image_size: int) -> Any:

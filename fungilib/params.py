@@ -50,6 +50,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return value
     if tp is Any:
         return value
+    if dataclasses.is_dataclass(tp):  # a group of parameters, e.g. model: {base: ..., weights: ...}
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            raise FungilibError(f"{where}: expected a mapping of {tp.__name__} parameters, got {value!r}")
+        return build_params(tp, value, where)
     if tp is bool:
         if not isinstance(value, bool):
             raise FungilibError(f"{where}: expected true or false, got {value!r}")
@@ -118,11 +124,34 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update`` laid over it; nested mappings merge key by key instead of being replaced."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def dotted_to_nested(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"model.base": "X"}`` → ``{"model": {"base": "X"}}``."""
+    nested: dict[str, Any] = {}
+    for key, value in values.items():
+        *parents, leaf = key.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
 def load_params(cls: type[P], path: Path | None = None, **overrides: Any) -> P:
-    """Defaults ← the YAML file at ``path`` ← ``overrides``, validated as ``cls``."""
+    """Defaults ← the YAML file at ``path`` ← ``overrides`` (dotted keys allowed), validated as ``cls``."""
     values: dict[str, Any] = read_yaml(path) if path is not None else {}
     source = str(path) if path is not None else "parameters"
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    values = deep_merge(values, dotted_to_nested({k: v for k, v in overrides.items() if v is not None}))
     return build_params(cls, values, source)
 
 
@@ -136,13 +165,15 @@ def params_to_dict(params: Any) -> dict[str, Any]:
     """A dataclass as plain YAML-able values (paths as strings, tuples as lists)."""
 
     def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
         if isinstance(value, Path):
             return str(value)
         if isinstance(value, list | tuple):
             return [plain(v) for v in value]
         return value
 
-    return {k: plain(v) for k, v in dataclasses.asdict(params).items()}
+    return plain(dataclasses.asdict(params))
 
 
 def write_params(path: Path, params: Any) -> None:

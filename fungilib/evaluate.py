@@ -1,0 +1,145 @@
+"""Stage 5, evaluate: a trained run on the test split (never used for model selection) → metrics.json and plots."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fungilib.clean import load_manifest
+from fungilib.errors import FungilibError
+from fungilib.fsutil import write_json
+from fungilib.input_pipeline import make_dataset
+from fungilib.metrics import (
+    confusion_matrix,
+    expected_calibration_error,
+    fit_temperature,
+    macro_f1,
+    per_class_table,
+    rollup_accuracy,
+    softmax,
+    top_confusions,
+    top_k_accuracy,
+)
+from fungilib.plotting import plt, save_figure
+
+FULL_MATRIX_MAX_CLASSES = 60
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, Any]
+    per_class: pd.DataFrame
+    confusions: pd.DataFrame
+    plots: dict[str, Path]
+
+
+def predict_logits(model: Any, frame: pd.DataFrame, num_classes: int, size: int, batch_size: int = 64) -> np.ndarray:
+    """Logits for ``frame``'s images in manifest order, with the evaluation transform (central crop)."""
+    if frame.empty:
+        return np.zeros((0, num_classes), np.float32)
+    ds = make_dataset(frame, num_classes, size, batch_size, training=False).map(lambda x, y: x)
+    return np.asarray(model.predict(ds, verbose=0))
+
+
+def classification_metrics(logits: np.ndarray, labels: np.ndarray, label_table: pd.DataFrame,
+                           temperature: float = 1.0) -> dict[str, float]:
+    probs = softmax(logits, temperature)
+    predicted = probs.argmax(axis=1)
+    n = len(label_table)
+    ece, _ = expected_calibration_error(probs, labels)
+    return {
+        "top1": top_k_accuracy(probs, labels, 1), "top3": top_k_accuracy(probs, labels, 3),
+        "top5": top_k_accuracy(probs, labels, 5), "macro_f1": macro_f1(predicted, labels, n),
+        "genus_top1": rollup_accuracy(probs, labels, label_table["genus"].fillna("").to_numpy()),
+        "family_top1": rollup_accuracy(probs, labels, label_table["family"].fillna("").to_numpy()),
+        "ece": ece,
+        "nll": float(-np.mean(np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-12)))) if len(labels) else 0.0,
+    }
+
+
+def _plots(cm: np.ndarray, names: list[str], confusions: pd.DataFrame, reliability: pd.DataFrame,
+           per_class: pd.DataFrame, out: Path) -> dict[str, Path]:
+    plots: dict[str, Path] = {}
+    if len(names) <= FULL_MATRIX_MAX_CLASSES:
+        size = max(5, 0.35 * len(names) + 2)
+        fig, ax = plt.subplots(figsize=(size, size))
+        normalised = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+        ax.imshow(normalised, cmap="Greens", vmin=0, vmax=1)
+        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+        for i, j in zip(*np.nonzero(cm), strict=True):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=6,
+                    color="white" if normalised[i, j] > 0.5 else "black")
+        ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix (test split, row-normalised colour)")
+        ax.grid(False)
+    else:  # thousands of classes: the most frequent confusions as a chart instead of an unreadable matrix
+        top = confusions.head(30).iloc[::-1]
+        fig, ax = plt.subplots(figsize=(8, max(3, 0.3 * len(top))))
+        ax.barh([f"{t} → {p}" for t, p in zip(top["true"], top["predicted"], strict=True)], top["count"])
+        ax.set(xlabel="test images", title="Most frequent confusions (true → predicted)")
+    plots["confusion"] = save_figure(fig, out / "confusion.png")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
+    if len(reliability):
+        ax.bar(reliability["confidence"], reliability["accuracy"], width=1 / 15, alpha=0.6, edgecolor="k")
+        ax.plot(reliability["confidence"], reliability["accuracy"], marker="o")
+    ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title="Reliability (test split)")
+    plots["reliability"] = save_figure(fig, out / "reliability.png")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter(per_class["train_images"], per_class["f1"], s=18)
+    ax.set(xscale="log", xlabel="training images of the class (log)", ylabel="test F1",
+           title="Per-class F1 against class size (the long tail)", ylim=(-0.05, 1.05))
+    plots["per_class_f1"] = save_figure(fig, out / "per_class_f1.png")
+    plt.close(fig)
+    return plots
+
+
+def evaluate_run(run_dir: Path, manifest: Path | None = None, split: str = "test", temperature_scaling: bool = True,
+                 batch_size: int = 64) -> EvalResult:
+    """Evaluate a finished training run; writes metrics.json, per_class.csv, confusions.csv and plots into it."""
+    from fungilib.train import load_trained
+
+    run_dir = Path(run_dir)
+    model, labels, prep = load_trained(run_dir)
+    if manifest is None:
+        manifest = Path(json.loads((run_dir / "train_summary.json").read_text())["params"]["dataset"]["manifest"])
+    frame, manifest_labels = load_manifest(manifest)
+    if manifest_labels["class_key"].astype(str).tolist() != labels["class_key"].astype(str).tolist():
+        raise FungilibError(f"{manifest}: its label table differs from the one {run_dir} was trained with")
+    test = frame[frame["split"] == split]
+    if test.empty:
+        raise FungilibError(f"{manifest}: no images in split {split!r}")
+    size, n = int(prep["input_size"]), len(labels)
+    logits = predict_logits(model, test, n, size, batch_size)
+    y = test["label"].to_numpy()
+    temperature = 1.0
+    val = frame[frame["split"] == "val"]
+    if temperature_scaling and len(val):
+        temperature = float(fit_temperature(predict_logits(model, val, n, size, batch_size), val["label"].to_numpy()))
+    metrics = classification_metrics(logits, y, labels)
+    calibrated = classification_metrics(logits, y, labels, temperature)
+    metrics.update(split=split, images=len(test), classes=n, temperature=temperature,
+                   ece_after_temperature=calibrated["ece"], nll_after_temperature=calibrated["nll"])
+    probs = softmax(logits, temperature)
+    predicted = probs.argmax(axis=1)
+    names = labels["species"].astype(str).tolist()
+    cm = confusion_matrix(predicted, y, n)
+    per_class = per_class_table(predicted, y, n).merge(labels, on="label")
+    confusions = top_confusions(cm, names)
+    _, reliability = expected_calibration_error(probs, y)
+    plots = _plots(cm, names, confusions, reliability, per_class, run_dir)
+    write_json(run_dir / "metrics.json", {k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()})
+    per_class.to_csv(run_dir / "per_class.csv", index=False)
+    confusions.to_csv(run_dir / "confusions.csv", index=False)
+    pd.DataFrame({"media_id": test["media_id"].to_numpy(), "label": y, "predicted": predicted,
+                  "confidence": probs.max(axis=1)}).to_csv(run_dir / "predictions.csv", index=False)
+    return EvalResult(metrics, per_class, confusions, plots)

@@ -1,0 +1,301 @@
+"""Stage 4, train: transfer learning on the manifest, resumable, with the exact label table saved beside the model."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from fungilib.clean import load_manifest
+from fungilib.errors import FungilibError
+from fungilib.fsutil import atomic_path, write_json
+from fungilib.input_pipeline import EVAL_CROP, Augmentation, class_weights, make_dataset
+from fungilib.models import spec_for
+from fungilib.params import params_to_dict, write_params
+
+MODEL_FILE = "model.keras"
+
+
+@dataclass
+class DatasetParams:
+    manifest: Path = Path("")
+    image_size: int = 128
+    batch_size: int = 32
+    cache: bool = True  # keep decoded images in memory between epochs
+    balance: Literal["none", "class_weights", "sampling"] = "none"
+
+
+@dataclass
+class ModelParams:
+    base: str = "MobileNetV3Small"  # a name of fungilib.models.BASES, a TF Hub handle or a SavedModel folder
+    weights: str = "none"  # imagenet, none, or a weights file
+    dropout: float = 0.2
+    freeze: Literal["train_all", "head_only", "top_k", "two_phase"] = "train_all"
+    top_k: int = 20  # layers of the base unfrozen by freeze=top_k
+
+
+@dataclass
+class OptimizerParams:
+    name: Literal["adam", "sgd", "rmsprop"] = "adam"
+    learning_rate: float = 0.002
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd and rmsprop
+
+
+@dataclass
+class ScheduleParams:
+    name: Literal["constant", "cosine", "step", "plateau"] = "cosine"
+    warmup_epochs: float = 1.0  # cosine: linear warm-up
+    step_epochs: int = 5  # step: decay every N epochs …
+    step_gamma: float = 0.1  # … by this factor
+    plateau_patience: int = 2  # plateau: epochs without val_loss progress before the rate is cut by 10
+    head_epochs: int = 2  # two_phase: epochs of head-only warm-up
+    finetune_lr_factor: float = 0.1  # two_phase: fine-tuning rate = learning_rate x this
+
+
+@dataclass
+class RegularizationParams:
+    label_smoothing: float = 0.1
+
+
+@dataclass
+class FitParams:
+    epochs: int = 12
+    patience: int = 5  # early stopping on validation loss
+    seed: int = 0
+    temperature_scaling: bool = True  # fit a softmax temperature on the validation split
+
+
+@dataclass
+class TrainParams:
+    """One training run: grouped like the params file (dataset, model, optimizer, schedule, augmentation, …)."""
+
+    out: Path
+    dataset: DatasetParams = field(default_factory=DatasetParams)
+    model: ModelParams = field(default_factory=ModelParams)
+    optimizer: OptimizerParams = field(default_factory=OptimizerParams)
+    schedule: ScheduleParams = field(default_factory=ScheduleParams)
+    augmentation: Augmentation = field(default_factory=Augmentation)
+    regularization: RegularizationParams = field(default_factory=RegularizationParams)
+    fit: FitParams = field(default_factory=FitParams)
+
+    def __post_init__(self) -> None:
+        if self.fit.epochs < 1 or self.dataset.batch_size < 1 or self.dataset.image_size < 32:
+            raise FungilibError("fit.epochs and dataset.batch_size must be >= 1, dataset.image_size >= 32")
+        if not 0 <= self.model.dropout < 1 or not 0 <= self.regularization.label_smoothing < 1:
+            raise FungilibError("model.dropout and regularization.label_smoothing must be in [0, 1)")
+        if self.model.freeze == "two_phase" and self.schedule.head_epochs >= self.fit.epochs:
+            raise FungilibError("schedule.head_epochs must be below fit.epochs for freeze=two_phase")
+        if self.optimizer.learning_rate <= 0:
+            raise FungilibError("optimizer.learning_rate must be > 0")
+
+
+@dataclass
+class TrainResult:
+    model: Path
+    epochs_run: int
+    resumed_from_epoch: int
+    seconds: float
+    train_images_per_second: float
+    best_val_loss: float | None
+    skipped: bool = False
+
+
+def configure_threads() -> None:
+    """Respect FUNGILIB_THREADS (set by sweeps so parallel runs do not oversubscribe the cores)."""
+    import tensorflow as tf
+
+    threads = int(os.environ.get("FUNGILIB_THREADS", "0"))
+    if threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(max(1, threads // 2))
+        except RuntimeError:
+            pass  # already initialised in this process
+
+
+def apply_freeze(base: Any, freeze: str, top_k: int, pretrained: bool) -> None:
+    """Set which base weights train: all, none (head only), or the top ``top_k`` layers.
+
+    BatchNorm layers of a pretrained base stay frozen (and run in inference mode, see build_classifier)."""
+    import keras
+
+    if freeze == "head_only":
+        base.trainable = False
+        return
+    base.trainable = True
+    layers = getattr(base, "layers", None)
+    if freeze == "top_k":
+        if layers is None:
+            raise FungilibError("freeze=top_k needs a keras.applications base; a TF Hub module is one block")
+        for layer in layers[: max(0, len(layers) - top_k)]:
+            layer.trainable = False
+    if pretrained and layers is not None:
+        for layer in layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
+
+
+def make_optimizer(p: OptimizerParams, learning_rate: Any) -> Any:
+    import keras
+
+    kwargs: dict[str, Any] = {"learning_rate": learning_rate}
+    if p.weight_decay:
+        kwargs["weight_decay"] = p.weight_decay
+    if p.name == "adam":
+        return keras.optimizers.Adam(**kwargs)
+    if p.name == "sgd":
+        return keras.optimizers.SGD(momentum=p.momentum, **kwargs)
+    return keras.optimizers.RMSprop(momentum=p.momentum, **kwargs)
+
+
+def make_schedule(p: ScheduleParams, lr: float, steps_per_epoch: int, epochs: int) -> Any:
+    import keras
+
+    total = max(1, steps_per_epoch * epochs)
+    if p.name == "cosine":
+        warmup = min(int(p.warmup_epochs * steps_per_epoch), total - 1)
+        return keras.optimizers.schedules.CosineDecay(
+            lr if warmup == 0 else lr * 0.01, decay_steps=max(1, total - warmup), warmup_target=lr if warmup else None,
+            warmup_steps=warmup)
+    if p.name == "step":
+        bounds = [steps_per_epoch * p.step_epochs * i for i in range(1, max(1, epochs // p.step_epochs) + 1)]
+        return keras.optimizers.schedules.PiecewiseConstantDecay(bounds, [lr * p.step_gamma**i for i in range(len(bounds) + 1)])
+    return lr  # constant, and plateau (cut by a callback)
+
+
+def _callbacks(out: Path, phase: str, params: TrainParams, has_val: bool) -> list[Any]:
+    import keras
+
+    monitor = "val_loss" if has_val else "loss"
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(out / "backup" / phase), save_freq="epoch", delete_checkpoint=True),
+        keras.callbacks.ModelCheckpoint(str(out / "best.weights.h5"), monitor=monitor, save_best_only=True,
+                                        save_weights_only=True),
+        keras.callbacks.EarlyStopping(monitor=monitor, patience=params.fit.patience),
+        keras.callbacks.TensorBoard(str(out / "logs"), histogram_freq=0, write_graph=False),
+        keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
+    ]
+    if params.schedule.name == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.1,
+                                                           patience=params.schedule.plateau_patience))
+    return callbacks
+
+
+def _completed_epochs(out: Path) -> int:
+    history = out / "history.csv"
+    if not history.exists():
+        return 0
+    try:
+        return len(pd.read_csv(history))
+    except (pd.errors.EmptyDataError, pd.errors.ParserError):
+        return 0
+
+
+def preprocessing_spec(params: TrainParams) -> dict[str, Any]:
+    """What the exported model expects: the one preprocessing definition that travels with the model."""
+    spec = spec_for(params.model.base)
+    return {
+        "input_size": params.dataset.image_size, "channels": "RGB", "input_range": [0, 255], "dtype": "float32",
+        "resize": "shorter side to input_size / crop_fraction, bilinear, antialiased", "crop": "central square",
+        "crop_fraction": EVAL_CROP, "inside_model": f"scaling '{spec.scaling}' for base {spec.name}",
+        "output": "logits (the exported model adds softmax)",
+    }
+
+
+def train(params: TrainParams) -> TrainResult:
+    """Train ``params`` into ``params.out``; a rerun with the same folder resumes from the last finished epoch."""
+    out = Path(params.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    summary_path = out / "train_summary.json"
+    if summary_path.exists() and (out / MODEL_FILE).exists():
+        done = json.loads(summary_path.read_text())
+        return TrainResult(out / MODEL_FILE, done["epochs_run"], done["resumed_from_epoch"], done["seconds"],
+                           done["train_images_per_second"], done["best_val_loss"], skipped=True)
+    configure_threads()
+    import keras
+
+    from fungilib.models import build_classifier
+
+    keras.utils.set_random_seed(params.fit.seed)
+    manifest_path = Path(params.dataset.manifest)
+    manifest, labels = load_manifest(manifest_path)
+    write_params(out / "params.yaml", params)
+    labels.to_csv(out / "labels.csv", index=False)
+    write_json(out / "labels.json", labels.to_dict(orient="records"))
+    write_json(out / "preprocessing.json", preprocessing_spec(params))
+    train_rows, val_rows = manifest[manifest["split"] == "train"], manifest[manifest["split"] == "val"]
+    if train_rows.empty:
+        raise FungilibError(f"{manifest_path}: no training images")
+    n, d = len(labels), params.dataset
+    train_ds = make_dataset(train_rows, n, d.image_size, d.batch_size, True, params.augmentation, params.fit.seed,
+                            d.cache, d.balance)
+    val_ds = make_dataset(val_rows, n, d.image_size, d.batch_size, False, cache=d.cache) if len(val_rows) else None
+    weights = class_weights(train_rows["label"].to_numpy(), n) if d.balance == "class_weights" else None
+    pretrained = params.model.weights != "none"
+    model, base = build_classifier(params.model.base, params.model.weights, d.image_size, n, params.model.dropout,
+                                   bn_inference=pretrained)
+    steps = int(np.ceil(len(train_rows) / d.batch_size))
+    loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=params.regularization.label_smoothing)
+    metrics = ["accuracy", keras.metrics.TopKCategoricalAccuracy(3, name="top3")]
+    resumed = _completed_epochs(out) if (out / "backup").exists() else 0
+    if not resumed and (out / "history.csv").exists():
+        (out / "history.csv").unlink()  # a fresh start: no stale rows from an unfinished earlier attempt
+    phases = [("main", params.model.freeze, params.optimizer.learning_rate, 0, params.fit.epochs)]
+    if params.model.freeze == "two_phase":
+        head = params.schedule.head_epochs
+        phases = [("head", "head_only", params.optimizer.learning_rate, 0, head),
+                  ("finetune", "train_all", params.optimizer.learning_rate * params.schedule.finetune_lr_factor, head,
+                   params.fit.epochs)]
+    start = time.perf_counter()
+    images = 0
+    for phase, freeze, lr, first_epoch, last_epoch in phases:
+        if (out / "backup" / f"{phase}.done").exists():
+            continue
+        apply_freeze(base, freeze, params.model.top_k, pretrained)
+        schedule = make_schedule(params.schedule, lr, steps, last_epoch - first_epoch)
+        model.compile(make_optimizer(params.optimizer, schedule), loss=loss, metrics=metrics)
+        before = _completed_epochs(out)
+        model.fit(train_ds, validation_data=val_ds, epochs=last_epoch, initial_epoch=first_epoch,
+                  class_weight=weights, callbacks=_callbacks(out, phase, params, val_ds is not None), verbose=2)
+        images += (_completed_epochs(out) - before) * len(train_rows)
+        (out / "backup").mkdir(exist_ok=True)
+        (out / "backup" / f"{phase}.done").touch()
+    seconds = time.perf_counter() - start
+    if (out / "best.weights.h5").exists():
+        model.load_weights(str(out / "best.weights.h5"))
+    with atomic_path(out / MODEL_FILE) as tmp:
+        tmp_model = tmp.with_suffix(".keras")
+        model.save(tmp_model)
+        tmp_model.replace(tmp)
+    history = pd.read_csv(out / "history.csv") if (out / "history.csv").exists() else pd.DataFrame()
+    best = float(history["val_loss"].min()) if "val_loss" in history else None
+    result = TrainResult(out / MODEL_FILE, len(history), resumed, round(seconds, 1),
+                         round(images / seconds, 1) if seconds else 0.0, best)
+    shutil.rmtree(out / "backup", ignore_errors=True)
+    write_json(summary_path, {**result.__dict__, "model": str(result.model), "seed": params.fit.seed,
+                              "params": params_to_dict(params), "train_images": len(train_rows),
+                              "val_images": len(val_rows), "classes": n})
+    return result
+
+
+def load_trained(run_dir: Path) -> tuple[Any, pd.DataFrame, dict[str, Any]]:
+    """(Keras model, label table, preprocessing spec) of a finished run folder."""
+    import keras
+
+    run_dir = Path(run_dir)
+    if not (run_dir / MODEL_FILE).exists():
+        raise FungilibError(f"{run_dir}: no {MODEL_FILE}; train first (or the run did not finish)")
+    from fungilib.models import hub_layer_class
+
+    model = keras.models.load_model(run_dir / MODEL_FILE, custom_objects={"HubModuleLayer": hub_layer_class()},
+                                    safe_mode=False)
+    labels = pd.read_csv(run_dir / "labels.csv", dtype={"class_key": str, "speciesKey": str}, keep_default_na=False)
+    return model, labels, json.loads((run_dir / "preprocessing.json").read_text())

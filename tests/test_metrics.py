@@ -1,0 +1,73 @@
+"""Metrics on hand-made predictions, checked against values worked out by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fungilib.metrics import (
+    confusion_matrix,
+    expected_calibration_error,
+    fit_temperature,
+    macro_f1,
+    per_class_table,
+    rollup_accuracy,
+    softmax,
+    top_confusions,
+    top_k_accuracy,
+)
+
+# 3 classes, 5 images. True labels 0 0 1 2 2.
+PROBS = np.array([
+    [0.7, 0.2, 0.1],  # true 0, predicted 0
+    [0.3, 0.6, 0.1],  # true 0, predicted 1 (0 is 2nd)
+    [0.1, 0.8, 0.1],  # true 1, predicted 1
+    [0.5, 0.1, 0.4],  # true 2, predicted 0 (2 is 2nd)
+    [0.2, 0.1, 0.7],  # true 2, predicted 2
+])
+LABELS = np.array([0, 0, 1, 2, 2])
+
+
+def test_top_k() -> None:
+    assert top_k_accuracy(PROBS, LABELS, 1) == pytest.approx(3 / 5)
+    assert top_k_accuracy(PROBS, LABELS, 2) == pytest.approx(5 / 5)
+    assert top_k_accuracy(PROBS, LABELS, 5) == 1.0
+
+
+def test_per_class_and_macro_f1_by_hand() -> None:
+    predicted = PROBS.argmax(axis=1)  # 0 1 1 0 2
+    table = per_class_table(predicted, LABELS, 3)
+    # class 0: tp 1, predicted 2, support 2 → P 1/2, R 1/2, F1 1/2
+    # class 1: tp 1, predicted 2, support 1 → P 1/2, R 1,   F1 2/3
+    # class 2: tp 1, predicted 1, support 2 → P 1,   R 1/2, F1 2/3
+    assert table["precision"].tolist() == pytest.approx([0.5, 0.5, 1.0])
+    assert table["recall"].tolist() == pytest.approx([0.5, 1.0, 0.5])
+    assert table["f1"].tolist() == pytest.approx([0.5, 2 / 3, 2 / 3])
+    assert macro_f1(predicted, LABELS, 3) == pytest.approx((0.5 + 2 / 3 + 2 / 3) / 3)
+    cm = confusion_matrix(predicted, LABELS, 3)
+    assert cm.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 1]]
+    pairs = top_confusions(cm, ["a", "b", "c"])
+    assert pairs[["true", "predicted", "count"]].values.tolist() == [["a", "b", 1], ["c", "a", 1]]
+
+
+def test_calibration_by_hand() -> None:
+    # confidences 0.7 0.6 0.8 0.5 0.7, correct 1 0 1 0 1; with 2 bins ([0, .5], (.5, 1]):
+    # bin 0: {0.5} acc 0 → gap 0.5, weight 1/5; bin 1: conf mean 0.7, acc 3/4 → gap 0.05, weight 4/5
+    ece, table = expected_calibration_error(PROBS, LABELS, bins=2)
+    assert ece == pytest.approx(0.2 * 0.5 + 0.8 * 0.05)
+    assert table["count"].tolist() == [1, 4]
+
+
+def test_temperature_scaling_recovers_a_known_temperature() -> None:
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(0, 3, (4000, 5))
+    labels = np.array([rng.choice(5, p=p) for p in softmax(true_logits)])
+    t = fit_temperature(true_logits * 2.5, labels)  # logits that are 2.5x too confident
+    assert t == pytest.approx(2.5, rel=0.1)
+
+
+def test_taxonomic_rollup() -> None:
+    # classes 0 and 1 share genus "A"; row 2 (true 1) is predicted 1 anyway; row 1 (true 0, predicted 1) is right
+    # at genus rank; row 3 (true 2 "B", predicted 0 "A") stays wrong: summed A = 0.6 > B = 0.4.
+    genus = np.array(["A", "A", "B"])
+    assert rollup_accuracy(PROBS, LABELS, genus) == pytest.approx(4 / 5)
