@@ -34,6 +34,13 @@ def stage_paths(root: Path) -> dict[str, dict[str, str]]:
     }
 
 
+def _headline(run_dir: Path) -> str:
+    import json
+
+    m = json.loads((run_dir / "metrics.json").read_text())
+    return f"top-1 {m['top1']:.3f}, top-3 {m['top3']:.3f}, macro-F1 {m['macro_f1']:.3f} on {m['images']} images"
+
+
 def run_demo(root: Path, observations: int = 700, port: int = DEFAULT_PORT) -> DemoResult:
     """Generate the sample under ``root/sample`` (once) and execute the stage notebooks into ``root/<stage>/``."""
     root = Path(root).resolve()
@@ -48,5 +55,7 @@ def run_demo(root: Path, observations: int = 700, port: int = DEFAULT_PORT) -> D
         print(f"[demo] {notebook} → {root / folder}", flush=True)
         run = run_notebook(NOTEBOOKS_DIR / notebook, root / folder / notebook, parameters, f"params/{stage}.yaml")
         print(f"[demo]   done in {run.seconds:.0f} s", flush=True)
+        if stage == "train":
+            print(f"[demo]   test split: {_headline(root / folder)}", flush=True)
         runs.append(run)
     return DemoResult(root, runs)

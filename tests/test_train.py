@@ -1,0 +1,243 @@
+"""Training on the sample with tiny real models: strategies, parameters, resume after SIGKILL, Hub modules, offline."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fungilib.clean import load_manifest
+from fungilib.errors import FungilibError
+from fungilib.params import build_params
+from fungilib.train import TrainParams, load_trained, train
+
+keras = pytest.importorskip("keras")
+tf = pytest.importorskip("tensorflow")
+
+TINY = {"image_size": 32, "batch_size": 64, "cache": True}
+
+
+def _params(pipeline, out: Path, **groups: dict) -> TrainParams:
+    values = {"out": out, "dataset": {**TINY, "manifest": str(pipeline.root / "clean"), **groups.pop("dataset", {})},
+              "fit": {"epochs": 1, "patience": 5, "seed": 0, "temperature_scaling": False, **groups.pop("fit", {})},
+              **groups}
+    return build_params(TrainParams, values)
+
+
+def _weights_by_layer(model) -> dict[str, list[np.ndarray]]:  # noqa: ANN001
+    found: dict[str, list[np.ndarray]] = {}
+
+    def walk(layer, prefix: str = "") -> None:  # noqa: ANN001
+        inner = getattr(layer, "layers", None)
+        if inner:
+            for sub in inner:
+                walk(sub, prefix + layer.name + "/")
+        elif layer.weights:
+            found[prefix + layer.name] = [np.array(w) for w in layer.weights]
+
+    for layer in model.layers:
+        walk(layer)
+    return found
+
+
+@pytest.fixture(scope="module")
+def pretrained_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 'pretrained' base saved to a weights file: the weights-path route, and BN statistics to keep."""
+    path = tmp_path_factory.mktemp("weights") / "base.weights.h5"
+    keras.utils.set_random_seed(1)
+    base = keras.applications.MobileNetV3Small(weights=None, include_top=False, input_shape=(32, 32, 3))
+    base.save_weights(path)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("freeze", ["head_only", "top_k", "train_all", "two_phase"])
+def test_each_freezing_strategy_moves_exactly_its_weights(pipeline, tmp_path: Path, pretrained_weights: Path,
+                                                          freeze: str) -> None:
+    fit = {"epochs": 2} if freeze == "two_phase" else {}
+    params = _params(pipeline, tmp_path, model={"weights": str(pretrained_weights), "freeze": freeze, "top_k": 12},
+                     schedule={"head_epochs": 1}, fit=fit, optimizer={"learning_rate": 0.01})
+    from fungilib.models import build_classifier
+
+    keras.utils.set_random_seed(0)
+    initial, base = build_classifier("MobileNetV3Small", str(pretrained_weights), 32, 12, 0.2, bn_inference=True)
+    before = _weights_by_layer(initial)
+    base_layers = [layer.name for layer in base.layers]
+    train(params)
+    model, labels, prep = load_trained(tmp_path)
+    after = _weights_by_layer(model)
+    moved = {name for name in before if any(not np.array_equal(a, b) for a, b in zip(before[name], after[name],
+                                                                                       strict=True))}
+    base_moved = {name.split("/", 1)[1] for name in moved if "/" in name}
+    assert "logits" in moved  # the head always trains
+    assert not any("bn" in name.lower() or "batchnorm" in name.lower() for name in base_moved), base_moved
+    if freeze == "head_only":
+        assert not base_moved
+    elif freeze == "top_k":
+        top = set(base_layers[-12:])
+        assert base_moved and base_moved <= top
+    else:  # train_all, and two_phase after its fine-tuning phase
+        assert len(base_moved) > 20
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert len(history) == params.fit.epochs
+    _, manifest_labels = load_manifest(pipeline.root / "clean")
+    pd.testing.assert_frame_equal(labels, manifest_labels.astype({"class_key": str, "speciesKey": str}),
+                                  check_dtype=False)
+    assert prep["input_size"] == 32 and prep["input_range"] == [0, 255]
+
+
+def test_augmentation_switch_changes_the_input() -> None:
+    from fungilib.input_pipeline import Augmentation, eval_transform, train_transform
+
+    image = tf.constant(np.random.default_rng(0).integers(0, 255, (90, 120, 3)), tf.uint8)
+    off = train_transform(image, 64, Augmentation(enabled=False)).numpy()
+    np.testing.assert_array_equal(off, eval_transform(image, 64).numpy())
+    tf.random.set_seed(0)
+    on = [train_transform(image, 64, Augmentation()).numpy() for _ in range(3)]
+    assert all(o.shape == (64, 64, 3) for o in on)
+    assert not np.allclose(on[0], off) and not np.allclose(on[0], on[1])
+    no_jitter = train_transform(image, 64, Augmentation(color_jitter=0.0, min_crop=1.0, flip=False)).numpy()
+    np.testing.assert_allclose(no_jitter, tf.image.resize(image, (64, 64), antialias=True).numpy(), atol=1e-3)
+
+
+def test_class_balanced_sampling_evens_out_the_long_tail(pipeline) -> None:
+    from fungilib.input_pipeline import make_dataset
+
+    manifest, labels = load_manifest(pipeline.root / "clean")
+    train_rows = manifest[manifest["split"] == "train"]
+
+    def label_counts(balance: str) -> np.ndarray:
+        ds = make_dataset(train_rows, len(labels), 32, 64, True, balance=balance, cache=True)
+        seen = np.concatenate([y.numpy().argmax(axis=1) for _, y in ds])
+        return np.bincount(seen, minlength=len(labels))
+
+    natural, balanced = label_counts("none"), label_counts("sampling")
+    assert natural.sum() == balanced.sum() == len(train_rows)
+    assert natural.max() / natural.min() > 5
+    assert balanced.max() / balanced.min() < natural.max() / natural.min() / 2
+
+
+def test_schedules_follow_their_shape() -> None:
+    from fungilib.train import ScheduleParams, make_schedule
+
+    cosine = make_schedule(ScheduleParams(name="cosine", warmup_epochs=1), 0.1, steps_per_epoch=10, epochs=5)
+    assert float(cosine(0)) < 0.01 and float(cosine(10)) == pytest.approx(0.1, rel=1e-3) and float(cosine(50)) < 1e-3
+    step = make_schedule(ScheduleParams(name="step", step_epochs=2, step_gamma=0.5), 0.1, steps_per_epoch=10, epochs=6)
+    assert [float(step(s)) for s in (0, 21, 41)] == pytest.approx([0.1, 0.05, 0.025])
+    assert make_schedule(ScheduleParams(name="constant"), 0.1, 10, 5) == 0.1
+
+
+def test_unknown_train_parameter_names_group_key_and_allowed() -> None:
+    with pytest.raises(FungilibError, match=r"model: unknown parameter 'bsae' for ModelParams; allowed: base, weights"):
+        build_params(TrainParams, {"out": "x", "model": {"bsae": "ResNet50"}})
+    with pytest.raises(FungilibError, match=r"optimizer: name: 'adamw' is not one of 'adam', 'sgd', 'rmsprop'"):
+        build_params(TrainParams, {"out": "x", "optimizer": {"name": "adamw"}})
+
+
+def test_missing_imagenet_weights_and_hub_module_fail_at_once_naming_the_fix(tmp_path: Path, monkeypatch) -> None:
+    from fungilib.models import BASES, build_base
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "hub"))
+    start = time.perf_counter()
+    with pytest.raises(FungilibError, match=r"ImageNet weights for MobileNetV3Small are not available offline .*"
+                                            r"fungilib weights fetch MobileNetV3Small"):
+        build_base(BASES["MobileNetV3Small"], "imagenet", 96)
+    with pytest.raises(FungilibError, match=r"TF Hub module https://tfhub.dev/google/inaturalist/inception_v3/"
+                                            r"feature_vector/5 is not available offline \(looked in .*hub/"):
+        build_base(BASES["inat_inception_v3"], "imagenet", 299)
+    assert time.perf_counter() - start < 30
+
+
+def _write_hub_module(path: Path) -> None:
+    """A small reusable SavedModel in TF Hub's form: __call__(inputs, training), variables, a serving signature."""
+
+    class Module(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            rng = np.random.default_rng(0)
+            self.kernel = tf.Variable(rng.normal(0, 0.1, (3, 3, 3, 16)).astype("float32"), name="kernel")
+            self.dense = tf.Variable(rng.normal(0, 0.1, (16, 8)).astype("float32"), name="w")
+            self.trainable_variables_list = [self.kernel, self.dense]
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+        def __call__(self, images: tf.Tensor) -> tf.Tensor:
+            x = tf.nn.relu(tf.nn.conv2d(images, self.kernel, 2, "SAME"))
+            return tf.matmul(tf.reduce_mean(x, axis=[1, 2]), self.dense)
+
+    module = Module()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.__call__})
+
+
+@pytest.mark.slow
+def test_hub_module_path_fine_tunes_with_adam_and_reloads(pipeline, tmp_path: Path) -> None:
+    module = tmp_path / "module"
+    _write_hub_module(module)
+    runs = {}
+    for freeze in ("head_only", "train_all"):
+        out = tmp_path / freeze
+        train(_params(pipeline, out, model={"base": str(module), "weights": "imagenet", "freeze": freeze},
+                      optimizer={"name": "adam", "learning_rate": 0.05}))
+        model, _, _ = load_trained(out)
+        hub = model.get_layer("hub_module")
+        runs[freeze] = [np.array(w) for w in hub.weights]
+    original = tf.saved_model.load(str(module))
+    kernel = original.kernel.numpy()
+    head_only = next(w for w in runs["head_only"] if w.shape == kernel.shape)
+    fine_tuned = next(w for w in runs["train_all"] if w.shape == kernel.shape)
+    np.testing.assert_array_equal(head_only, kernel)  # frozen module: untouched
+    assert not np.allclose(fine_tuned, kernel)  # fine-tuned with Adam: moved
+
+
+@pytest.mark.slow
+def test_sigkill_mid_training_then_rerun_resumes(pipeline, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "fungilib.cli", "train", "--manifest", str(pipeline.root / "clean"), "--out",
+           str(out), "--no-evaluate", "--set", "dataset.image_size=32", "--set", "fit.epochs=6",
+           "--set", "fit.patience=10", "--set", "dataset.batch_size=16"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    history = out / "history.csv"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if history.exists() and len(history.read_text().splitlines()) >= 3:  # header + 2 finished epochs
+            break
+        time.sleep(0.1)
+    time.sleep(0.3)  # into the next epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished_before = len(pd.read_csv(history))
+    assert 2 <= finished_before < 6
+    assert not (out / "model.keras").exists()
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    epochs = pd.read_csv(history)["epoch"].tolist()
+    assert epochs == list(range(6))  # continued, not restarted: each epoch once
+    import json
+
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["resumed_from_epoch"] == finished_before
+    assert not (out / "backup").exists()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)  # a finished run is not redone
+    assert '"skipped": true' in again.stdout
+
+
+@pytest.mark.slow
+def test_evaluation_writes_metrics_and_plots(pipeline, tmp_path: Path) -> None:
+    from fungilib.evaluate import evaluate_run
+
+    train(_params(pipeline, tmp_path, fit={"epochs": 2, "temperature_scaling": True}))
+    result = evaluate_run(tmp_path)
+    m = result.metrics
+    assert {"top1", "top3", "top5", "macro_f1", "genus_top1", "family_top1", "ece", "temperature"} <= set(m)
+    assert 0 <= m["top1"] <= m["top3"] <= m["top5"] <= 1 and m["top1"] <= m["genus_top1"]
+    manifest, _ = load_manifest(pipeline.root / "clean")
+    assert m["images"] == (manifest["split"] == "test").sum()
+    for path in result.plots.values():
+        assert path.stat().st_size > 5000
+    assert (tmp_path / "metrics.json").exists() and len(pd.read_csv(tmp_path / "per_class.csv")) == 12
