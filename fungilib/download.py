@@ -50,7 +50,7 @@ class DownloadParams:
     workers: int = 32
     per_host: int = 16
     timeout: float = 10.0
-    retries: int = 3
+    retries: int = 2
     backoff: float = 0.5
     max_bytes: int = 30_000_000
     max_pixels: int = 100_000_000

@@ -26,7 +26,7 @@ MODEL_FILE = "model.keras"
 @dataclass
 class DatasetParams:
     manifest: Path = Path("")
-    image_size: int = 128
+    image_size: int = 96
     batch_size: int = 32
     cache: bool = True  # keep decoded images in memory between epochs
     balance: Literal["none", "class_weights", "sampling"] = "none"
@@ -67,7 +67,7 @@ class RegularizationParams:
 
 @dataclass
 class FitParams:
-    epochs: int = 12
+    epochs: int = 10
     patience: int = 5  # early stopping on validation loss
     seed: int = 0
     temperature_scaling: bool = True  # fit a softmax temperature on the validation split

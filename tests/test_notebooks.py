@@ -71,7 +71,9 @@ def test_stage_notebooks_run_on_the_sample_with_papermill(pipeline, tmp_path: Pa
     (root / "sample").symlink_to(pipeline.sample.root)
     paths = stage_paths(root)
     paths["download"]["sample_dir"] = None  # already served, on this test's port
-    overrides = {"download": {"timeout": 1.0, "retries": 1, "max_side": 128}, "clean": {"min_per_class": 5}}
+    overrides = {"download": {"timeout": 1.0, "retries": 1, "max_side": 128}, "clean": {"min_per_class": 5},
+                 "train": {"dataset": {"image_size": 32, "batch_size": 64, "cache": True, "balance": "none"},
+                           "fit": {"epochs": 1, "patience": 5, "seed": 0, "temperature_scaling": False}}}
     for stage, notebook, folder in STAGE_NOTEBOOKS:
         params = {**stage_defaults(stage), **paths[stage], **overrides.get(stage, {})}
         run = run_notebook(NOTEBOOKS_DIR / notebook, root / folder / notebook, params)
@@ -83,3 +85,5 @@ def test_stage_notebooks_run_on_the_sample_with_papermill(pipeline, tmp_path: Pa
     reference, _ = load_manifest(pipeline.root / "clean")
     assert len(labels) == 12 and len(manifest) == len(reference)
     assert (root / "ingest" / "pareto.png").exists() and (root / "clean" / "splits.png").exists()
+    metrics = json.loads((root / "train" / "metrics.json").read_text())
+    assert metrics["images"] == (manifest["split"] == "test").sum()
