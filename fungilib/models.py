@@ -118,7 +118,7 @@ def build_base(spec: BaseSpec, weights: str, image_size: int) -> Any:
         return _hub_layer(resolve_hub_module(spec.hub_handle), trainable=True)
     constructor = getattr(keras.applications, spec.application)
     kwargs: dict[str, Any] = {"include_top": False, "input_shape": (image_size, image_size, 3)}
-    if spec.application.startswith(("MobileNetV3", "EfficientNet")):
+    if spec.application.startswith(("MobileNetV3", "EfficientNetV2")):  # EfficientNet (v1) always rescales inside
         kwargs["include_preprocessing"] = True
     if weights == "none":
         model = constructor(weights=None, **kwargs)

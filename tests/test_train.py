@@ -241,3 +241,14 @@ def test_evaluation_writes_metrics_and_plots(pipeline, tmp_path: Path) -> None:
     for path in result.plots.values():
         assert path.stat().st_size > 5000
     assert (tmp_path / "metrics.json").exists() and len(pd.read_csv(tmp_path / "per_class.csv")) == 12
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["MobileNetV3Small", "MobileNetV3Large", "MobileNetV2", "EfficientNetB0",
+                                  "EfficientNetV2B0", "ResNet50", "InceptionV3", "Xception"])
+def test_every_registered_base_builds_offline_with_its_preprocessing(name: str) -> None:
+    from fungilib.models import BASES, build_classifier
+
+    model, _ = build_classifier(name, "none", 75, 3, 0.1, bn_inference=False)
+    out = model(np.full((1, 75, 75, 3), 128.0, np.float32))
+    assert out.shape == (1, 3) and BASES[name].scaling in {"0_255", "minus1_1", "caffe"}

@@ -1,0 +1,88 @@
+"""Training speed and the input pipeline: images/s for MobileNetV3Small and EfficientNetB0 at the demo size,
+and the tf.data training pipeline against a decode-and-resize-only loop over the same files.
+
+Usage: .venv/bin/python bench/train_speed.py [--manifest runs/demo/clean] [--size 96]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from datetime import date
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--manifest", type=Path, default=Path("runs/demo/clean"))
+    parser.add_argument("--size", type=int, default=96)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=25)
+    args = parser.parse_args()
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from fungilib.clean import load_manifest
+    from fungilib.input_pipeline import Augmentation, make_dataset
+    from fungilib.models import build_classifier
+
+    manifest, labels = load_manifest(args.manifest)
+    train = manifest[manifest["split"] == "train"]
+    n = len(labels)
+    rows = []
+
+    def images_per_second(ds, passes: int = 2) -> float:  # noqa: ANN001
+        count, start = 0, time.perf_counter()
+        for _ in range(passes):
+            for x, _ in ds:
+                count += int(x.shape[0])
+        return count / (time.perf_counter() - start)
+
+    paths = tf.data.Dataset.from_tensor_slices(train["path"].astype(str).to_numpy())
+    decode_only = paths.map(lambda p: (tf.image.resize(tf.io.decode_jpeg(tf.io.read_file(p), 3), (args.size, args.size)),
+                                       0), num_parallel_calls=tf.data.AUTOTUNE).batch(args.batch)
+    limit = images_per_second(decode_only)
+    pipeline = make_dataset(train, n, args.size, args.batch, True, Augmentation(), cache=False)
+    piped = images_per_second(pipeline)
+    rows.append({"what": "decode + resize only (all cores)", "images_per_second": round(limit)})
+    rows.append({"what": "training pipeline (decode, random crop, flip, jitter)", "images_per_second": round(piped),
+                 "share_of_decode_limit": round(piped / limit, 3)})
+    for base in ("MobileNetV3Small", "EfficientNetB0"):
+        keras.utils.set_random_seed(0)
+        model, _ = build_classifier(base, "none", args.size, n, 0.2, bn_inference=False)
+        model.compile("adam", keras.losses.CategoricalCrossentropy(from_logits=True))
+        x = np.random.default_rng(0).uniform(0, 255, (args.batch * 4, args.size, args.size, 3)).astype("float32")
+        y = keras.utils.to_categorical(np.arange(len(x)) % n, n)
+        memory = tf.data.Dataset.from_tensor_slices((x, y)).batch(args.batch).repeat()
+        model.fit(memory, steps_per_epoch=3, epochs=1, verbose=0)  # trace and warm up
+        start = time.perf_counter()
+        model.fit(memory, steps_per_epoch=args.steps, epochs=1, verbose=0)
+        from_memory = args.steps * args.batch / (time.perf_counter() - start)
+        real = make_dataset(train, n, args.size, args.batch, True, Augmentation(), cache=True).repeat()
+        model.fit(real, steps_per_epoch=len(train) // args.batch + 1, epochs=1, verbose=0)  # fills the cache
+        start = time.perf_counter()
+        model.fit(real, steps_per_epoch=args.steps, epochs=1, verbose=0)
+        through_pipeline = args.steps * args.batch / (time.perf_counter() - start)
+        rows.append({"what": f"train {base} from memory", "images_per_second": round(from_memory)})
+        rows.append({"what": f"train {base} through the pipeline", "images_per_second": round(through_pipeline),
+                     "share_of_memory_speed": round(through_pipeline / from_memory, 3)})
+    result = {"benchmark": "train_speed", "date": str(date.today()), "machine": f"{platform.machine()}, 2 cores",
+              "image_size": args.size, "batch_size": args.batch, "rows": rows}
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "train_speed.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\n| {args.size} px, batch {args.batch} | images/s | ratio |")
+    print("|---|---|---|")
+    for r in rows:
+        ratio = r.get("share_of_decode_limit", r.get("share_of_memory_speed", ""))
+        print(f"| {r['what']} | {r['images_per_second']} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()
