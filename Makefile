@@ -18,7 +18,7 @@ $(STAMP): requirements.txt pyproject.toml
 	@echo "fungilib is set up: $(BIN)/fungilib"
 
 demo: setup
-	$(BIN)/fungilib demo --out runs/demo
+	$(BIN)/fungilib demo --out runs/demo --sweep params/sweeps/demo.yaml
 
 test: setup
 	$(BIN)/python -m pytest -q tests notebooks --nbval-lax -p no:cacheprovider

@@ -89,11 +89,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["fetch", "where"])
     p.add_argument("name", help="a base model name (see fungilib.models.BASES) or a TF Hub handle")
 
+    p = sub.add_parser("sweep", help="run a sweep file: papermill across a grid/random search, locally or on Dask")
+    p.add_argument("sweep_file", type=Path)
+    p.add_argument("--runs-root", type=Path, default=Path("runs"))
+    p.add_argument("--workers", type=int, default=0, help="parallel runs in a local process pool (default: cores/2)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--scheduler", help="submit the runs to an existing Dask cluster, e.g. tcp://host:8786")
+    group.add_argument("--local-cluster", type=int, default=0, metavar="N", help="start a Dask LocalCluster of N workers")
+
+    p = sub.add_parser("runs", help="the runs table (rebuilds runs/index.h5 and runs/index.csv)")
+    p.add_argument("sweep", nargs="?")
+    p.add_argument("--runs-root", type=Path, default=Path("runs"))
+    p.add_argument("--sort", default="top1", help="column to sort by (descending)")
+
     p = sub.add_parser("demo", help="the main job on the embedded sample: sample → ingest/EDA → download → clean")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.add_argument("--observations", type=int, default=700)
     p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--sweep", type=Path, help="a sweep file to run after the stage notebooks")
     return parser
+
+
+def _print_runs_table(runs_root: Path, sweep: str | None, sort: str) -> None:
+    from fungilib.runs_index import HEADLINE, write_index
+
+    table = write_index(runs_root, sweep)
+    if table.empty:
+        print("no runs yet")
+        return
+    swept = [c for c in table.columns if c.startswith("param.") and table[c].astype(str).nunique() > 1]
+    columns = ["run_id", "sweep", "status", "duration_s", *swept, *[m for m in HEADLINE if m in table]]
+    if sort in table:
+        table = table.sort_values(sort, ascending=False)
+    print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"(index: {Path(runs_root) / 'index.h5'}, {Path(runs_root) / 'index.csv'})")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -118,13 +147,29 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from fungilib.demo import run_demo
 
-        result = run_demo(args.out, args.observations, args.port)
+        result = run_demo(args.out, args.observations, args.port, args.sweep)
         root = result.root
         print(f"\nThe demo is in {root}:")
         print(f"  executed notebooks: {', '.join(str(r.output.relative_to(root)) for r in result.runs)}")
         print(f"  manifest and labels: {root / 'clean' / 'manifest.h5'}, {root / 'clean' / 'labels.csv'}")
         print(f"  plots: {root / 'ingest'}/*.png, {root / 'clean' / 'splits.png'}")
-        print(f"  open them: .venv/bin/jupyter lab {root}")
+        if result.sweep is not None:
+            print(f"\nThe sweep {result.sweep.sweep.name} (runs/{result.sweep.sweep.name}/):")
+            _print_runs_table(root.parent, result.sweep.sweep.name, "top1")
+        print(f"\nOpen it all: .venv/bin/jupyter lab {root.parent}")
+        return 1 if result.sweep is not None and result.sweep.failed else 0
+    if args.command == "sweep":
+        from fungilib.sweep import run_sweep
+
+        result = run_sweep(args.sweep_file, args.runs_root, args.workers, args.scheduler, args.local_cluster)
+        _print_runs_table(args.runs_root, result.sweep.name, "top1")
+        print(f"\n{len(result.executed)} executed, {result.skipped} already done (cached), "
+              f"{len(result.failed)} failed")
+        for failed in result.failed:
+            print(f"  failed: {failed.get('run_id')}: {failed.get('error')}")
+        return 1 if result.failed else 0
+    if args.command == "runs":
+        _print_runs_table(args.runs_root, args.sweep, args.sort)
         return 0
     if args.command == "evaluate":
         from fungilib.evaluate import evaluate_run

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fungilib.notebooks import NOTEBOOKS_DIR, NotebookRun, run_notebook, stage_defaults
 from fungilib.sample import ARCHIVE_NAME, DEFAULT_PORT, ensure_sample
@@ -20,6 +21,7 @@ STAGE_NOTEBOOKS = [
 class DemoResult:
     root: Path
     runs: list[NotebookRun]
+    sweep: Any = None
 
 
 def stage_paths(root: Path) -> dict[str, dict[str, str]]:
@@ -41,7 +43,8 @@ def _headline(run_dir: Path) -> str:
     return f"top-1 {m['top1']:.3f}, top-3 {m['top3']:.3f}, macro-F1 {m['macro_f1']:.3f} on {m['images']} images"
 
 
-def run_demo(root: Path, observations: int = 700, port: int = DEFAULT_PORT) -> DemoResult:
+def run_demo(root: Path, observations: int = 700, port: int = DEFAULT_PORT,
+             sweep_file: Path | None = None) -> DemoResult:
     """Generate the sample under ``root/sample`` (once) and execute the stage notebooks into ``root/<stage>/``."""
     root = Path(root).resolve()
     ensure_sample(root / "sample", observations=observations, base_url=f"http://127.0.0.1:{port}")
@@ -58,4 +61,10 @@ def run_demo(root: Path, observations: int = 700, port: int = DEFAULT_PORT) -> D
         if stage == "train":
             print(f"[demo]   test split: {_headline(root / folder)}", flush=True)
         runs.append(run)
-    return DemoResult(root, runs)
+    sweep = None
+    if sweep_file is not None:
+        from fungilib.sweep import run_sweep
+
+        print(f"[demo] sweep {sweep_file}", flush=True)
+        sweep = run_sweep(sweep_file, root.parent)
+    return DemoResult(root, runs, sweep)

@@ -1,0 +1,67 @@
+"""The runs index: every run folder read into one table, rebuilt from the folders (never edited in place)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from fungilib.fsutil import atomic_path, write_hdf
+
+HEADLINE = ["top1", "top3", "top5", "macro_f1", "genus_top1", "ece"]
+PATH_KEYS = {"out", "manifest", "archive", "observations", "downloads", "sample_dir"}
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, name + "."))
+        elif key not in PATH_KEYS:
+            flat[name] = value if not isinstance(value, list) else json.dumps(value)
+    return flat
+
+
+def collect_runs(runs_root: Path, sweep: str | None = None) -> pd.DataFrame:
+    """One row per run folder (``runs/<sweep>/<run_id>/status.json``): status, timing, parameters, metrics."""
+    rows = []
+    for status_file in sorted(Path(runs_root).glob(f"{sweep or '*'}/*/status.json")):
+        folder = status_file.parent
+        if folder.parent.name == "stages" or folder.name == "stages":
+            continue
+        try:
+            status = json.loads(status_file.read_text())
+        except json.JSONDecodeError:
+            status = {"state": "unreadable"}
+        row: dict[str, Any] = {"run_id": folder.name, "sweep": folder.parent.name, "status": status.get("state"),
+                               "duration_s": status.get("duration_s"), "start": status.get("start", ""),
+                               "host": status.get("host", ""), "error": status.get("error", "")}
+        params_file = folder / "params.yaml"
+        if params_file.exists():
+            row.update({f"param.{k}": v for k, v in _flatten(yaml.safe_load(params_file.read_text()) or {}).items()})
+        metrics_file = folder / "output" / "metrics.json"
+        if metrics_file.exists():
+            metrics = json.loads(metrics_file.read_text())
+            row.update({m: metrics.get(m) for m in HEADLINE})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_index(runs_root: Path, sweep: str | None = None) -> pd.DataFrame:
+    """Rebuild ``runs/index.h5`` (key ``runs``) and ``runs/index.csv`` from the run folders, atomically."""
+    table = collect_runs(runs_root, sweep)
+    if table.empty:
+        return table
+    root = Path(runs_root)
+    stored = table.copy()
+    for name in stored.columns:
+        if stored[name].dtype == object:
+            stored[name] = stored[name].map(lambda v: "" if v is None else str(v))
+    write_hdf(root / "index.h5", {"runs": stored})
+    with atomic_path(root / "index.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    return table

@@ -1,0 +1,146 @@
+"""Sweeps: expansion, validation, cached shared stages, failures, resume after SIGKILL, Dask, the runs index."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from fungilib.cli import main
+from fungilib.errors import FungilibError
+from fungilib.runs_index import collect_runs, write_index
+from fungilib.sweep import expand_search, load_sweep, plan, read_status, run_sweep
+
+
+def test_grid_is_a_sorted_cartesian_product_with_nested_keys() -> None:
+    runs = expand_search({"grid": {"train.optimizer.learning_rate": [0.1, 0.2, 0.3],
+                                   "train.augmentation.enabled": [True, False]}}, "s.yaml")
+    assert len(runs) == 6
+    assert runs[0] == {"train.augmentation.enabled": True, "train.optimizer.learning_rate": 0.1}
+    assert len({json.dumps(r, sort_keys=True) for r in runs}) == 6
+
+
+def test_random_search_is_seeded_and_draws_within_bounds() -> None:
+    spec = {"random": {"n": 20, "seed": 3, "params": {
+        "a.lr": {"loguniform": [1e-4, 1e-2]}, "a.p": {"uniform": [0.0, 0.5]}, "a.n": {"int": [2, 4]},
+        "a.c": {"choice": ["x", "y"]}}}}
+    first, again = expand_search(spec, "s"), expand_search(spec, "s")
+    assert first == again and len(first) == 20
+    assert all(1e-4 <= r["a.lr"] <= 1e-2 and 0 <= r["a.p"] <= 0.5 and r["a.n"] in {2, 3, 4} for r in first)
+    assert {r["a.c"] for r in first} == {"x", "y"}
+    assert expand_search({**spec, "random": {**spec["random"], "seed": 4}}, "s") != first
+
+
+def _write(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"pipeline": ["train"], "manifest": "m", "colour": 1}, r"unknown key 'colour'; allowed: archive, base"),
+    ({"pipeline": ["train"], "manifest": "m", "search": {"grid": {"train.model.bsae": ["x"]}}},
+     r"train: model: unknown parameter 'bsae' for ModelParams; allowed: base, weights"),
+    ({"pipeline": ["train"], "manifest": "m", "search": {"grid": {"train.fit.epochs": ["many"]}}},
+     r"fit: epochs: expected an integer, got 'many'"),
+    ({"pipeline": ["train"], "manifest": "m", "search": {"grid": {"train.fit.epochs": []}}},
+     r"search.grid.train.fit.epochs: expected a non-empty list"),
+    ({"pipeline": ["train"], "manifest": "m", "search": {"grid": {"clean.seed": [1]}}},
+     r"search key 'clean.seed' must start with a stage of the pipeline"),
+    ({"pipeline": ["train"], "manifest": "m", "search": {"grid": {"train.learning_rat": [1]}}},
+     r"train: unknown parameter 'learning_rat' for 04_train.ipynb; allowed: manifest, out, dataset"),
+    ({"pipeline": ["clean", "train"], "manifest": "m"}, r"pipeline must start at ingest_eda"),
+    ({"pipeline": ["ingest_eda"]}, r"missing 'archive'"),
+    ({"pipeline": ["train"], "manifest": "m", "search": {"random": {"n": 2, "params": {"train.fit.epochs": [1, 2]}}}},
+     r"expected one of \{choice"),
+])
+def test_the_whole_sweep_is_validated_before_anything_runs(tmp_path: Path, data: dict, message: str) -> None:
+    path = _write(tmp_path / "bad.yaml", data)
+    with pytest.raises(FungilibError, match=message) as info:
+        load_sweep(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.fixture(scope="module")
+def sweep_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("runs")
+
+
+def _data_sweep(pipeline, folder: Path, name: str, grid: dict) -> Path:  # noqa: ANN001
+    return _write(folder / f"{name}.yaml", {
+        "name": name, "archive": str(pipeline.sample.archive), "pipeline": ["ingest_eda", "download", "clean"],
+        "base": {"download": {"timeout": 1.0, "retries": 1, "max_side": 128}, "clean": {"min_per_class": 5}},
+        "search": {"grid": grid}})
+
+
+@pytest.mark.slow
+def test_sweep_runs_data_stages_once_then_a_rerun_does_nothing(pipeline, sweep_root: Path, tmp_path: Path) -> None:
+    path = _data_sweep(pipeline, tmp_path, "cache", {"clean.seed": [0, 1]})
+    result = run_sweep(path, sweep_root, workers=2)
+    stages = sorted(s["stage"] for s in result.executed)
+    assert stages == ["clean", "clean", "download", "ingest_eda"]  # the data stages ran once, shared by both runs
+    assert [s["state"] for s in result.statuses] == ["done", "done"]
+    shared, runs = plan(load_sweep(path), sweep_root)
+    assert len(shared) == 2 and len(runs) == 2 and len({r.run_id for r in runs}) == 2
+    for run in runs:
+        assert (run.folder / "03_clean.ipynb").exists() and (run.folder / "params.yaml").exists()
+        executed = json.loads((run.folder / "03_clean.ipynb").read_text())
+        assert any("injected-parameters" in c["metadata"].get("tags", []) for c in executed["cells"])
+    before = {str(r.folder): read_status(r.folder)["start"] for r in shared + runs}
+    again = run_sweep(path, sweep_root, workers=2)
+    assert again.executed == [] and again.skipped == 4
+    assert {str(r.folder): read_status(r.folder)["start"] for r in shared + runs} == before
+    table = write_index(sweep_root, "cache")
+    assert sorted(table["run_id"]) == sorted(r.run_id for r in runs) and set(table["status"]) == {"done"}
+    stored = pd.read_hdf(sweep_root / "index.h5", "runs")
+    assert len(stored) == len(table) and (sweep_root / "index.csv").exists()
+    assert "param.seed" in table.columns and sorted(table["param.seed"]) == [0, 1]
+
+
+@pytest.mark.slow
+def test_a_failing_run_is_kept_and_the_sweep_goes_on(pipeline, sweep_root: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    path = _data_sweep(pipeline, tmp_path, "failing", {"clean.min_per_class": [5, 100000]})
+    code = main(["sweep", str(path), "--runs-root", str(sweep_root), "--workers", "2"])
+    out = capsys.readouterr().out
+    assert code == 1 and "1 failed" in out and "no images left after cleaning" in out
+    table = collect_runs(sweep_root, "failing")
+    failed = table[table["status"] == "failed"]
+    assert len(failed) == 1 and len(table[table["status"] == "done"]) == 1
+    notebook = sweep_root / "failing" / failed.iloc[0]["run_id"] / "03_clean.ipynb"
+    assert "FungilibError" in notebook.read_text()  # the executed notebook is the log
+
+
+@pytest.mark.slow
+def test_runs_on_a_dask_local_cluster(pipeline, sweep_root: Path, tmp_path: Path) -> None:
+    path = _data_sweep(pipeline, tmp_path, "dask", {"clean.seed": [5, 6]})
+    result = run_sweep(path, sweep_root, local_cluster=2)
+    assert [s["state"] for s in result.statuses] == ["done", "done"]
+    assert len({s["pid"] for s in result.statuses}) == 2  # two worker processes
+
+
+@pytest.mark.slow
+def test_sigkill_mid_sweep_then_resume(pipeline, sweep_root: Path, tmp_path: Path) -> None:
+    path = _data_sweep(pipeline, tmp_path, "killed", {"clean.seed": [10, 11, 12]})
+    _, runs = plan(load_sweep(path), sweep_root)
+    cmd = [sys.executable, "-m", "fungilib.cli", "sweep", str(path), "--runs-root", str(sweep_root), "--workers", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not any(read_status(r.folder).get("state") == "done" for r in runs):
+        time.sleep(0.2)
+    import os
+
+    os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its workers and kernels, at once
+    proc.wait()
+    done = {r.run_id: read_status(r.folder)["start"] for r in runs if read_status(r.folder).get("state") == "done"}
+    assert 1 <= len(done) < 3
+    result = run_sweep(path, sweep_root, workers=1)
+    assert [s["state"] for s in result.statuses] == ["done"] * 3
+    assert {r.run_id: read_status(r.folder)["start"] for r in runs if r.run_id in done} == done  # not redone
+    assert len(result.executed) == 3 - len(done)
