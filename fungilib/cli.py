@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-root", type=Path, default=Path("runs"))
     p.add_argument("--sort", default="top1", help="column to sort by (descending)")
 
+    p = sub.add_parser("report", help="render a run's executed notebooks to HTML")
+    p.add_argument("run", type=Path)
+
     p = sub.add_parser("demo", help="the main job on the embedded sample: sample → ingest/EDA → download → clean")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.add_argument("--observations", type=int, default=700)
@@ -168,6 +171,12 @@ def _run(args: argparse.Namespace) -> int:
         for failed in result.failed:
             print(f"  failed: {failed.get('run_id')}: {failed.get('error')}")
         return 1 if result.failed else 0
+    if args.command == "report":
+        from fungilib.runs_index import render_report
+
+        for path in render_report(args.run):
+            print(path)
+        return 0
     if args.command == "runs":
         _print_runs_table(args.runs_root, args.sweep, args.sort)
         return 0

@@ -65,3 +65,23 @@ def write_index(runs_root: Path, sweep: str | None = None) -> pd.DataFrame:
     with atomic_path(root / "index.csv") as tmp:
         table.to_csv(tmp, index=False)
     return table
+
+
+def render_report(run_dir: Path) -> list[Path]:
+    """Render every executed notebook of a run folder to HTML beside it, for reading without Jupyter."""
+    from nbconvert import HTMLExporter
+
+    from fungilib.errors import FungilibError
+
+    notebooks = sorted(Path(run_dir).glob("*.ipynb"))
+    if not notebooks:
+        raise FungilibError(f"{run_dir}: no executed notebooks here (a run folder holds them)")
+    exporter = HTMLExporter()
+    written = []
+    for notebook in notebooks:
+        body, _ = exporter.from_filename(str(notebook))
+        target = notebook.with_suffix(".html")
+        with atomic_path(target) as tmp:
+            tmp.write_text(body, encoding="utf-8")
+        written.append(target)
+    return written

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from fungilib.clean import CleanParams, load_manifest
-from fungilib.demo import STAGE_NOTEBOOKS, stage_paths
+from fungilib.clean import CleanParams
+from fungilib.demo import STAGE_NOTEBOOKS
 from fungilib.download import DownloadParams
 from fungilib.eda import EdaParams
 from fungilib.errors import FungilibError
@@ -61,29 +61,3 @@ def test_failed_notebook_is_kept_with_its_traceback(tmp_path: Path) -> None:
         "ZeroDivisionError")[-1].split('"source"')[0]
     with pytest.raises(FungilibError, match=r"broken.ipynb failed \(ZeroDivisionError.*the executed notebook is"):
         run_notebook(HERE / "notebooks" / "broken.ipynb", tmp_path / "again.ipynb", {"divisor": 0})
-
-
-@pytest.mark.slow
-def test_stage_notebooks_run_on_the_sample_with_papermill(pipeline, tmp_path: Path) -> None:
-    """The three stage notebooks, as the demo runs them, against the sample served by the test process."""
-    root = tmp_path / "run"
-    root.mkdir()
-    (root / "sample").symlink_to(pipeline.sample.root)
-    paths = stage_paths(root)
-    paths["download"]["sample_dir"] = None  # already served, on this test's port
-    overrides = {"download": {"timeout": 1.0, "retries": 1, "max_side": 128}, "clean": {"min_per_class": 5},
-                 "train": {"dataset": {"image_size": 32, "batch_size": 64, "cache": True, "balance": "none"},
-                           "fit": {"epochs": 1, "patience": 5, "seed": 0, "temperature_scaling": False}}}
-    for stage, notebook, folder in STAGE_NOTEBOOKS:
-        params = {**stage_defaults(stage), **paths[stage], **overrides.get(stage, {})}
-        run = run_notebook(NOTEBOOKS_DIR / notebook, root / folder / notebook, params)
-        assert run.ok
-        executed = json.loads((root / folder / notebook).read_text())
-        assert any("injected-parameters" in c["metadata"].get("tags", []) for c in executed["cells"])
-        assert any(c.get("outputs") for c in executed["cells"] if c["cell_type"] == "code")
-    manifest, labels = load_manifest(root / "clean")
-    reference, _ = load_manifest(pipeline.root / "clean")
-    assert len(labels) == 12 and len(manifest) == len(reference)
-    assert (root / "ingest" / "pareto.png").exists() and (root / "clean" / "splits.png").exists()
-    metrics = json.loads((root / "train" / "metrics.json").read_text())
-    assert metrics["images"] == (manifest["split"] == "test").sum()

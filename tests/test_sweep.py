@@ -115,14 +115,31 @@ def test_a_failing_run_is_kept_and_the_sweep_goes_on(pipeline, sweep_root: Path,
     assert len(failed) == 1 and len(table[table["status"] == "done"]) == 1
     notebook = sweep_root / "failing" / failed.iloc[0]["run_id"] / "03_clean.ipynb"
     assert "FungilibError" in notebook.read_text()  # the executed notebook is the log
+    assert main(["report", str(notebook.parent)]) == 0
+    html = notebook.with_suffix(".html").read_text()
+    assert "<html" in html and "no images left after cleaning" in html
 
 
 @pytest.mark.slow
-def test_runs_on_a_dask_local_cluster(pipeline, sweep_root: Path, tmp_path: Path) -> None:
-    path = _data_sweep(pipeline, tmp_path, "dask", {"clean.seed": [5, 6]})
+def test_training_sweep_on_a_dask_local_cluster_then_the_comparison_notebook(pipeline, sweep_root: Path,
+                                                                            tmp_path: Path) -> None:
+    path = _write(tmp_path / "dask.yaml", {
+        "name": "dask", "manifest": str(pipeline.root / "clean"), "pipeline": ["train"],
+        "base": {"train": {"dataset": {"image_size": 32, "batch_size": 64}, "fit": {"epochs": 1}}},
+        "search": {"grid": {"train.optimizer.learning_rate": [0.001, 0.01]}}})
     result = run_sweep(path, sweep_root, local_cluster=2)
     assert [s["state"] for s in result.statuses] == ["done", "done"]
-    assert len({s["pid"] for s in result.statuses}) == 2  # two worker processes
+    assert len({s["pid"] for s in result.statuses}) == 2  # two Dask worker processes
+    table = collect_runs(sweep_root, "dask")
+    assert table["top1"].notna().all() and sorted(table["param.optimizer.learning_rate"]) == [0.001, 0.01]
+    from fungilib.notebooks import NOTEBOOKS_DIR, run_notebook
+
+    out = tmp_path / "compare"
+    run = run_notebook(NOTEBOOKS_DIR / "06_compare_runs.ipynb", out / "06.ipynb",
+                       {"runs_root": str(sweep_root), "sweep": "dask", "out": str(out)})
+    assert run.ok
+    assert (out / "top1_vs_params.png").stat().st_size > 5000
+    assert (out / "learning_curves_val_accuracy.png").exists()
 
 
 @pytest.mark.slow

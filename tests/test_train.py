@@ -225,14 +225,14 @@ def test_sigkill_mid_training_then_rerun_resumes(pipeline, tmp_path: Path) -> No
     assert not (out / "backup").exists()
     again = train(build_params(TrainParams, {"out": out}))  # a finished run is not redone
     assert again.skipped and again.epochs_run == 4
+    _check_evaluation(pipeline, out)
 
 
-@pytest.mark.slow
-def test_evaluation_writes_metrics_and_plots(pipeline, tmp_path: Path) -> None:
+def _check_evaluation(pipeline, run_dir: Path) -> None:  # noqa: ANN001
+    """Evaluation of a finished run: metrics.json, tables and plots on the test split only."""
     from fungilib.evaluate import evaluate_run
 
-    train(_params(pipeline, tmp_path, fit={"epochs": 1, "temperature_scaling": True}))
-    result = evaluate_run(tmp_path)
+    result = evaluate_run(run_dir)
     m = result.metrics
     assert {"top1", "top3", "top5", "macro_f1", "genus_top1", "family_top1", "ece", "temperature"} <= set(m)
     assert 0 <= m["top1"] <= m["top3"] <= m["top5"] <= 1 and m["top1"] <= m["genus_top1"]
@@ -240,7 +240,7 @@ def test_evaluation_writes_metrics_and_plots(pipeline, tmp_path: Path) -> None:
     assert m["images"] == (manifest["split"] == "test").sum()
     for path in result.plots.values():
         assert path.stat().st_size > 5000
-    assert (tmp_path / "metrics.json").exists() and len(pd.read_csv(tmp_path / "per_class.csv")) == 12
+    assert (run_dir / "metrics.json").exists() and len(pd.read_csv(run_dir / "per_class.csv")) == 12
 
 
 @pytest.mark.slow
