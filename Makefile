@@ -31,6 +31,7 @@ bench: setup
 	$(BIN)/python bench/download_loopback.py --image-size 768 --latency 0.05 --out-name download_loopback_768px_50ms
 	test -f runs/demo/clean/manifest.h5 || $(MAKE) demo
 	$(BIN)/python bench/train_speed.py
+	$(BIN)/python bench/sweep_overhead.py
 
 lint: setup
 	$(BIN)/ruff check fungilib tests bench
