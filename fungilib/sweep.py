@@ -21,7 +21,7 @@ import numpy as np
 import yaml
 
 from fungilib.errors import FungilibError
-from fungilib.fsutil import write_json
+from fungilib.fsutil import atomic_open, write_json
 from fungilib.notebooks import NOTEBOOKS_DIR, check_parameters, run_notebook, stage_defaults
 from fungilib.params import build_params, deep_merge, read_yaml
 
@@ -198,9 +198,10 @@ def plan(sweep: Sweep, runs_root: Path) -> tuple[list[StageRun], list[StageRun]]
     archive = str(Path(sweep.archive).resolve())
     shared: dict[str, StageRun] = {}
     per_run: list[StageRun] = []
+    source_key = _archive_identity(archive) if Path(archive).exists() else archive
     for overrides in sweep.runs:
         upstream: dict[str, StageRun] = {}
-        input_key = _archive_identity(archive) if Path(archive).exists() else archive
+        input_key = source_key
         for i, stage in enumerate(sweep.pipeline):
             values = stage_values(sweep, stage, overrides)
             key = _key(stage, values, input_key)
@@ -261,7 +262,7 @@ def execute(run: StageRun, threads: int = 0) -> dict[str, Any]:
     status = {"stage": run.stage, "run_id": run.run_id, "key": run.key, "state": "running", "start": _now(),
               "host": socket.gethostname(), "pid": os.getpid(), "notebook": STAGES[run.stage]}
     write_json(folder / "status.json", status)
-    with open(folder / "params.yaml", "w", encoding="utf-8") as handle:
+    with atomic_open(folder / "params.yaml", "w", encoding="utf-8") as handle:
         yaml.safe_dump(run.parameters, handle, sort_keys=False)
     t0 = time.perf_counter()
     try:
