@@ -102,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-root", type=Path, default=Path("runs"))
     p.add_argument("--sort", default="top1", help="column to sort by (descending)")
 
+    p = sub.add_parser("export", help="export a trained run: SavedModel + TFLite (float, dynamic) with a parity check")
+    p.add_argument("run", type=Path)
+    p.add_argument("--out", type=Path, help="the bundle folder (default RUN/export)")
+
     p = sub.add_parser("report", help="render a run's executed notebooks to HTML")
     p.add_argument("run", type=Path)
 
@@ -171,6 +175,13 @@ def _run(args: argparse.Namespace) -> int:
         for failed in result.failed:
             print(f"  failed: {failed.get('run_id')}: {failed.get('error')}")
         return 1 if result.failed else 0
+    if args.command == "export":
+        from fungilib.export import export_run
+
+        result = export_run(args.run, args.out)
+        print(json.dumps({"bundle": str(result.bundle), "parity": result.parity,
+                          "sizes": {k: v for k, v in result.files.items() if "/variables/" not in k}}, indent=2))
+        return 0
     if args.command == "report":
         from fungilib.runs_index import render_report
 
