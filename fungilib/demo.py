@@ -66,5 +66,5 @@ def run_demo(root: Path, observations: int = 700, port: int = DEFAULT_PORT,
         from fungilib.sweep import run_sweep
 
         print(f"[demo] sweep {sweep_file}", flush=True)
-        sweep = run_sweep(sweep_file, root.parent)
+        sweep = run_sweep(sweep_file, root.parent, workers=2)  # two at a time: start-up overlaps the other's fit
     return DemoResult(root, runs, sweep)
