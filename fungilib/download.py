@@ -24,7 +24,7 @@ from fungilib.errors import FungilibError
 from fungilib.fsutil import (
     atomic_path,
     join_inside,
-    read_hdf,
+    read_stage_table,
     remove_stale_temps,
     safe_id,
     write_hdf,
@@ -364,9 +364,4 @@ def _results_table(obs: pd.DataFrame, results: dict[str, dict]) -> pd.DataFrame:
 
 def load_downloads(path: Path) -> pd.DataFrame:
     """Read downloads.h5 (or the folder holding it)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / DOWNLOADS_FILE
-    if not path.exists():
-        raise FungilibError(f"{path}: no downloads table; run the download stage first")
-    return read_hdf(path, "downloads")
+    return read_stage_table(path, DOWNLOADS_FILE, "downloads", "download")

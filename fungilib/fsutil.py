@@ -113,6 +113,16 @@ def remove_stale_temps(folder: Path) -> int:
     return count
 
 
+def read_stage_table(path: Path, file_name: str, key: str, stage: str) -> Any:
+    """Read ``key`` of a stage's HDF output, given the file or the folder holding it; missing → one clear line."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / file_name
+    if not path.exists():
+        raise FungilibError(f"{path}: no {file_name}; run the {stage} stage first")
+    return read_hdf(path, key)
+
+
 def read_hdf(path: Path, key: str) -> Any:
     """Read a table written by :func:`write_hdf`; categorical text columns come back as plain text."""
     frame = pd.read_hdf(path, key)

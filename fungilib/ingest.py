@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 
 from fungilib.dwca import MEDIA_ROW_TYPES, OCCURRENCE, Archive, RowIssues, TableSpec, local_name, open_archive
 from fungilib.errors import FungilibError
-from fungilib.fsutil import read_hdf, write_hdf, write_json
+from fungilib.fsutil import read_stage_table, write_hdf, write_json
 from fungilib.params import write_params
 
 OBSERVATIONS_FILE = "observations.h5"
@@ -266,12 +266,7 @@ def ingest(params: IngestParams) -> IngestResult:
 
 def load_observations(path: Path) -> pd.DataFrame:
     """Read observations.h5 (or the folder holding it)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / OBSERVATIONS_FILE
-    if not path.exists():
-        raise FungilibError(f"{path}: no observations file; run the ingest stage first")
-    return read_hdf(path, "observations")
+    return read_stage_table(path, OBSERVATIONS_FILE, "observations", "ingest")
 
 
-__all__ = ["IngestParams", "IngestResult", "ingest", "load_observations", "pa", "pc"]
+__all__ = ["IngestParams", "IngestResult", "ingest", "load_observations"]

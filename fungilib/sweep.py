@@ -290,6 +290,16 @@ class SweepResult:
         return [s for s in self.statuses if s.get("state") != "done"]
 
 
+def _collect(finished: Any, on_done: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
+    """Statuses of futures (local or Dask) in the order they finish, reporting each as it lands."""
+    results = []
+    for future in finished:
+        status = future.result()
+        on_done(status)
+        results.append(status)
+    return results
+
+
 def _submit_all(runs: list[StageRun], workers: int, scheduler: str | None, local_cluster: int,
                 on_done: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
     """Run ``runs`` in parallel: a local process pool, or tasks on a Dask distributed cluster."""
@@ -308,12 +318,7 @@ def _submit_all(runs: list[StageRun], workers: int, scheduler: str | None, local
             client = stack.enter_context(Client(cluster if cluster is not None else scheduler))
             futures = [client.submit(execute, run, threads, pure=False, key=f"fungilib-{run.run_id or run.key}")
                        for run in runs]
-            results = []
-            for future in as_completed(futures):
-                status = future.result()
-                on_done(status)
-                results.append(status)
-            return results
+            return _collect(as_completed(futures), on_done)
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures import as_completed as done_in_order
     from multiprocessing import get_context
@@ -321,12 +326,7 @@ def _submit_all(runs: list[StageRun], workers: int, scheduler: str | None, local
     threads = max(1, cores // workers)
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         futures = [pool.submit(execute, run, threads) for run in runs]
-        results = []
-        for future in done_in_order(futures):
-            status = future.result()
-            on_done(status)
-            results.append(status)
-        return results
+        return _collect(done_in_order(futures), on_done)
 
 
 def run_sweep(path: Path, runs_root: Path = Path("runs"), workers: int = 0, scheduler: str | None = None,
