@@ -10,15 +10,30 @@ STAGE_NOTEBOOKS := $(sort $(wildcard notebooks/0[1-3]_*.ipynb))
 
 .PHONY: setup demo test lint bench clean-runs
 
-setup: $(STAMP)
+NPM_STAMP := node_modules/.fungilib-installed
+CHROMIUM := /usr/bin/chromium
+
+setup: $(STAMP) $(NPM_STAMP) $(CHROMIUM)
 
 # The venv is (re)built when missing or older than the pinned requirements or the package metadata.
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-nodeps.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 	@echo "fungilib is set up: $(BIN)/fungilib"
+
+# TF.js for the web page (tf.min.js) and for the export's parity check in Node, pinned in package-lock.json.
+$(NPM_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $(NPM_STAMP)
+
+# Debian's Chromium for the browser tests (Playwright drives it; no browser download).
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium chromium-driver; \
+	elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq chromium chromium-driver; \
+	else echo "install Debian's chromium (apt-get install chromium chromium-driver) as root, then rerun"; exit 1; fi
 
 demo: setup
 	$(BIN)/fungilib demo --out runs/demo --sweep params/sweeps/demo.yaml

@@ -102,9 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-root", type=Path, default=Path("runs"))
     p.add_argument("--sort", default="top1", help="column to sort by (descending)")
 
-    p = sub.add_parser("export", help="export a trained run: SavedModel + TFLite (float, dynamic) with a parity check")
+    p = _stage_parser(sub, "export", "export a trained run: SavedModel, TFLite, TF.js and the offline web page, "
+                                     "with a parity check against Keras")
     p.add_argument("run", type=Path)
     p.add_argument("--out", type=Path, help="the bundle folder (default RUN/export)")
+
+    p = sub.add_parser("serve", help="serve an export bundle's offline web classifier on 127.0.0.1")
+    p.add_argument("bundle", type=Path, help="an export folder (or a run folder holding export/)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
 
     p = sub.add_parser("report", help="render a run's executed notebooks to HTML")
     p.add_argument("run", type=Path)
@@ -178,9 +184,25 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "export":
         from fungilib.export import export_run
 
-        result = export_run(args.run, args.out)
+        from fungilib.export import ExportParams
+
+        params = load_params(ExportParams, args.params, run=args.run, out=args.out, **_overrides(args.set))
+        result = export_run(params.run, **{k: v for k, v in vars(params).items() if k != "run"})
         print(json.dumps({"bundle": str(result.bundle), "parity": result.parity,
                           "sizes": {k: v for k, v in result.files.items() if "/variables/" not in k}}, indent=2))
+        return 0
+    if args.command == "serve":
+        from fungilib.serve import bundle_dir, make_server
+
+        server = make_server(args.bundle, args.host, args.port)
+        print(f"serving {bundle_dir(args.bundle)} at http://{args.host}:{server.server_address[1]}/ "
+              "(open it once online; it then works offline) — Ctrl-C stops", flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
         return 0
     if args.command == "report":
         from fungilib.runs_index import render_report

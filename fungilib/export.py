@@ -1,13 +1,24 @@
-"""Export a trained run: SavedModel and TFLite (float and dynamic-range) with softmax, plus the bundle's
-labels, preprocessing and model card, and a parity check of every format against Keras on test images."""
+"""Export a trained run as a self-contained bundle: SavedModel, TFLite (float, dynamic-range), TF.js graph
+models (float32, float16, uint8 weights), all with softmax; labels, preprocessing, a model card, the offline
+web classifier, and a parity check of every format against Keras on test images, recorded in the bundle.
+
+Bundle layout (``RUN/export`` unless told otherwise)::
+
+    index.html app.js preprocess.js rollup.js style.css sw.js manifest.webmanifest icon.svg tf.min.js
+    config.json labels.json preprocessing.json MODEL_CARD.md parity.json
+    saved_model/  model_f32.tflite  model_dynamic.tflite  tfjs/{float32,float16,uint8}/model.json + shards
+"""
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+import shutil
+import time
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 
@@ -15,8 +26,32 @@ from fungilib import __version__
 from fungilib.clean import load_manifest
 from fungilib.errors import FungilibError
 from fungilib.fsutil import write_json
+from fungilib.input_pipeline import RESIZE_RULE
+from fungilib.params import build_params
 
 PARITY_MAX_ABS_DIFF = 1e-4
+TFJS_FOLDERS = {"none": "float32", "float16": "float16", "uint8": "uint8"}
+
+
+@dataclass
+class ExportParams:
+    run: Path = Path("../runs/demo/train")  # a finished training run (RUN/model.keras)
+    out: Path | None = None  # the bundle folder; default RUN/export
+    parity_images: int = 16  # test images each format is checked on
+    tfjs_quantization: list[Literal["none", "float16", "uint8"]] = field(
+        default_factory=lambda: ["none", "float16", "uint8"])
+    web_model: Literal["none", "float16", "uint8"] = "none"  # which TF.js model the page loads
+    threshold: float = 0.6  # the page names a species (else genus, else family) at or above this probability
+    top_k: int = 5
+
+    def __post_init__(self) -> None:
+        if self.web_model not in self.tfjs_quantization:
+            raise FungilibError(f"web_model {self.web_model!r} is not among tfjs_quantization "
+                                f"{self.tfjs_quantization}; add it or pick one of them")
+        if not 0 < self.threshold < 1:
+            raise FungilibError(f"threshold must lie between 0 and 1, got {self.threshold}")
+        if self.parity_images < 1 or self.top_k < 1:
+            raise FungilibError("parity_images and top_k must be at least 1")
 
 
 @dataclass
@@ -26,21 +61,21 @@ class ExportResult:
     parity: dict[str, dict[str, float]]
 
 
-def _parity_images(run_dir: Path, size: int, count: int) -> np.ndarray:
+def parity_images(run_dir: Path, size: int, count: int) -> np.ndarray:
     """Up to ``count`` test-split images of the run's manifest, preprocessed exactly as evaluation does."""
     import tensorflow as tf
 
-    from fungilib.input_pipeline import eval_transform
+    from fungilib.input_pipeline import decode_file, eval_transform
 
     summary = json.loads((run_dir / "train_summary.json").read_text())
     manifest, _ = load_manifest(Path(summary["params"]["dataset"]["manifest"]))
     paths = manifest.loc[manifest["split"] == "test", "path"].head(count).tolist()
     if not paths:
         raise FungilibError(f"{run_dir}: no test images for the parity check")
-    return np.stack([eval_transform(tf.io.decode_jpeg(tf.io.read_file(p), 3), size).numpy() for p in paths])
+    return np.stack([eval_transform(decode_file(p), size).numpy() for p in paths])
 
 
-def _litert_probs(model_bytes: bytes, images: np.ndarray) -> np.ndarray:
+def _litert_probs(model_bytes: bytes, images: np.ndarray) -> tuple[np.ndarray, float]:
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_content=model_bytes)
@@ -49,70 +84,149 @@ def _litert_probs(model_bytes: bytes, images: np.ndarray) -> np.ndarray:
     interpreter.resize_tensor_input(inp["index"], [1, *images.shape[1:]])
     interpreter.allocate_tensors()
     rows = []
+    start = time.perf_counter()
     for image in images:
         interpreter.set_tensor(inp["index"], image[None].astype(np.float32))
         interpreter.invoke()
-        rows.append(interpreter.get_tensor(out["index"])[0])
-    return np.stack(rows)
+        rows.append(interpreter.get_tensor(out["index"])[0].copy())
+    return np.stack(rows), 1000 * (time.perf_counter() - start) / len(images)
 
 
-def _compare(reference: np.ndarray, other: np.ndarray) -> dict[str, float]:
-    return {"top1_agreement": float(np.mean(reference.argmax(1) == other.argmax(1))),
-            "max_abs_diff": float(np.abs(reference - other).max())}
+def _keras_probs(model: Any, images: np.ndarray) -> tuple[np.ndarray, float]:
+    """Batch probabilities (the reference), and the per-image latency of one-image calls."""
+    reference = np.asarray(model.predict(images, verbose=0))
+    model.predict_on_batch(images[:1])  # warm-up: the compiled predict function
+    start = time.perf_counter()
+    for image in images:
+        model.predict_on_batch(image[None])
+    return reference, 1000 * (time.perf_counter() - start) / len(images)
 
 
-def export_run(run_dir: Path, out: Path | None = None, parity_images: int = 16) -> ExportResult:
-    """Write the export bundle for ``run_dir`` (default ``run_dir/export``); fail when unquantized parity fails."""
+def _compare(reference: np.ndarray, other: np.ndarray, ms: float | None = None) -> dict[str, float]:
+    row = {"top1_agreement": float(np.mean(reference.argmax(1) == other.argmax(1))),
+           "max_abs_diff": float(np.abs(reference - other).max())}
+    if ms is not None:
+        row["ms_per_image"] = round(ms, 2)
+    return row
+
+
+def _folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def _model_card(run_dir: Path, labels: Any, size: int, parity: dict, sizes: dict[str, int]) -> str:
+    metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else {}
+    summary = json.loads((run_dir / "train_summary.json").read_text())
+    params = summary["params"]
+    lines = [
+        f"# Model card — {run_dir.name}", "",
+        f"- fungilib {__version__}, exported {date.today()}",
+        f"- base {params['model']['base']}, weights {params['model']['weights']}, freeze {params['model']['freeze']}, "
+        f"input {size} px RGB in [0, 255] (scaling inside the model), {summary['epochs_run']} epochs",
+        f"- {len(labels)} classes; {summary['train_images']} training and {summary['val_images']} validation images",
+        "- test split: " + (", ".join(f"{k} {metrics[k]:.3f}" for k in ("top1", "top3", "macro_f1", "ece")
+                                       if k in metrics) or "not evaluated"),
+        "- formats and sizes: " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sizes.items()),
+        f"- parity vs Keras on {int(parity['images']['count'])} test images: " + "; ".join(
+            f"{k} agreement {v['top1_agreement']:.0%}, max |Δp| {v['max_abs_diff']:.1e}"
+            for k, v in parity.items() if k != "images"),
+    ]
+    manifest_dir = Path(params["dataset"]["manifest"])
+    try:
+        manifest, _ = load_manifest(manifest_dir)
+        if "license" in manifest:
+            counts = manifest["license"].astype(str).value_counts()
+            lines.append("- image licences (training data, images): "
+                         + ", ".join(f"{name or 'unstated'} {n}" for name, n in counts.items()))
+        if "rightsHolder" in manifest:
+            lines.append(f"- {manifest['rightsHolder'].nunique()} rights holders; per-image attribution in "
+                         f"{manifest_dir}/manifest.h5")
+    except FungilibError:
+        lines.append(f"- data: the manifest {manifest_dir} is no longer readable; attribution not counted")
+    lines += ["- data source: GBIF occurrence media (Darwin Core Archive) through fungilib ingest → download → clean",
+              "- parameters: " + json.dumps(params, default=str)]
+    return "\n".join(lines) + "\n"
+
+
+def export_run(run_dir: Path, out: Path | None = None, **options: Any) -> ExportResult:
+    """Write the export bundle for ``run_dir``; fail when an unquantized format disagrees with Keras.
+
+    ``options`` are the other ``ExportParams`` (``parity_images``, ``tfjs_quantization``, ``web_model``, …).
+    The bundle is built in a sibling folder and moved into place at the end, so a failed export leaves
+    the previous bundle as it was.
+    """
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     import keras
     import tensorflow as tf
 
+    from fungilib.tfjs_convert import convert_saved_model
     from fungilib.train import load_trained
+    from fungilib.webapp import tfjs_predict_node, write_web_app
 
+    params = build_params(ExportParams, {"run": Path(run_dir), "out": out, **options}, "export parameters")
     run_dir = Path(run_dir)
-    bundle = Path(out) if out else run_dir / "export"
-    bundle.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / "model.keras").exists():
+        raise FungilibError(f"{run_dir} holds no finished training run (no model.keras); train it first")
+    bundle = Path(params.out or run_dir / "export")
+    work = bundle.with_name(f".{bundle.name}.partial")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+
     model, labels, prep = load_trained(run_dir)
     size = int(prep["input_size"])
     inputs = keras.Input((size, size, 3), name="image")
     with_softmax = keras.Model(inputs, keras.layers.Softmax(name="probabilities")(model(inputs)))
-    saved = bundle / "saved_model"
+    saved = work / "saved_model"
     with_softmax.export(str(saved), verbose=False)
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
     tflite_f32 = converter.convert()
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     tflite_dynamic = converter.convert()
-    (bundle / "model_f32.tflite").write_bytes(tflite_f32)
-    (bundle / "model_dynamic.tflite").write_bytes(tflite_dynamic)
-    images = _parity_images(run_dir, size, parity_images)
-    reference = np.asarray(with_softmax.predict(images, verbose=0))
+    (work / "model_f32.tflite").write_bytes(tflite_f32)
+    (work / "model_dynamic.tflite").write_bytes(tflite_dynamic)
+    convert_saved_model(saved, {q: work / "tfjs" / TFJS_FOLDERS[q] for q in params.tfjs_quantization})
+
+    images = parity_images(run_dir, size, params.parity_images)
+    reference, keras_ms = _keras_probs(with_softmax, images)
     reloaded = tf.saved_model.load(str(saved))
-    parity = {
+    parity: dict[str, dict[str, float]] = {
+        "keras": {"top1_agreement": 1.0, "max_abs_diff": 0.0, "ms_per_image": round(keras_ms, 2)},
         "saved_model": _compare(reference, np.asarray(reloaded.serve(tf.constant(images)))),
-        "tflite_f32": _compare(reference, _litert_probs(tflite_f32, images)),
-        "tflite_dynamic": _compare(reference, _litert_probs(tflite_dynamic, images)),
+        "tflite_f32": _compare(reference, *_litert_probs(tflite_f32, images)),
+        "tflite_dynamic": _compare(reference, *_litert_probs(tflite_dynamic, images)),
     }
+    for quantization in params.tfjs_quantization:
+        folder = TFJS_FOLDERS[quantization]
+        parity[f"tfjs_{folder}_node"] = _compare(reference, *tfjs_predict_node(work / "tfjs" / folder, images))
     parity["images"] = {"count": float(len(images))}
-    write_json(bundle / "parity.json", parity)
-    for name in ("saved_model", "tflite_f32"):
+    write_json(work / "parity.json", parity)
+    exact = ["saved_model", "tflite_f32"] + (["tfjs_float32_node"] if "none" in params.tfjs_quantization else [])
+    for name in exact:
         if parity[name]["top1_agreement"] < 1.0 or parity[name]["max_abs_diff"] > PARITY_MAX_ABS_DIFF:
-            raise FungilibError(f"export parity failed for {name}: {parity[name]} (limit {PARITY_MAX_ABS_DIFF})")
+            raise FungilibError(f"export parity failed for {name}: {parity[name]} (limit {PARITY_MAX_ABS_DIFF}); "
+                                f"the partial bundle is in {work}")
+
     labels_out = labels[["label", "class_key", "speciesKey", "species", "genus", "family"]].to_dict(orient="records")
-    write_json(bundle / "labels.json", labels_out)
-    write_json(bundle / "preprocessing.json", {**prep, "output": "probabilities (softmax included)"})
+    write_json(work / "labels.json", labels_out)
+    write_json(work / "preprocessing.json", {**prep, **{k: v for k, v in RESIZE_RULE.items() if k not in prep},
+                                            "output": "probabilities (softmax included)"})
+    sizes = {"saved_model": _folder_bytes(saved), "tflite_f32": len(tflite_f32), "tflite_dynamic": len(tflite_dynamic)}
+    sizes |= {f"tfjs_{TFJS_FOLDERS[q]}": _folder_bytes(work / "tfjs" / TFJS_FOLDERS[q]) for q in params.tfjs_quantization}
+    (work / "MODEL_CARD.md").write_text(_model_card(run_dir, labels, size, parity, sizes))
+
     metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else {}
-    summary = json.loads((run_dir / "train_summary.json").read_text())
-    card = [
-        f"# Model card — {run_dir.name}", "",
-        f"- fungilib {__version__}, exported {date.today()}; base {summary['params']['model']['base']}, "
-        f"weights {summary['params']['model']['weights']}, input {size} px RGB in [0, 255]",
-        f"- {len(labels)} classes; trained on {summary['train_images']} images, validated on {summary['val_images']}",
-        "- test split: " + ", ".join(f"{k} {metrics[k]:.3f}" for k in ("top1", "top3", "macro_f1") if k in metrics),
-        f"- parity vs Keras on {len(images)} test images: " + ", ".join(
-            f"{k} agreement {v['top1_agreement']:.0%}, max |Δp| {v['max_abs_diff']:.1e}"
-            for k, v in parity.items() if k != "images"),
-        "- data: GBIF occurrence media; see the clean stage's manifest for per-image licence and rights holder",
-    ]
-    (bundle / "MODEL_CARD.md").write_text("\n".join(card) + "\n")
+    web_folder = Path("tfjs") / TFJS_FOLDERS[params.web_model]
+    model_files = [str(p.relative_to(work)) for p in sorted((work / web_folder).iterdir())]
+    config = {"model": str(web_folder / "model.json"), "threshold": params.threshold, "top_k": params.top_k,
+              "run": run_dir.name, "created": str(date.today()), "fungilib": __version__,
+              "metrics": ", ".join(f"test {k} {metrics[k]:.2f}" for k in ("top1", "macro_f1") if k in metrics)}
+    write_web_app(work, config, model_files)
+
+    old = bundle.with_name(f".{bundle.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if bundle.exists():
+        bundle.rename(old)
+    work.rename(bundle)
+    shutil.rmtree(old, ignore_errors=True)
     files = {str(p.relative_to(bundle)): p.stat().st_size for p in sorted(bundle.rglob("*")) if p.is_file()}
     return ExportResult(bundle, files, parity)

@@ -16,7 +16,7 @@ import pandas as pd
 from fungilib.clean import load_manifest
 from fungilib.errors import FungilibError
 from fungilib.fsutil import atomic_path, write_json
-from fungilib.input_pipeline import EVAL_CROP, Augmentation, class_weights, make_dataset
+from fungilib.input_pipeline import EVAL_CROP, RESIZE_RULE, Augmentation, class_weights, make_dataset
 from fungilib.models import spec_for
 from fungilib.params import params_to_dict, write_params
 
@@ -205,7 +205,7 @@ def preprocessing_spec(params: TrainParams) -> dict[str, Any]:
     return {
         "input_size": params.dataset.image_size, "channels": "RGB", "input_range": [0, 255], "dtype": "float32",
         "resize": "shorter side to input_size / crop_fraction, bilinear, antialiased", "crop": "central square",
-        "crop_fraction": EVAL_CROP, "inside_model": f"scaling '{spec.scaling}' for base {spec.name}",
+        "crop_fraction": EVAL_CROP, **RESIZE_RULE, "inside_model": f"scaling '{spec.scaling}' for base {spec.name}",
         "output": "logits (the exported model adds softmax)",
     }
 

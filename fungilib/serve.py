@@ -1,0 +1,76 @@
+"""Serve an export bundle's web classifier on loopback (``fungilib serve EXPORT_DIR``).
+
+Plain static files from the bundle folder only (no directory listings, nothing outside it), with the same
+Content-Security-Policy as the page's own: nothing but this origin may be contacted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from fungilib.errors import FungilibError
+
+CSP = ("default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; connect-src 'self'; "
+       "worker-src 'self'; manifest-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; "
+       "frame-ancestors 'none'")
+
+
+def bundle_dir(path: Path) -> Path:
+    """The bundle folder for an export folder or a run folder holding ``export/``."""
+    path = Path(path)
+    for candidate in (path, path / "export"):
+        if (candidate / "index.html").is_file() and (candidate / "config.json").is_file():
+            return candidate.resolve()
+    raise FungilibError(f"{path} is not an export bundle (no index.html and config.json); "
+                        f"run `fungilib export RUN` first and serve RUN/export")
+
+
+class BundleHandler(SimpleHTTPRequestHandler):
+    extensions_map = {**SimpleHTTPRequestHandler.extensions_map, ".webmanifest": "application/manifest+json",
+                      ".js": "text/javascript", ".json": "application/json", ".bin": "application/octet-stream",
+                      ".svg": "image/svg+xml", ".tflite": "application/octet-stream"}
+    quiet = False
+
+    def end_headers(self) -> None:
+        self.send_header("Content-Security-Policy", CSP)
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Cache-Control", "no-cache")  # revalidate online; the service worker serves offline
+        super().end_headers()
+
+    def list_directory(self, path: Any) -> None:  # no listings: only the bundle's files
+        self.send_error(404, "not found")
+        return None
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 — the base class's name
+        if not self.quiet:
+            super().log_message(format, *args)
+
+
+def make_server(bundle: Path, host: str = "127.0.0.1", port: int = 8000, quiet: bool = False) -> ThreadingHTTPServer:
+    handler = type("Handler", (BundleHandler,), {"quiet": quiet})
+    try:
+        server = ThreadingHTTPServer((host, port), partial(handler, directory=str(bundle_dir(bundle))))
+    except OSError as exc:
+        raise FungilibError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another port with --port") from exc
+    server.daemon_threads = True
+    return server
+
+
+@contextlib.contextmanager
+def serving(bundle: Path, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Serve ``bundle`` in a background thread for the duration of the block; yields the page's URL."""
+    server = make_server(bundle, host, port, quiet=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{host}:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

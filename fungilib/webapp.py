@@ -1,0 +1,91 @@
+"""The offline web classifier in an export bundle, and TF.js run in Node for the export's parity check.
+
+The page lives in ``web/`` (static files, no build step); the bundle gets a copy, ``tf.min.js`` from the
+pinned npm package ``@tensorflow/tfjs`` (installed by ``make setup``), ``config.json`` and a service worker
+whose version and file list are filled in here, so a new export replaces the old offline copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from fungilib.errors import FungilibError
+from fungilib.fsutil import write_json
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+WEB_DIR = PROJECT_ROOT / "web"
+NODE_PREDICT = Path(__file__).resolve().parent / "js" / "tfjs_predict.cjs"
+WEB_FILES = ("index.html", "tf-globals.js", "app.js", "preprocess.js", "rollup.js", "style.css", "manifest.webmanifest", "icon.svg")
+TFJS_PACKAGE = "@tensorflow/tfjs"
+
+
+def node_modules() -> Path:
+    """The ``node_modules`` folder that holds ``@tensorflow/tfjs`` (``FUNGILIB_NODE_MODULES`` overrides)."""
+    candidates = [Path(os.environ["FUNGILIB_NODE_MODULES"])] if os.environ.get("FUNGILIB_NODE_MODULES") else []
+    candidates += [folder / "node_modules" for folder in (Path.cwd(), *Path.cwd().parents, PROJECT_ROOT)]
+    for candidate in candidates:
+        if (candidate / TFJS_PACKAGE / "dist" / "tf.min.js").is_file():
+            return candidate
+    raise FungilibError(f"{TFJS_PACKAGE} is not installed (no node_modules/{TFJS_PACKAGE}); run `make setup`, "
+                        "which runs `npm ci` in the project root")
+
+
+def node_executable() -> str:
+    node = shutil.which("node")
+    if node is None:
+        raise FungilibError("Node.js (`node`) is not on PATH; it runs the TF.js parity check — install Node.js 20+")
+    return node
+
+
+def tfjs_predict_node(model_dir: Path, images: np.ndarray, timeout: float = 600) -> tuple[np.ndarray, float]:
+    """Probabilities of a TF.js graph model on ``images`` (N×H×W×3, [0, 255]) in Node, and ms per image."""
+    n, h, w, _ = images.shape
+    with tempfile.TemporaryDirectory(prefix="fungilib-tfjs-") as tmp:
+        pixels = Path(tmp) / "images.f32"
+        out = Path(tmp) / "out.json"
+        images.astype("<f4").tofile(pixels)
+        env = {**os.environ, "NODE_PATH": str(node_modules())}
+        cmd = [node_executable(), str(NODE_PREDICT), str(model_dir), str(pixels), str(n), str(h), str(w), str(out)]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0 or not out.exists():
+            lines = [line for line in done.stderr.splitlines() if line.startswith("tfjs_predict")] or ["(no output)"]
+            raise FungilibError(f"TF.js in Node failed on {model_dir}: {lines[-1]}")
+        result = json.loads(out.read_text())
+    return np.asarray(result["probabilities"], dtype=np.float32), float(result["ms_per_image"])
+
+
+def _digest(paths: list[Path]) -> str:
+    sha = hashlib.sha256()
+    for path in paths:
+        sha.update(path.name.encode())
+        sha.update(path.read_bytes())
+    return sha.hexdigest()[:16]
+
+
+def write_web_app(bundle: Path, config: dict, model_files: list[str]) -> list[str]:
+    """Copy the page and ``tf.min.js`` into ``bundle``, write ``config.json`` and the service worker.
+
+    ``model_files`` are the bundle-relative files of the TF.js model the page loads; the service worker
+    caches them with the page. Returns the precached file list.
+    """
+    if not (WEB_DIR / "index.html").is_file():
+        raise FungilibError(f"the web page sources are missing ({WEB_DIR}); fungilib must run from its checkout")
+    for name in WEB_FILES:
+        shutil.copyfile(WEB_DIR / name, bundle / name)
+    shutil.copyfile(node_modules() / TFJS_PACKAGE / "dist" / "tf.min.js", bundle / "tf.min.js")
+    write_json(bundle / "config.json", config)
+    precache = ["./", *WEB_FILES, "tf.min.js", "config.json", "labels.json", "preprocessing.json", *model_files]
+    version = _digest([bundle / name for name in precache[1:]])
+    template = (WEB_DIR / "sw.js").read_text()
+    worker = template.replace('"__BUNDLE_VERSION__"', json.dumps(version))
+    worker = worker.replace("__PRECACHE_FILES__", json.dumps(precache))
+    (bundle / "sw.js").write_text(worker)
+    return precache

@@ -1,0 +1,149 @@
+// The offline identifier: load the bundle's TF.js model once, then classify each photo the user picks.
+// Everything it reads comes from this origin (config.json, labels.json, preprocessing.json, the model).
+"use strict";
+(function () {
+  const $ = (id) => document.getElementById(id);
+  const state = { model: null, labels: null, spec: null, config: null, threshold: 0.6, last: null, millis: 0 };
+
+  function setStatus(text, kind) {
+    $("status").textContent = text;
+    $("status").dataset.state = kind;
+  }
+
+  function showError(text) {
+    $("error").textContent = text;
+    $("error").hidden = false;
+    $("answer").hidden = true;
+    document.body.dataset.result = "error";
+  }
+
+  async function getJSON(name) {
+    const response = await fetch(name);
+    if (!response.ok) throw new Error(`${name}: HTTP ${response.status}`);
+    return response.json();
+  }
+
+  async function decode(file) {
+    if (file.type && !file.type.startsWith("image/"))
+      throw new Error(`“${file.name}” is not a photo (${file.type}). Pick a JPEG, PNG or WebP picture.`);
+    let bitmap;
+    try {
+      bitmap = await createImageBitmap(file, { colorSpaceConversion: "none", premultiplyAlpha: "none", imageOrientation: "from-image" });
+    } catch (err) {
+      throw new Error(`“${file.name}” could not be read as a picture. Pick a JPEG, PNG or WebP photo.`);
+    }
+    const canvas = document.createElement("canvas");
+    canvas.width = bitmap.width;
+    canvas.height = bitmap.height;
+    const context = canvas.getContext("2d", { willReadFrequently: true, colorSpace: "srgb" });
+    context.drawImage(bitmap, 0, 0);
+    bitmap.close();
+    const pixels = context.getImageData(0, 0, canvas.width, canvas.height, { colorSpace: "srgb" });
+    return { data: pixels.data, width: canvas.width, height: canvas.height };
+  }
+
+  function predict(input) {
+    const size = state.spec.input_size;
+    return tf.tidy(() => state.model.predict(tf.tensor4d(input, [1, size, size, 3]))).data();
+  }
+
+  function render(probabilities, millis) {
+    const top = FungiRollup.topK(Array.from(probabilities), state.labels, state.config.top_k || 5);
+    const verdict = FungiRollup.answer(Array.from(probabilities), state.labels, state.threshold);
+    const percent = (p) => `${(100 * p).toFixed(1)} %`;
+    const heading = $("verdict");
+    heading.dataset.rank = verdict.rank;
+    heading.dataset.name = verdict.name || "";
+    if (verdict.rank === "species") heading.textContent = `${verdict.name} (${percent(verdict.probability)})`;
+    else if (verdict.rank === "none") heading.textContent = "Not sure — no species, genus or family is likely enough";
+    else heading.textContent = `Some ${verdict.rank === "genus" ? "genus" : "family"} ${verdict.name} (${percent(verdict.probability)}) — species uncertain`;
+    const list = $("top");
+    list.replaceChildren(...top.map((row) => {
+      const item = document.createElement("li");
+      item.dataset.index = String(row.index);
+      item.dataset.probability = String(row.probability);
+      item.dataset.species = row.species || "";
+      const name = document.createElement("strong");
+      name.textContent = row.species || row.class_key;
+      const group = document.createElement("span");
+      group.className = "genus";
+      group.textContent = ` ${percent(row.probability)} · ${row.genus || "?"}, ${row.family || "?"}`;
+      const bar = document.createElement("span");
+      bar.className = "bar";
+      bar.style.width = `${Math.max(1, Math.round(100 * row.probability))}%`;
+      item.append(name, group, bar);
+      return item;
+    }));
+    $("timing").textContent = `Answered in ${millis.toFixed(0)} ms on this device (${tf.getBackend()}), offline-capable.`;
+    $("answer").hidden = false;
+    $("error").hidden = true;
+    document.body.dataset.result = "done";
+  }
+
+  async function classify(file) {
+    document.body.dataset.result = "working";
+    $("error").hidden = true;
+    if (!state.model) { showError("The model is still loading; try again in a moment."); return; }
+    const preview = $("preview");
+    if (preview.src) URL.revokeObjectURL(preview.src);
+    try {
+      const image = await decode(file);
+      preview.src = URL.createObjectURL(file);
+      $("figure").hidden = false;
+      const start = performance.now();
+      const input = FungiPreprocess.preprocessRGBA(image.data, image.width, image.height, state.spec);
+      const probabilities = await predict(input);
+      state.last = probabilities;
+      state.millis = performance.now() - start;
+      render(probabilities, state.millis);
+    } catch (err) {
+      $("figure").hidden = true;
+      showError(err && err.message ? err.message : String(err));
+    }
+  }
+
+  async function registerWorker() {
+    if (!("serviceWorker" in navigator)) return "this browser cannot keep the page offline";
+    await navigator.serviceWorker.register("sw.js");
+    await navigator.serviceWorker.ready;
+    return "works offline";
+  }
+
+  async function start() {
+    const offline = registerWorker().catch((err) => `offline copy failed: ${err.message}`);
+    try {
+      [state.config, state.labels, state.spec] = await Promise.all(
+        ["config.json", "labels.json", "preprocessing.json"].map(getJSON));
+      const wanted = new URLSearchParams(location.search).get("backend") || state.config.backend;
+      if (wanted) await tf.setBackend(wanted);
+      await tf.ready();
+      state.model = await tf.loadGraphModel(state.config.model);
+      const size = state.spec.input_size;
+      tf.tidy(() => state.model.predict(tf.zeros([1, size, size, 3])));
+    } catch (err) {
+      setStatus(`The model could not be loaded: ${err.message}`, "failed");
+      return;
+    }
+    state.threshold = Number(localStorage.getItem("fungilib.threshold") || state.config.threshold || 0.6);
+    $("threshold").value = String(state.threshold);
+    $("threshold-value").textContent = `${Math.round(100 * state.threshold)} %`;
+    $("about").textContent = `${state.labels.length} species · model ${state.config.run} (${state.config.created}) · ` +
+      `input ${state.spec.input_size} px · ${state.config.metrics || ""}`;
+    setStatus(`Ready (${await offline}).`, "ready");
+    document.body.dataset.ready = "true";
+  }
+
+  for (const id of ["photo", "camera"]) {
+    $(id).addEventListener("change", (event) => {
+      const file = event.target.files && event.target.files[0];
+      if (file) classify(file);
+    });
+  }
+  $("threshold").addEventListener("input", (event) => {
+    state.threshold = Number(event.target.value);
+    $("threshold-value").textContent = `${Math.round(100 * state.threshold)} %`;
+    localStorage.setItem("fungilib.threshold", String(state.threshold));
+    if (state.last) render(state.last, state.millis);
+  });
+  start();
+})();
