@@ -7,6 +7,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -98,13 +99,28 @@ def clean_dataset(params: CleanParams) -> CleanResult:
     frame = obs.merge(dl[["media_id", "status", "reason", "path"]], on="media_id", how="left")
     frame["status"] = frame["status"].fillna("failed")
     frame["reason"] = frame["reason"].fillna("not in the downloads table")
-    pruner = _Pruner(frame)
+    pruner = Pruner(frame)
     pruner.drop(frame["status"] != "ok", "download failed: " + frame["reason"].astype(str))
     class_keys, rank_reason = _class_keys(pruner.frame, params.keep_genus_rank)
     pruner.frame["class_key"] = class_keys
     pruner.drop(class_keys == "", rank_reason)
     frame = pruner.frame
     frame["abs_path"] = [str(download_dir / p) for p in frame["path"]]
+    pruner.frame = frame
+    result = finish_dataset(pruner, params, out, base=download_dir)
+    write_params(out / "params.yaml", params)
+    return result
+
+
+def finish_dataset(pruner: Pruner, params: Any, out: Path, base: Path | None = None) -> CleanResult:
+    """The shared end of every source (GBIF downloads, image folders): decode check, size, dedupe, min/cap per
+    class, the seeded stratified group split, and ``manifest.h5`` + labels + ``clean_report.json`` in ``out``.
+
+    ``pruner.frame`` needs media_id, gbifID (the split group), species, speciesKey, genus, family, taxonRank,
+    license, rightsHolder, class_key, path (as reported when dropped) and abs_path (the file training reads);
+    ``params`` gives min_per_class, max_per_class, min_side, val_fraction, test_fraction and seed.
+    """
+    frame = pruner.frame
     unique_paths = frame["abs_path"].drop_duplicates().tolist()
     with ThreadPoolExecutor(max(2, os.cpu_count() or 2)) as pool:
         checks = list(tqdm(pool.map(_check_image, unique_paths, chunksize=32), total=len(unique_paths),
@@ -132,7 +148,7 @@ def clean_dataset(params: CleanParams) -> CleanResult:
     manifest = _manifest(frame, out)
     dropped_table = (pd.concat(dropped, ignore_index=True) if dropped
                      else pd.DataFrame(columns=["media_id", "gbifID", "species", "path", "reason"]))
-    dropped_table["path"] = [str(download_dir / p) if p else "" for p in dropped_table["path"].fillna("")]
+    dropped_table["path"] = [str(base / p) if p and base is not None else p for p in dropped_table["path"].fillna("")]
     write_hdf(out / MANIFEST_FILE, {"manifest": manifest, "labels": labels, "dropped": dropped_table})
     labels.to_csv(out / "labels.csv", index=False)
     write_json(out / "labels.json", labels.to_dict(orient="records"))
@@ -144,11 +160,10 @@ def clean_dataset(params: CleanParams) -> CleanResult:
     )
     write_json(out / "clean_report.json", {**result.__dict__, "manifest": str(result.manifest), "seed": params.seed,
                                             "fractions": fractions})
-    write_params(out / "params.yaml", params)
     return result
 
 
-class _Pruner:
+class Pruner:
     """The rows still in, and every row taken out with its reason."""
 
     def __init__(self, frame: pd.DataFrame) -> None:
@@ -163,7 +178,7 @@ class _Pruner:
             self.frame = self.frame.loc[~mask].copy()
 
 
-def _dedupe(pruner: _Pruner) -> None:
+def _dedupe(pruner: Pruner) -> None:
     """Identical bytes are one image: keep one copy, and tie the observations sharing it into one group."""
     frame = pruner.frame
     pairs = frame[["sha256", "gbifID"]].drop_duplicates()

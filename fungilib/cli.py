@@ -102,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-root", type=Path, default=Path("runs"))
     p.add_argument("--sort", default="top1", help="column to sort by (descending)")
 
+    p = _stage_parser(sub, "import-folder", "turn a folder of class folders (DIR/<label>/*.jpg) or a labels CSV "
+                                            "(path,label[,group,genus,family]) into a manifest for training")
+    p.add_argument("source", type=Path, help="DIR/<label>/... or a CSV")
+    p.add_argument("--out", type=Path, required=True)
+
     p = _stage_parser(sub, "export", "export a trained run: SavedModel, TFLite, TF.js and the offline web page, "
                                      "with a parity check against Keras")
     p.add_argument("run", type=Path)
@@ -182,11 +187,11 @@ def _run(args: argparse.Namespace) -> int:
             print(f"  failed: {failed.get('run_id')}: {failed.get('error')}")
         return 1 if result.failed else 0
     if args.command == "export":
-        from fungilib.export import export_run
+        from fungilib.export import ExportParams, export_run
+        from fungilib.notebooks import PARAMS_DIR
 
-        from fungilib.export import ExportParams
-
-        params = load_params(ExportParams, args.params, run=args.run, out=args.out, **_overrides(args.set))
+        params = load_params(ExportParams, args.params or PARAMS_DIR / "export.yaml", run=args.run, out=args.out,
+                             **_overrides(args.set))
         result = export_run(params.run, **{k: v for k, v in vars(params).items() if k != "run"})
         print(json.dumps({"bundle": str(result.bundle), "parity": result.parity,
                           "sizes": {k: v for k, v in result.files.items() if "/variables/" not in k}}, indent=2))
@@ -227,6 +232,11 @@ def _run(args: argparse.Namespace) -> int:
         print(f"cached in {fetch_weights(args.name)}")
         return 0
     values = _overrides(args.set)
+    if args.command == "import-folder":
+        from fungilib.image_folder import FolderParams, import_folder
+
+        _print_result(import_folder(load_params(FolderParams, args.params, source=args.source, out=args.out, **values)))
+        return 0
     if args.command == "ingest":
         from fungilib.ingest import IngestParams, ingest
 

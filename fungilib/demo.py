@@ -1,4 +1,5 @@
-"""The main job on the embedded sample: generate it, serve it on loopback, run the stage notebooks in order."""
+"""The main job on the embedded sample: generate it, serve it on loopback, run the stage notebooks in order,
+the sweep, and export the best run as the offline web classifier."""
 
 from __future__ import annotations
 
@@ -67,4 +68,21 @@ def run_demo(root: Path, observations: int = 700, port: int = DEFAULT_PORT,
 
         print(f"[demo] sweep {sweep_file}", flush=True)
         sweep = run_sweep(sweep_file, root.parent, workers=2)  # two at a time: start-up overlaps the other's fit
+    best = root / "train"
+    if sweep is not None:
+        from fungilib.errors import FungilibError
+        from fungilib.runs_index import best_run
+
+        try:
+            best = best_run(root.parent, sweep.sweep.name)
+        except FungilibError as exc:  # no finished sweep run: export the demo's own training run
+            print(f"[demo] {exc}; exporting {best}", flush=True)
+    bundle = root / "export" / "bundle"
+    print(f"[demo] 05_export.ipynb: {best} → {bundle}", flush=True)
+    parameters = {**stage_defaults("export"), "run": str(best), "out": str(bundle)}
+    run = run_notebook(NOTEBOOKS_DIR / "05_export.ipynb", root / "export" / "05_export.ipynb", parameters,
+                       "params/export.yaml")
+    runs.append(run)
+    print(f"[demo]   done in {run.seconds:.0f} s\n[demo] the offline classifier: fungilib serve {bundle}  "
+          "→  open http://127.0.0.1:8000/ once; it then works offline", flush=True)
     return DemoResult(root, runs, sweep)

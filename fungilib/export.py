@@ -63,7 +63,6 @@ class ExportResult:
 
 def parity_images(run_dir: Path, size: int, count: int) -> np.ndarray:
     """Up to ``count`` test-split images of the run's manifest, preprocessed exactly as evaluation does."""
-    import tensorflow as tf
 
     from fungilib.input_pipeline import decode_file, eval_transform
 
@@ -230,3 +229,42 @@ def export_run(run_dir: Path, out: Path | None = None, **options: Any) -> Export
     shutil.rmtree(old, ignore_errors=True)
     files = {str(p.relative_to(bundle)): p.stat().st_size for p in sorted(bundle.rglob("*")) if p.is_file()}
     return ExportResult(bundle, files, parity)
+
+
+def formats_table(result: ExportResult) -> Any:
+    """One row per format: size, top-1 agreement and max |Δp| against Keras, and per-image latency."""
+    import pandas as pd
+
+    def size_of(prefix: str) -> int:
+        return sum(v for k, v in result.files.items() if k == prefix or k.startswith(prefix + "/"))
+
+    where = {"keras": None, "saved_model": "saved_model", "tflite_f32": "model_f32.tflite",
+             "tflite_dynamic": "model_dynamic.tflite", "tfjs_float32_node": "tfjs/float32",
+             "tfjs_float16_node": "tfjs/float16", "tfjs_uint8_node": "tfjs/uint8"}
+    rows = []
+    for name, row in result.parity.items():
+        if name == "images":
+            continue
+        path = where.get(name)
+        rows.append({"format": name, "size_mb": round(size_of(path) / 1e6, 3) if path else None,
+                     "top1_agreement": row["top1_agreement"], "max_abs_diff": row["max_abs_diff"],
+                     "ms_per_image": row.get("ms_per_image")})
+    return pd.DataFrame(rows).set_index("format")
+
+
+def plot_formats(table: Any, path: Path) -> Path:
+    """Size against max |Δp| per exported format (log scale), saved as ``path``."""
+    import matplotlib.pyplot as plt
+
+    from fungilib.plotting import save_figure
+
+    rows = table.dropna(subset=["size_mb"])
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.scatter(rows["size_mb"], rows["max_abs_diff"].clip(lower=1e-9), s=40, color="#b5452b")
+    for name, row in rows.iterrows():
+        ax.annotate(name, (row["size_mb"], max(row["max_abs_diff"], 1e-9)), fontsize=8, xytext=(4, 3),
+                    textcoords="offset points")
+    ax.axhline(PARITY_MAX_ABS_DIFF, ls="--", lw=1, color="grey")
+    ax.set(yscale="log", xlabel="size (MB)", ylabel="max |p − p_keras| on test images",
+           title="Exported formats: size against agreement with Keras")
+    return save_figure(fig, path)

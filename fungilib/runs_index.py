@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from fungilib.errors import FungilibError
 from fungilib.fsutil import atomic_path, write_hdf
 
 HEADLINE = ["top1", "top3", "top5", "macro_f1", "genus_top1", "ece"]
@@ -85,3 +86,16 @@ def render_report(run_dir: Path) -> list[Path]:
             tmp.write_text(body, encoding="utf-8")
         written.append(target)
     return written
+
+
+def best_run(runs_root: Path, sweep: str, metric: str = "top1") -> Path:
+    """The training output folder of the sweep's finished run with the highest ``metric`` (then macro-F1)."""
+    table = collect_runs(runs_root, sweep)
+    if table.empty or metric not in table:
+        raise FungilibError(f"sweep {sweep!r} under {runs_root} has no evaluated runs to choose from")
+    done = table[(table["status"] == "done") & table[metric].notna()]
+    if done.empty:
+        raise FungilibError(f"sweep {sweep!r} has no finished, evaluated run")
+    keys = [metric, "macro_f1"] if "macro_f1" in done and metric != "macro_f1" else [metric]
+    best = done.sort_values(keys, ascending=False).iloc[0]
+    return Path(runs_root) / sweep / str(best["run_id"]) / "output"

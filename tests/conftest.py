@@ -61,3 +61,19 @@ def shared_dwca() -> Path:
     if not folder.is_dir():
         pytest.skip("../shared/data/dwca is absent")
     return folder
+
+
+@pytest.fixture(scope="session")
+def trained_run(pipeline, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small model that has learned something (48 px, 6 epochs), evaluated: for export, web and predict tests."""
+    from fungilib.evaluate import evaluate_run
+    from fungilib.params import build_params
+    from fungilib.train import TrainParams, train
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    train(build_params(TrainParams, {
+        "out": out, "dataset": {"manifest": str(pipeline.root / "clean"), "image_size": 48, "batch_size": 32},
+        "augmentation": {"enabled": False}, "optimizer": {"learning_rate": 0.004},
+        "fit": {"epochs": 5, "patience": 10, "seed": 0, "temperature_scaling": False}}))
+    evaluate_run(out)
+    return out

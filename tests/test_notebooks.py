@@ -13,15 +13,17 @@ from fungilib.demo import STAGE_NOTEBOOKS
 from fungilib.download import DownloadParams
 from fungilib.eda import EdaParams
 from fungilib.errors import FungilibError
+from fungilib.export import ExportParams
 from fungilib.notebooks import NOTEBOOKS_DIR, notebook_parameters, run_notebook, stage_defaults
 from fungilib.params import params_to_dict
 from fungilib.train import TrainParams
 
 HERE = Path(__file__).parent
-STAGE_CLASSES = {"ingest_eda": EdaParams, "download": DownloadParams, "clean": CleanParams, "train": TrainParams}
+STAGE_CLASSES = {"ingest_eda": EdaParams, "download": DownloadParams, "clean": CleanParams, "train": TrainParams,
+                 "export": ExportParams}
 
 
-@pytest.mark.parametrize(("stage", "notebook", "_folder"), STAGE_NOTEBOOKS)
+@pytest.mark.parametrize(("stage", "notebook", "_folder"), [*STAGE_NOTEBOOKS, ("export", "05_export.ipynb", "export")])
 def test_notebook_defaults_match_params_file_and_dataclass(stage: str, notebook: str, _folder: str) -> None:
     declared = notebook_parameters(NOTEBOOKS_DIR / notebook)
     defaults = stage_defaults(stage)
