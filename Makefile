@@ -8,7 +8,7 @@ STAMP := $(VENV)/.fungilib-installed
 # papermill in tests/test_sweep.py with small parameters, as sweeps run them
 STAGE_NOTEBOOKS := $(sort $(wildcard notebooks/0[1-3]_*.ipynb))
 
-.PHONY: setup demo test lint bench clean-runs
+.PHONY: setup demo test lint bench clean-runs lab
 
 NPM_STAMP := node_modules/.fungilib-installed
 CHROMIUM := /usr/bin/chromium
@@ -48,6 +48,16 @@ bench: setup
 	test -f runs/demo/clean/manifest.h5 || $(MAKE) demo
 	$(BIN)/python bench/train_speed.py
 	$(BIN)/python bench/sweep_overhead.py
+
+# JupyterLab at the project root with the project's kernel ("Python (fungilib)"), on loopback unless
+# LAB_IP says otherwise; the token is printed in the URL. `make lab LAB_PORT=8890 LAB_IP=0.0.0.0`.
+LAB_IP ?= 127.0.0.1
+LAB_PORT ?= 8888
+lab: setup
+	$(BIN)/python -m ipykernel install --sys-prefix --name fungilib --display-name "Python (fungilib)" >/dev/null
+	$(BIN)/jupyter lab --no-browser --ip=$(LAB_IP) --port=$(LAB_PORT) --ServerApp.root_dir=$(CURDIR) \
+		--ServerApp.port_retries=0 --KernelSpecManager.ensure_native_kernel=False \
+		--MultiKernelManager.default_kernel_name=fungilib $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 lint: setup
 	$(BIN)/ruff check fungilib tests bench

@@ -117,6 +117,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
 
+    p = sub.add_parser("predict", help="top-k species and the rank-aware verdict for photos or folders of photos")
+    p.add_argument("images", type=Path, nargs="+", help="image files and/or folders (searched recursively)")
+    p.add_argument("--model", type=Path, required=True, help="a training run folder or an export bundle")
+    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--threshold", type=float, help="verdict threshold (default: the bundle's, else 0.6)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    p = sub.add_parser("tensorboard", help="TensorBoard over a sweep's runs (or all runs), on 127.0.0.1")
+    p.add_argument("sweep", nargs="?", help="a sweep name under runs/ (default: every run)")
+    p.add_argument("--runs-root", type=Path, default=Path("runs"))
+    p.add_argument("--port", type=int, default=6006)
+    p.add_argument("--host", default="127.0.0.1")
+
     p = sub.add_parser("report", help="render a run's executed notebooks to HTML")
     p.add_argument("run", type=Path)
 
@@ -196,6 +209,28 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps({"bundle": str(result.bundle), "parity": result.parity,
                           "sizes": {k: v for k, v in result.files.items() if "/variables/" not in k}}, indent=2))
         return 0
+    if args.command == "predict":
+        from fungilib.predict import format_table, predict_files, to_json
+
+        predictions = predict_files(args.images, args.model, args.top, args.threshold)
+        if not predictions:
+            raise FungilibError("no images found in " + ", ".join(map(str, args.images)))
+        print(json.dumps(to_json(predictions), indent=2) if args.json else format_table(predictions, args.top))
+        failed = [p for p in predictions if not p.ok]
+        if failed:
+            print(f"fungilib: {len(failed)} of {len(predictions)} files could not be read", file=sys.stderr)
+        return 1 if failed else 0
+    if args.command == "tensorboard":
+        from fungilib.runs_index import tensorboard_command
+
+        cmd = tensorboard_command(args.runs_root, args.sweep, args.host, args.port)
+        print(" ".join(cmd), flush=True)
+        import subprocess
+
+        try:
+            return subprocess.call(cmd)
+        except KeyboardInterrupt:
+            return 0
     if args.command == "serve":
         from fungilib.serve import bundle_dir, make_server
 

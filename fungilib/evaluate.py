@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from fungilib.clean import load_manifest
+from fungilib.contact_sheets import confidently_wrong_sheet
 from fungilib.errors import FungilibError
 from fungilib.fsutil import write_json
 from fungilib.input_pipeline import make_dataset
@@ -95,9 +96,11 @@ def _plots(cm: np.ndarray, names: list[str], confusions: pd.DataFrame, reliabili
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.scatter(per_class["train_images"], per_class["f1"], s=18)
-    ax.set(xscale="log", xlabel="training images of the class (log)", ylabel="test F1",
-           title="Per-class F1 against class size (the long tail)", ylim=(-0.05, 1.05))
+    ax.scatter(per_class["train_images"], per_class["recall"], s=22, label="accuracy (recall)")
+    ax.scatter(per_class["train_images"], per_class["f1"], s=12, marker="x", label="F1")
+    ax.set(xscale="log", xlabel="training images of the class (log)", ylabel="test score",
+           title="Per-class accuracy against class size (the long tail)", ylim=(-0.05, 1.05))
+    ax.legend(loc="lower right")
     plots["per_class_f1"] = save_figure(fig, out / "per_class_f1.png")
     plt.close(fig)
     return plots
@@ -142,4 +145,7 @@ def evaluate_run(run_dir: Path, manifest: Path | None = None, split: str = "test
     confusions.to_csv(run_dir / "confusions.csv", index=False)
     pd.DataFrame({"media_id": test["media_id"].to_numpy(), "label": y, "predicted": predicted,
                   "confidence": probs.max(axis=1)}).to_csv(run_dir / "predictions.csv", index=False)
+    plots["confidently_wrong"] = confidently_wrong_sheet(pd.DataFrame({
+        "path": test["path"].to_numpy(), "true": [names[i] for i in y], "predicted": [names[i] for i in predicted],
+        "confidence": probs.max(axis=1)}), run_dir)
     return EvalResult(metrics, per_class, confusions, plots)

@@ -123,6 +123,8 @@ def _model_card(run_dir: Path, labels: Any, size: int, parity: dict, sizes: dict
         f"- base {params['model']['base']}, weights {params['model']['weights']}, freeze {params['model']['freeze']}, "
         f"input {size} px RGB in [0, 255] (scaling inside the model), {summary['epochs_run']} epochs",
         f"- {len(labels)} classes; {summary['train_images']} training and {summary['val_images']} validation images",
+        f"- output: softmax of logits / {float(metrics.get('temperature', 1.0)):.3g} (temperature fitted on the "
+        "validation split, so probabilities are calibrated for the page's threshold)",
         "- test split: " + (", ".join(f"{k} {metrics[k]:.3f}" for k in ("top1", "top3", "macro_f1", "ece")
                                        if k in metrics) or "not evaluated"),
         "- formats and sizes: " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sizes.items()),
@@ -173,8 +175,11 @@ def export_run(run_dir: Path, out: Path | None = None, **options: Any) -> Export
 
     model, labels, prep = load_trained(run_dir)
     size = int(prep["input_size"])
+    metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else {}
+    temperature = float(metrics.get("temperature", 1.0))  # fitted on validation at evaluation: calibrated output
     inputs = keras.Input((size, size, 3), name="image")
-    with_softmax = keras.Model(inputs, keras.layers.Softmax(name="probabilities")(model(inputs)))
+    logits = keras.layers.Rescaling(1.0 / temperature, name="temperature")(model(inputs))
+    with_softmax = keras.Model(inputs, keras.layers.Softmax(name="probabilities")(logits))
     saved = work / "saved_model"
     with_softmax.export(str(saved), verbose=False)
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
@@ -208,12 +213,12 @@ def export_run(run_dir: Path, out: Path | None = None, **options: Any) -> Export
     labels_out = labels[["label", "class_key", "speciesKey", "species", "genus", "family"]].to_dict(orient="records")
     write_json(work / "labels.json", labels_out)
     write_json(work / "preprocessing.json", {**prep, **{k: v for k, v in RESIZE_RULE.items() if k not in prep},
-                                            "output": "probabilities (softmax included)"})
+                                            "output": "probabilities (softmax included)",
+                                            "temperature": temperature})
     sizes = {"saved_model": _folder_bytes(saved), "tflite_f32": len(tflite_f32), "tflite_dynamic": len(tflite_dynamic)}
     sizes |= {f"tfjs_{TFJS_FOLDERS[q]}": _folder_bytes(work / "tfjs" / TFJS_FOLDERS[q]) for q in params.tfjs_quantization}
     (work / "MODEL_CARD.md").write_text(_model_card(run_dir, labels, size, parity, sizes))
 
-    metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else {}
     web_folder = Path("tfjs") / TFJS_FOLDERS[params.web_model]
     model_files = [str(p.relative_to(work)) for p in sorted((work / web_folder).iterdir())]
     config = {"model": str(web_folder / "model.json"), "threshold": params.threshold, "top_k": params.top_k,

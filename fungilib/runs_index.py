@@ -99,3 +99,21 @@ def best_run(runs_root: Path, sweep: str, metric: str = "top1") -> Path:
     keys = [metric, "macro_f1"] if "macro_f1" in done and metric != "macro_f1" else [metric]
     best = done.sort_values(keys, ascending=False).iloc[0]
     return Path(runs_root) / sweep / str(best["run_id"]) / "output"
+
+
+def tensorboard_command(runs_root: Path, sweep: str | None, host: str = "127.0.0.1", port: int = 6006) -> list[str]:
+    """TensorBoard over the runs' logs, each run named by its id (``--logdir_spec run_id:path,...``)."""
+    import shutil
+    import sys
+
+    root = Path(runs_root)
+    pattern = f"{sweep}/*/output/logs" if sweep else "*/*/output/logs"
+    logs = sorted(p for p in root.glob(pattern) if p.is_dir() and p.parent.parent.parent.name != "stages")
+    if not sweep:
+        logs += sorted(p for p in root.glob("*/train/logs") if p.is_dir())  # the demo's own training run
+    if not logs:
+        raise FungilibError(f"no TensorBoard logs under {root / (sweep or '')}: run a sweep (or train) first")
+    spec = ",".join(f"{p.parent.parent.name if p.parent.name == 'output' else p.parent.parent.name + '-train'}:{p}"
+                    for p in logs)
+    exe = shutil.which("tensorboard", path=str(Path(sys.executable).parent)) or "tensorboard"
+    return [exe, "--logdir_spec", spec, "--host", host, "--port", str(port)]

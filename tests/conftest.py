@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,17 +67,63 @@ def shared_dwca() -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
-def trained_run(pipeline, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small model that has learned something (48 px, 6 epochs), evaluated: for export, web and predict tests."""
-    from fungilib.evaluate import evaluate_run
-    from fungilib.params import build_params
-    from fungilib.train import TrainParams, train
+@dataclass
+class KilledRun:
+    path: Path
+    finished_before_kill: int  # epochs finished when SIGKILL arrived
+    epochs: int
 
-    out = tmp_path_factory.mktemp("trained") / "run"
-    train(build_params(TrainParams, {
-        "out": out, "dataset": {"manifest": str(pipeline.root / "clean"), "image_size": 48, "batch_size": 32},
-        "augmentation": {"enabled": False}, "optimizer": {"learning_rate": 0.004},
-        "fit": {"epochs": 5, "patience": 10, "seed": 0, "temperature_scaling": False}}))
-    evaluate_run(out)
-    return out
+
+TRAINED_EPOCHS = 12
+
+
+def _train_killed_then_resumed(manifest: Path, out: Path) -> KilledRun:
+    """``fungilib train`` killed with SIGKILL after its first finished epoch, then the same command again."""
+    cmd = [sys.executable, "-m", "fungilib.cli", "train", "--manifest", str(manifest), "--out", str(out),
+           "--set", "dataset.image_size=48", "--set", f"fit.epochs={TRAINED_EPOCHS}", "--set", "fit.patience=50",
+           "--set", "augmentation.enabled=false", "--set", "optimizer.learning_rate=0.004"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    history = out / "history.csv"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if history.exists() and len(history.read_text().splitlines()) >= 2:  # header + 1 finished epoch
+            break
+        time.sleep(0.1)
+    time.sleep(0.3)  # into the next epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = len(history.read_text().splitlines()) - 1 if history.exists() else 0
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    return KilledRun(out, finished, TRAINED_EPOCHS)
+
+
+@pytest.fixture(scope="session")
+def killed_run(pipeline, tmp_path_factory: pytest.TempPathFactory) -> KilledRun:
+    """One real training run for several tests (48 px, 12 epochs, evaluated by the CLI): it was SIGKILLed after
+    its first epoch and resumed — test_train checks the resume, the export/web/predict tests use the model."""
+    return _train_killed_then_resumed(pipeline.root / "clean", tmp_path_factory.mktemp("trained") / "run")
+
+
+@pytest.fixture(scope="session")
+def trained_run(killed_run: KilledRun) -> Path:
+    return killed_run.path
+
+
+@pytest.fixture(scope="session")
+def bundle(trained_run: Path):  # noqa: ANN201 — an ExportResult
+    """The run exported through notebooks/05_export.ipynb under papermill, as the demo does."""
+    import json
+
+    from fungilib.export import ExportResult
+    from fungilib.notebooks import NOTEBOOKS_DIR, run_notebook
+
+    out = trained_run.parent / "export" / "bundle"
+    executed = trained_run.parent / "export" / "05_export.ipynb"
+    run_notebook(NOTEBOOKS_DIR / "05_export.ipynb", executed, {"run": str(trained_run), "out": str(out),
+                                                                "parity_images": 12})
+    text = executed.read_text()
+    assert f"fungilib serve {out}" in text and "tfjs_uint8_node" in text  # the serve command and the formats table
+    assert (out.parent / "formats.png").stat().st_size > 10_000
+    files = {str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file()}
+    return ExportResult(out, files, json.loads((out / "parity.json").read_text()))

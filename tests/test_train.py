@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -195,37 +192,21 @@ def test_hub_module_path_fine_tunes_with_adam_and_reloads(pipeline, tmp_path: Pa
     assert not np.allclose(fine_tuned, kernel)  # fine-tuned with Adam: moved
 
 
-@pytest.mark.slow
-def test_sigkill_mid_training_then_rerun_resumes(pipeline, tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "fungilib.cli", "train", "--manifest", str(pipeline.root / "clean"), "--out",
-           str(out), "--no-evaluate", "--set", "dataset.image_size=32", "--set", "fit.epochs=3",
-           "--set", "fit.patience=10", "--set", "dataset.batch_size=16"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    history = out / "history.csv"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        if history.exists() and len(history.read_text().splitlines()) >= 2:  # header + 1 finished epoch
-            break
-        time.sleep(0.1)
-    time.sleep(0.3)  # into the next epoch
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    finished_before = len(pd.read_csv(history))
-    assert 1 <= finished_before < 3
-    assert not (out / "model.keras").exists()
-    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
-    epochs = pd.read_csv(history)["epoch"].tolist()
-    assert epochs == list(range(3))  # continued, not restarted: each epoch once
+def test_sigkill_mid_training_then_rerun_resumes(killed_run, pipeline) -> None:  # noqa: ANN001
+    """The shared run (conftest) was killed with SIGKILL after its first epoch and rerun with the same command."""
+    out = killed_run.path
+    history = pd.read_csv(out / "history.csv")
+    assert 1 <= killed_run.finished_before_kill < killed_run.epochs
+    assert history["epoch"].tolist() == list(range(killed_run.epochs))  # continued, not restarted: each epoch once
     import json
 
     summary = json.loads((out / "train_summary.json").read_text())
-    assert summary["resumed_from_epoch"] == finished_before
+    assert summary["resumed_from_epoch"] == killed_run.finished_before_kill
     assert not (out / "backup").exists()
     again = train(build_params(TrainParams, {"out": out}))  # a finished run is not redone
-    assert again.skipped and again.epochs_run == 3
-    _check_evaluation(pipeline, out)  # export is tested on its own run in test_web.py
+    assert again.skipped and again.epochs_run == killed_run.epochs
+    assert history["val_accuracy"].iloc[-1] > 0.3  # it learned: the export and browser tests need real outputs
+    _check_evaluation(pipeline, out)
 
 
 def _check_evaluation(pipeline, run_dir: Path) -> None:  # noqa: ANN001

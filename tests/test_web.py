@@ -27,22 +27,6 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-@pytest.fixture(scope="session")
-def bundle(trained_run: Path) -> ExportResult:
-    """The run exported through notebooks/05_export.ipynb under papermill, as the demo does."""
-    from fungilib.notebooks import NOTEBOOKS_DIR, run_notebook
-
-    out = trained_run.parent / "export" / "bundle"
-    executed = trained_run.parent / "export" / "05_export.ipynb"
-    run_notebook(NOTEBOOKS_DIR / "05_export.ipynb", executed, {"run": str(trained_run), "out": str(out),
-                                                                "parity_images": 12})
-    text = executed.read_text()
-    assert f"fungilib serve {out}" in text and "tfjs_uint8_node" in text  # the serve command and the formats table
-    assert (out.parent / "formats.png").stat().st_size > 10_000
-    files = {str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file()}
-    return ExportResult(out, files, json.loads((out / "parity.json").read_text()))
-
-
 @functools.cache
 def _load(run_dir: Path):  # noqa: ANN202
     from fungilib.train import load_trained
@@ -55,8 +39,9 @@ def _keras_probabilities(run_dir: Path, image: Path, scale: float = 1.0) -> np.n
     from fungilib.input_pipeline import decode_file, eval_transform
 
     model, _, prep = _load(run_dir)
+    temperature = json.loads((run_dir / "metrics.json").read_text())["temperature"]  # the export's softmax uses it
     x = eval_transform(decode_file(str(image)), int(prep["input_size"])).numpy() * scale
-    logits = np.asarray(model.predict(x[None], verbose=0))[0].astype(np.float64)
+    logits = np.asarray(model.predict(x[None], verbose=0))[0].astype(np.float64) / temperature
     e = np.exp(logits - logits.max())
     return e / e.sum()
 

@@ -1,0 +1,183 @@
+"""``fungilib predict``: top-k species and the rank-aware verdict for photos, from a run or an export bundle.
+
+The photo is read as the web page reads it (EXIF orientation applied, alpha composited on white; JPEG decoded
+with the accurate IDCT, as training decodes it) and preprocessed by ``eval_transform``, the one definition
+the model was evaluated with. A run folder uses its Keras model with the temperature fitted at evaluation;
+an export bundle uses its float TFLite model (LiteRT), whose softmax already holds that temperature.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from fungilib.errors import FungilibError
+from fungilib.rollup import Answer, answer, top_k
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+DEFAULT_THRESHOLD = 0.6
+
+
+@dataclass
+class Prediction:
+    path: str
+    ok: bool
+    error: str = ""
+    top: list[dict] = field(default_factory=list)
+    answer: Answer | None = None
+
+
+@dataclass
+class Predictor:
+    """Probabilities for preprocessed batches, with the label table and preprocessing they belong to."""
+
+    labels: list[dict]
+    preprocessing: dict[str, Any]
+    threshold: float
+    source: str
+    _probabilities: Any = None
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        return self._probabilities(images)
+
+
+def _keras_predictor(run_dir: Path) -> Predictor:
+    from fungilib.train import load_trained
+
+    model, labels, prep = load_trained(run_dir)
+    metrics_file = run_dir / "metrics.json"
+    temperature = float(json.loads(metrics_file.read_text()).get("temperature", 1.0)) if metrics_file.exists() else 1.0
+
+    def run(images: np.ndarray) -> np.ndarray:
+        logits = np.asarray(model.predict(images, verbose=0), dtype=np.float64) / temperature
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    return Predictor(labels.to_dict(orient="records"), prep, DEFAULT_THRESHOLD,
+                     f"Keras {run_dir / 'model.keras'} (temperature {temperature:.3g})", run)
+
+
+def _tflite_predictor(bundle: Path) -> Predictor:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(bundle / "model_f32.tflite"))
+    inp = interpreter.get_input_details()[0]
+    out = interpreter.get_output_details()[0]
+    prep = json.loads((bundle / "preprocessing.json").read_text())
+    size = int(prep["input_size"])
+    interpreter.resize_tensor_input(inp["index"], [1, size, size, 3])
+    interpreter.allocate_tensors()
+
+    def run(images: np.ndarray) -> np.ndarray:
+        rows = []
+        for image in images:
+            interpreter.set_tensor(inp["index"], image[None].astype(np.float32))
+            interpreter.invoke()
+            rows.append(interpreter.get_tensor(out["index"])[0].astype(np.float64))
+        return np.stack(rows)
+
+    config = json.loads((bundle / "config.json").read_text()) if (bundle / "config.json").exists() else {}
+    return Predictor(json.loads((bundle / "labels.json").read_text()), prep,
+                     float(config.get("threshold", DEFAULT_THRESHOLD)), f"TFLite {bundle / 'model_f32.tflite'}", run)
+
+
+def load_predictor(model: Path) -> Predictor:
+    """A run folder (``model.keras``), an export bundle (``model_f32.tflite``), or a run holding ``export/``."""
+    model = Path(model)
+    if (model / "model.keras").exists():
+        return _keras_predictor(model)
+    for bundle in (model, model / "export"):
+        if (bundle / "model_f32.tflite").exists() and (bundle / "labels.json").exists():
+            return _tflite_predictor(bundle)
+    raise FungilibError(f"{model} holds no model: pass a training run folder (model.keras) or an export bundle "
+                        "(model_f32.tflite, labels.json)")
+
+
+def read_photo(path: Path) -> np.ndarray:
+    """uint8 RGB as shown: EXIF orientation applied, transparency composited on white."""
+    with Image.open(path) as img:
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            flat = Image.new("RGB", rgba.size, (255, 255, 255))
+            flat.paste(rgba, mask=rgba.getchannel("A"))
+            img = flat
+        return np.asarray(img.convert("RGB"))
+
+
+def expand_inputs(inputs: Iterable[Path]) -> list[Path]:
+    """Files as given (a bad one is reported later), folders searched recursively for image suffixes."""
+    found: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        else:
+            found.append(item)
+    return found
+
+
+def predict_files(inputs: Iterable[Path], model: Path, top: int = 5, threshold: float | None = None,
+                  batch_size: int = 32) -> list[Prediction]:
+    import tensorflow as tf
+
+    from fungilib.input_pipeline import eval_transform
+
+    predictor = load_predictor(model)
+    size = int(predictor.preprocessing["input_size"])
+    cut = predictor.threshold if threshold is None else threshold
+    results: list[Prediction] = []
+    pending: list[tuple[Prediction, np.ndarray]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        probs = predictor.probabilities(np.stack([x for _, x in pending]))
+        for (prediction, _), p in zip(pending, probs, strict=True):
+            prediction.top = top_k(p, predictor.labels, top)
+            prediction.answer = answer(p, predictor.labels, cut)
+        pending.clear()
+
+    for path in expand_inputs(inputs):
+        prediction = Prediction(str(path), ok=True)
+        results.append(prediction)
+        try:
+            pixels = read_photo(path)
+        except FileNotFoundError:
+            prediction.ok, prediction.error = False, "no such file"
+            continue
+        except Exception as exc:  # Pillow raises many types for what is not a readable picture
+            prediction.ok, prediction.error = False, f"not a readable image ({type(exc).__name__})"
+            continue
+        pending.append((prediction, eval_transform(tf.constant(pixels), size).numpy()))
+        if len(pending) >= batch_size:
+            flush()
+    flush()
+    return results
+
+
+def format_table(predictions: list[Prediction], top: int) -> str:
+    lines = []
+    for p in predictions:
+        if not p.ok:
+            lines.append(f"{p.path}\n  error: {p.error}")
+            continue
+        a = p.answer
+        verdict = (f"{a.rank} {a.name} ({a.probability:.1%})" if a and a.rank != "none"
+                   else f"not sure (best species {a.probability:.1%})" if a else "")
+        lines.append(f"{p.path}\n  → {verdict}")
+        for i, row in enumerate(p.top[:top], 1):
+            lines.append(f"  {i}. {row.get('species') or row.get('class_key')}  {row['probability']:.1%}"
+                         f"   ({row.get('genus') or '?'}, {row.get('family') or '?'})")
+    return "\n".join(lines)
+
+
+def to_json(predictions: list[Prediction]) -> list[dict]:
+    return [{"path": p.path, "ok": p.ok, "error": p.error,
+             "answer": p.answer.__dict__ if p.answer else None, "top": p.top} for p in predictions]

@@ -1,0 +1,150 @@
+"""Everyday use: predictions from the command line, pictures of the data and the model, TensorBoard over a
+sweep, and JupyterLab in one command."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from fungilib.clean import load_dropped, load_manifest
+from fungilib.contact_sheets import class_sheets, dropped_sheet
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _predict(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fungilib.cli", "predict", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_predict_agrees_with_evaluation_and_reports_bad_files(trained_run: Path, pipeline, tmp_path: Path) -> None:  # noqa: ANN001
+    manifest, labels = load_manifest(pipeline.root / "clean")
+    test = manifest[manifest["split"] == "test"].head(8)
+    evaluated = pd.read_csv(trained_run / "predictions.csv", dtype={"media_id": str}).set_index("media_id")
+    # the first test photo again, stored rotated with an EXIF orientation tag, as PNG: the same photo when shown
+    first = Image.open(test["path"].iloc[0])
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    first.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "rotated.png", exif=exif.tobytes())
+    (tmp_path / "notes.txt").write_text("not a photo")
+    done = _predict(*test["path"], str(tmp_path / "rotated.png"), str(tmp_path / "notes.txt"),
+                    str(tmp_path / "missing.jpg"), "--model", str(trained_run), "--json", "--top", "3")
+    assert done.returncode == 1 and "2 of 11 files could not be read" in done.stderr  # reported, the rest went on
+    rows = json.loads(done.stdout)
+    assert [r["ok"] for r in rows] == [True] * 9 + [False, False]
+    assert rows[9]["error"].startswith("not a readable image") and rows[10]["error"] == "no such file"
+    species = labels.set_index("label")["species"]
+    for row, media_id in zip(rows, test["media_id"], strict=False):
+        want = evaluated.loc[media_id]
+        assert len(row["top"]) == 3 and row["top"][0]["species"] == species[want["predicted"]]
+        assert row["top"][0]["probability"] == pytest.approx(want["confidence"], abs=1e-4)
+        assert row["answer"]["rank"] in {"species", "genus", "family", "none"}
+    assert rows[8]["top"][0]["index"] == rows[0]["top"][0]["index"]  # EXIF rotation applied
+    assert rows[8]["top"][0]["probability"] == pytest.approx(rows[0]["top"][0]["probability"], abs=1e-5)
+    table = _predict(str(test["path"].iloc[0]), "--model", str(trained_run))
+    assert table.returncode == 0 and rows[0]["top"][0]["species"] in table.stdout and "→" in table.stdout
+
+
+def test_predict_from_an_export_bundle_matches_the_run(trained_run: Path, bundle, pipeline) -> None:  # noqa: ANN001
+    manifest, _ = load_manifest(pipeline.root / "clean")
+    folder = Path(manifest.loc[manifest["split"] == "test", "path"].iloc[0]).parent
+    from_run = json.loads(_predict(str(folder), "--model", str(trained_run), "--json").stdout)
+    from_bundle = json.loads(_predict(str(folder), "--model", str(bundle.bundle), "--json").stdout)
+    assert len(from_run) == len(list(folder.glob("*.jpg"))) > 0  # a folder is searched for photos
+    for a, b in zip(from_run, from_bundle, strict=True):
+        assert a["top"][0]["index"] == b["top"][0]["index"]
+        assert abs(a["top"][0]["probability"] - b["top"][0]["probability"]) < 1e-4
+
+
+def test_pictures_of_the_data_and_the_model(pipeline, trained_run: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    manifest, labels = load_manifest(pipeline.root / "clean")
+    sheets = class_sheets(manifest, tmp_path)
+    species = Image.open(sheets["species_sheet"])
+    assert species.height > len(labels) * 112  # one row of thumbnails per species
+    assert len(set(species.resize((64, 64)).getdata())) > 500  # photos, not an empty canvas
+    assert Image.open(sheets["licence_sheet"]).height > manifest["license"].nunique() * 112
+    dropped = Image.open(dropped_sheet(load_dropped(pipeline.root / "clean"), tmp_path))
+    assert dropped.height > 2 * 112 and len(set(dropped.resize((64, 64)).getdata())) > 300
+    wrong = Image.open(trained_run / "confidently_wrong.png")
+    assert wrong.height > 112 and (trained_run / "per_class_f1.png").stat().st_size > 10_000
+
+
+def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 90) -> bytes:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the server exited"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return response.read()
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError(f"{url} did not answer in {timeout} s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+def test_tensorboard_over_a_sweep(trained_run: Path, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    for run_id in ("aaa111", "bbb222"):
+        shutil.copytree(trained_run / "logs", runs / "my-sweep" / run_id / "output" / "logs")
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "fungilib.cli", "tensorboard", "my-sweep", "--runs-root",
+                             str(runs), "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        listed = json.loads(_wait_http(f"http://127.0.0.1:{port}/data/runs", proc))
+        deadline = time.monotonic() + 30
+        while not listed and time.monotonic() < deadline:  # runs appear once TensorBoard has read the logs
+            time.sleep(0.5)
+            listed = json.loads(_wait_http(f"http://127.0.0.1:{port}/data/runs", proc))
+        assert {name.split("/")[0] for name in listed} == {"aaa111", "bbb222"}
+    finally:
+        _stop(proc)
+
+
+def test_make_lab_serves_jupyterlab_on_loopback_with_the_project_kernel() -> None:
+    port = _free_port()
+    proc = subprocess.Popen(["make", "-s", "lab", f"LAB_PORT={port}"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        token = None
+        deadline = time.monotonic() + 120
+        while token is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()  # type: ignore[union-attr]
+            assert line or proc.poll() is None, "make lab exited"
+            found = re.search(rf"http://127\.0\.0\.1:{port}/lab\?token=(\w+)", line)
+            token = found.group(1) if found else None
+        assert token, "no URL with a token was printed"
+        specs = json.loads(_wait_http(f"http://127.0.0.1:{port}/api/kernelspecs?token={token}", proc))
+        assert specs["kernelspecs"]["fungilib"]["spec"]["display_name"] == "Python (fungilib)"
+        contents = json.loads(_wait_http(f"http://127.0.0.1:{port}/api/contents/notebooks?token={token}", proc))
+        assert "05_export.ipynb" in {item["name"] for item in contents["content"]}  # opened at the project root
+        with socket.socket() as s:  # bound to loopback only
+            lan = socket.gethostbyname(socket.gethostname())
+            if not lan.startswith("127."):
+                assert s.connect_ex((lan, port)) != 0
+    finally:
+        _stop(proc)
