@@ -39,15 +39,24 @@ demo: setup
 	$(BIN)/fungilib demo --out runs/demo --sweep params/sweeps/demo.yaml
 
 test: setup
-	$(BIN)/python -m pytest -q tests $(STAGE_NOTEBOOKS) --nbval-lax -p no:cacheprovider
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup tests $(STAGE_NOTEBOOKS) --nbval-lax -p no:cacheprovider
 
-bench: setup
+# The peers fungilib is measured against live in their own venv, never in .venv.
+PEERS_STAMP := bench/work/peers-venv/.installed
+$(PEERS_STAMP): bench/requirements-peers.txt
+	@test -x bench/work/peers-venv/bin/python || $(PYTHON) -m venv bench/work/peers-venv
+	bench/work/peers-venv/bin/python -m pip install --quiet --disable-pip-version-check -r bench/requirements-peers.txt
+	@touch $(PEERS_STAMP)
+
+bench: setup $(PEERS_STAMP)
 	$(BIN)/python bench/ingest_scale.py
+	$(BIN)/python bench/ingest_vs_peers.py
 	$(BIN)/python bench/download_loopback.py
-	$(BIN)/python bench/download_loopback.py --image-size 768 --latency 0.05 --out-name download_loopback_768px_50ms
+	$(BIN)/python bench/download_vs_img2dataset.py
 	test -f runs/demo/clean/manifest.h5 || $(MAKE) demo
 	$(BIN)/python bench/train_speed.py
 	$(BIN)/python bench/sweep_overhead.py
+	$(BIN)/python bench/inference.py
 
 # JupyterLab at the project root with the project's kernel ("Python (fungilib)"), on loopback unless
 # LAB_IP says otherwise; the token is printed in the URL. `make lab LAB_PORT=8890 LAB_IP=0.0.0.0`.

@@ -31,7 +31,8 @@ STAGES: dict[str, str] = {
     "clean": "03_clean.ipynb",
     "train": "04_train.ipynb",
 }
-SWEEP_KEYS = {"name", "archive", "manifest", "sample_dir", "sample_port", "pipeline", "base", "search"}
+SWEEP_KEYS = {"name", "archive", "manifest", "folder", "import", "sample_dir", "sample_port", "pipeline", "base",
+              "search"}
 DISTRIBUTIONS = {"choice", "uniform", "loguniform", "int"}
 
 
@@ -47,6 +48,7 @@ class Sweep:
     base: dict[str, dict[str, Any]]
     runs: list[dict[str, dict[str, Any]]] = field(default_factory=list)  # per run: stage → overrides
     sample_port: int = 8765
+    folder_import: dict[str, Any] | None = None  # `folder:` source: import-folder parameters, run before the plan
 
 
 def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
@@ -118,9 +120,19 @@ def load_sweep(path: Path) -> Sweep:
     if pipeline != [s for s in STAGES if s in pipeline] or pipeline[0] not in ("ingest_eda", "train"):
         raise FungilibError(f"{path}: pipeline must start at ingest_eda (or be [train]) and keep the order "
                             f"{' → '.join(STAGES)}")
-    source_key = "archive" if pipeline[0] == "ingest_eda" else "manifest"
+    source_key = "archive" if pipeline[0] == "ingest_eda" else "folder" if "folder" in data else "manifest"
     if source_key not in data:
-        raise FungilibError(f"{path}: missing {source_key!r} (the input of stage {pipeline[0]})")
+        raise FungilibError(f"{path}: missing {source_key!r} (the input of stage {pipeline[0]}"
+                            + (": a manifest folder, or `folder:` for a labelled image folder)" if pipeline[0] == "train"
+                               else ")"))
+    folder_import = None
+    if source_key == "folder":
+        from fungilib.image_folder import FolderParams
+
+        folder_import = {**(data.get("import") or {}), "source": str(data["folder"])}
+        build_params(FolderParams, {**folder_import, "out": "."}, f"{path}: import")  # validated now, run later
+    elif "import" in data:
+        raise FungilibError(f"{path}: `import` applies only to a `folder:` source")
     base = data.get("base") or {}
     for stage in base:
         if stage not in pipeline:
@@ -136,7 +148,7 @@ def load_sweep(path: Path) -> Sweep:
             _set_dotted(overrides.setdefault(stage, {}), rest, value)
         runs.append(overrides)
     sweep = Sweep(str(data.get("name") or path.stem), path, pipeline, str(data[source_key]), data.get("sample_dir"),
-                  base, runs, int(data.get("sample_port", 8765)))
+                  base, runs, int(data.get("sample_port", 8765)), folder_import)
     for overrides in runs:
         for stage in pipeline:
             validate_stage(stage, stage_values(sweep, stage, overrides), str(path))
@@ -189,6 +201,21 @@ class StageRun:
     folder: Path
     parameters: dict[str, Any]
     run_id: str = ""  # set for the per-run (last) stage
+
+
+def prepare_source(sweep: Sweep, runs_root: Path) -> None:
+    """A `folder:` source is imported once per folder content and import parameters, under
+    ``runs/<sweep>/stages/import-<key>/``; the sweep then trains from that manifest."""
+    if sweep.folder_import is None:
+        return
+    from fungilib.image_folder import FolderParams, import_folder
+
+    values = dict(sweep.folder_import)
+    key = _key("import", values, _archive_identity(values["source"]))
+    out = Path(runs_root).resolve() / sweep.name / "stages" / f"import-{key}"
+    if not (out / "manifest.h5").exists():
+        import_folder(build_params(FolderParams, {**values, "out": out}, f"{sweep.source}: import"))
+    sweep.archive = str(out)
 
 
 def plan(sweep: Sweep, runs_root: Path) -> tuple[list[StageRun], list[StageRun]]:
@@ -341,6 +368,7 @@ def run_sweep(path: Path, runs_root: Path = Path("runs"), workers: int = 0, sche
     from fungilib.sample_server import serving
 
     sweep = load_sweep(path)
+    prepare_source(sweep, runs_root)
     shared, per_run = plan(sweep, runs_root)
     executed: list[dict[str, Any]] = []
     skipped = 0

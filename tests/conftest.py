@@ -127,3 +127,16 @@ def bundle(trained_run: Path):  # noqa: ANN201 — an ExportResult
     assert (out.parent / "formats.png").stat().st_size > 10_000
     files = {str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file()}
     return ExportResult(out, files, json.loads((out / "parity.json").read_text()))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`make test` runs two workers, --dist loadgroup) a file's tests stay together (its
+    session fixtures and nbval's notebook cells run in order on one worker), and every test that uses the one
+    shared trained model shares a worker, so that model is trained once."""
+    for item in items:
+        uses_model = {"killed_run", "trained_run", "bundle"} & set(getattr(item, "fixturenames", ()))
+        name = Path(str(item.path)).name
+        # the stage notebooks read each other's outputs (01 → 02 → 03): one group, in order
+        group = "trained-model" if uses_model else "stage-notebooks" if name.endswith(".ipynb") else name
+        item.add_marker(pytest.mark.xdist_group(group))

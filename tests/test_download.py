@@ -154,18 +154,23 @@ def test_keyboard_interrupt_in_cli_exits_cleanly_without_traceback(pipeline, tmp
     out = tmp_path / "dl"
     state = pipeline.server.state
     state.latency = 0.2  # the download outlasts the wait for its first 10 images, even on a loaded machine
+    errors = tmp_path / "stderr.txt"
     try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "fungilib.cli", "download", str(pipeline.root / "ingest"), "--out", str(out),
-             "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and len(list((out / "images").rglob("*.jpg"))) < 10:
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        with open(errors, "w") as err_file:  # a file, not a pipe: tqdm's progress can never block the child
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "fungilib.cli", "download", str(pipeline.root / "ingest"), "--out", str(out),
+                 "--workers", "2"], stdout=subprocess.DEVNULL, stderr=err_file, text=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and len(list((out / "images").rglob("*.jpg"))) < 10:
+                time.sleep(0.05)
+            assert proc.poll() is None, "the download ended before it could be interrupted"
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=60)
+        err = errors.read_text()
     finally:
         state.latency = 0.0
-    assert proc.returncode == 130
+    assert proc.returncode == 130, err[-2000:]
     assert "rerun the same command to resume" in err
+    assert "Traceback" not in err
     assert (out / "download_log.jsonl").read_text().count("\n") >= 10

@@ -60,19 +60,24 @@ def test_predict_agrees_with_evaluation_and_reports_bad_files(trained_run: Path,
         assert row["answer"]["rank"] in {"species", "genus", "family", "none"}
     assert rows[8]["top"][0]["index"] == rows[0]["top"][0]["index"]  # EXIF rotation applied
     assert rows[8]["top"][0]["probability"] == pytest.approx(rows[0]["top"][0]["probability"], abs=1e-5)
-    table = _predict(str(test["path"].iloc[0]), "--model", str(trained_run))
-    assert table.returncode == 0 and rows[0]["top"][0]["species"] in table.stdout and "→" in table.stdout
+    from fungilib.predict import format_table, predict_files
+
+    table = format_table(predict_files([Path(test["path"].iloc[0])], trained_run), 5)
+    assert rows[0]["top"][0]["species"] in table and "→" in table and table.count("\n") == 6
 
 
 def test_predict_from_an_export_bundle_matches_the_run(trained_run: Path, bundle, pipeline) -> None:  # noqa: ANN001
     manifest, _ = load_manifest(pipeline.root / "clean")
     folder = Path(manifest.loc[manifest["split"] == "test", "path"].iloc[0]).parent
-    from_run = json.loads(_predict(str(folder), "--model", str(trained_run), "--json").stdout)
-    from_bundle = json.loads(_predict(str(folder), "--model", str(bundle.bundle), "--json").stdout)
+    from fungilib.predict import predict_files
+
+    from_run = predict_files([folder], trained_run)
+    from_bundle = predict_files([folder], bundle.bundle)  # the bundle's TFLite model, temperature included
     assert len(from_run) == len(list(folder.glob("*.jpg"))) > 0  # a folder is searched for photos
     for a, b in zip(from_run, from_bundle, strict=True):
-        assert a["top"][0]["index"] == b["top"][0]["index"]
-        assert abs(a["top"][0]["probability"] - b["top"][0]["probability"]) < 1e-4
+        assert a.ok and b.ok and a.top[0]["index"] == b.top[0]["index"]
+        assert abs(a.top[0]["probability"] - b.top[0]["probability"]) < 1e-4
+        assert a.answer == b.answer or abs(a.answer.probability - b.answer.probability) < 1e-4
 
 
 def test_pictures_of_the_data_and_the_model(pipeline, trained_run: Path, tmp_path: Path) -> None:  # noqa: ANN001

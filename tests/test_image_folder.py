@@ -133,3 +133,32 @@ def test_import_folder_with_no_images_is_one_clear_error(tmp_path: Path) -> None
         import_folder(FolderParams(source=tmp_path / "tree", out=tmp_path / "out"))
     with pytest.raises(FungilibError, match="no such folder"):
         import_folder(FolderParams(source=tmp_path / "missing", out=tmp_path / "out"))
+
+
+def test_a_sweep_can_name_an_image_folder_as_its_source(pipeline, tmp_path: Path) -> None:  # noqa: ANN001
+    from fungilib.sweep import load_sweep, plan, prepare_source
+
+    tree = tmp_path / "photos"
+    for folder, taxon in CLASSES.items():
+        (tree / folder).mkdir(parents=True)
+        for photo in _photos(pipeline, taxon)[:6]:
+            shutil.copy(photo, tree / folder / photo.name)
+    sweep_file = tmp_path / "folder-sweep.yaml"
+    sweep_file.write_text(f"name: folder-sweep\nfolder: {tree}\nimport: {{min_per_class: 4, seed: 1}}\n"
+                          "pipeline: [train]\nbase: {train: {dataset: {image_size: 32}}}\n"
+                          "search: {grid: {train.optimizer.learning_rate: [0.001, 0.002]}}\n")
+    sweep = load_sweep(sweep_file)
+    prepare_source(sweep, tmp_path / "runs")
+    imported = Path(sweep.archive)
+    assert imported.parent.name == "stages" and imported.name.startswith("import-")
+    manifest, _ = load_manifest(imported)
+    assert len(manifest) == 18
+    _, runs = plan(sweep, tmp_path / "runs")
+    assert [r.parameters["manifest"] for r in runs] == [str(imported)] * 2  # both runs train on the import
+    stamp = (imported / "manifest.h5").stat().st_mtime_ns
+    again = load_sweep(sweep_file)
+    prepare_source(again, tmp_path / "runs")  # the same folder and parameters: imported once
+    assert again.archive == sweep.archive and (imported / "manifest.h5").stat().st_mtime_ns == stamp
+    sweep_file.write_text(sweep_file.read_text().replace("min_per_class: 4", "min_per_clas: 4"))
+    with pytest.raises(FungilibError, match="min_per_clas"):
+        load_sweep(sweep_file)
