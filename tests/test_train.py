@@ -120,6 +120,22 @@ def test_class_balanced_sampling_evens_out_the_long_tail(pipeline) -> None:
     assert balanced.max() / balanced.min() < natural.max() / natural.min() / 2
 
 
+def test_augmentation_from_files_decodes_only_the_crop_and_keeps_labels(pipeline) -> None:
+    """Uncached training input decodes each random crop's window straight from the JPEG: right shapes, range,
+    labels, a different crop every epoch; the cached path (decode once, crop in memory) gives the same kind."""
+    from fungilib.input_pipeline import Augmentation, make_dataset
+
+    manifest, labels = load_manifest(pipeline.root / "clean")
+    rows = manifest[manifest["split"] == "train"].head(40)
+    for cache in (False, True):
+        ds = make_dataset(rows, len(labels), 48, 40, True, Augmentation(), seed=1, cache=cache)
+        (x1, y1), (x2, y2) = [next(iter(ds)) for _ in range(2)]
+        assert x1.shape == (40, 48, 48, 3) and 0 <= float(np.min(x1)) and float(np.max(x1)) <= 255
+        assert sorted(y1.numpy().argmax(1)) == sorted(rows["label"])  # one pass, every image once, its own label
+        assert sorted(y2.numpy().argmax(1)) == sorted(rows["label"])
+        assert float(np.abs(np.sort(x1.numpy().ravel()) - np.sort(x2.numpy().ravel())).max()) > 1  # new crops
+
+
 def test_schedules_follow_their_shape() -> None:
     from fungilib.train import ScheduleParams, make_schedule
 
