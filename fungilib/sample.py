@@ -24,6 +24,8 @@ DWC = "http://rs.tdwg.org/dwc/terms/"
 GBIF = "http://rs.gbif.org/terms/1.0/"
 DC = "http://purl.org/dc/terms/"
 ARCHIVE_NAME = "fungi-sample.zip"
+EML = (b'<?xml version="1.0"?><eml:eml xmlns:eml="eml://ecoinformatics.org/eml-2.1.1">'
+       b"<dataset><title>fungilib synthetic sample (not real observations)</title></dataset></eml:eml>")
 DEFAULT_PORT = 8765
 DEFAULT_BASE_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 
@@ -310,8 +312,7 @@ def generate_sample(spec: SampleSpec, workers: int = 2) -> Sample:
     archive = root / ARCHIVE_NAME
     with atomic_path(archive) as tmp, zipfile.ZipFile(tmp, "w") as zf:
         _zip_bytes(zf, "meta.xml", _meta_xml(occ_terms, MULTIMEDIA_TERMS).encode())
-        _zip_bytes(zf, "metadata.xml", b'<?xml version="1.0"?><eml:eml xmlns:eml="eml://ecoinformatics.org/eml-2.1.1">'
-                   b"<dataset><title>fungilib synthetic sample (not real observations)</title></dataset></eml:eml>")
+        _zip_bytes(zf, "metadata.xml", EML)
         _write_table(zf, "occurrence.txt", occ)
         _write_table(zf, "multimedia.txt", media)
     if spec.write_images:
@@ -372,6 +373,7 @@ def write_scaled_archive(out: Path, occurrences: int, extra_columns: int = 200, 
     media_file = Path(out) / ".multimedia.txt.part"  # a zip takes one writer at a time: media go to disk first
     with atomic_path(archive) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
         _zip_bytes(zf, "meta.xml", _meta_xml(occ_terms, MULTIMEDIA_TERMS).encode())
+        _zip_bytes(zf, "metadata.xml", EML)  # meta.xml names it, as GBIF's do; strict readers require it
         with zf.open("occurrence.txt", "w", force_zip64=True) as occ_out, open(media_file, "wb") as media_out:
             occ_out.write(("\t".join([n for _, n in occ_terms]) + "\n").encode())
             media_out.write(("\t".join(media) + "\n").encode())
