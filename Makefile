@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fungilib-installed
-# nbval runs the data notebooks top to bottom with their defaults; 04 (training) and 06 (comparison) run under
+# nbval runs the data notebooks top to bottom with their defaults, in one process after the tests (their cells
+# share a kernel, which pytest-xdist's scheduling can restart between cells); 04 (training) and 06 (comparison) run under
 # papermill in tests/test_sweep.py with small parameters, as sweeps run them
 STAGE_NOTEBOOKS := $(sort $(wildcard notebooks/0[1-3]_*.ipynb))
 
@@ -39,7 +40,8 @@ demo: setup
 	$(BIN)/fungilib demo --out runs/demo --sweep params/sweeps/demo.yaml
 
 test: setup
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup tests $(STAGE_NOTEBOOKS) --nbval-lax -p no:cacheprovider
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup tests -p no:cacheprovider
+	$(BIN)/python -m pytest -q $(STAGE_NOTEBOOKS) --nbval-lax -p no:cacheprovider
 
 # The peers fungilib is measured against live in their own venv, never in .venv.
 PEERS_STAMP := bench/work/peers-venv/.installed

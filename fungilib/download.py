@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import pandas as pd
-from PIL import Image, ImageOps
+from PIL import Image
 from tqdm.auto import tqdm
 
 from fungilib import __version__
@@ -32,6 +32,7 @@ from fungilib.fsutil import (
 )
 from fungilib.ingest import load_observations
 from fungilib.params import write_params
+from fungilib.photos import upright_rgb
 
 DOWNLOADS_FILE = "downloads.h5"
 LOG_FILE = "download_log.jsonl"
@@ -212,14 +213,7 @@ def save_image(body: bytes, target: Path, max_side: int, quality: int, max_pixel
         raise
     except Exception as exc:  # Pillow raises many types for broken data
         raise _Fetch(f"undecodable ({type(exc).__name__}: {str(exc)[:80]})", transient=False) from None
-    img = ImageOps.exif_transpose(img)
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGB", rgba.size, (255, 255, 255))
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        img = background
-    elif img.mode != "RGB":
-        img = img.convert("RGB")
+    img = upright_rgb(img)
     if max(img.size) > max_side:
         img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC, reducing_gap=2.0)
     with atomic_path(target) as tmp:

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image, ImageOps
+from PIL import Image
 from tqdm.auto import tqdm
 
 from fungilib.clean import MANIFEST_FILE, CleanResult, Pruner, finish_dataset
 from fungilib.errors import FungilibError
 from fungilib.fsutil import atomic_path, write_json
 from fungilib.params import write_params
+from fungilib.photos import upright_rgb
 
 SOURCE_COLUMNS = ("path", "label")
 OPTIONAL_COLUMNS = ("group", "genus", "family")
@@ -136,13 +137,7 @@ def _normalise(path: str, images: Path, max_pixels: int) -> tuple[str, str]:
             img.load()
             if not _needs_copy(img):
                 return path, ""
-            fixed = ImageOps.exif_transpose(img)
-            if fixed.mode in ("RGBA", "LA", "PA") or (fixed.mode == "P" and "transparency" in fixed.info):
-                rgba = fixed.convert("RGBA")
-                fixed = Image.new("RGB", rgba.size, (255, 255, 255))
-                fixed.paste(rgba, mask=rgba.getchannel("A"))
-            else:
-                fixed = fixed.convert("RGB")
+            fixed = upright_rgb(img)
     except Exception as exc:  # Pillow raises many types: not an image, truncated, bomb
         return "", f"not a readable image ({type(exc).__name__})"
     digest = hashlib.sha256(data).hexdigest()

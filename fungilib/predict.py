@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from fungilib.errors import FungilibError
+from fungilib.photos import upright_rgb
 from fungilib.rollup import Answer, answer, top_k
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -103,13 +104,7 @@ def read_photo(path: Path) -> np.ndarray:
     """uint8 RGB as shown: EXIF orientation applied, transparency composited on white."""
     with Image.open(path) as img:
         img.load()
-        img = ImageOps.exif_transpose(img)
-        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-            rgba = img.convert("RGBA")
-            flat = Image.new("RGB", rgba.size, (255, 255, 255))
-            flat.paste(rgba, mask=rgba.getchannel("A"))
-            img = flat
-        return np.asarray(img.convert("RGB"))
+        return np.asarray(upright_rgb(img))
 
 
 def expand_inputs(inputs: Iterable[Path]) -> list[Path]:

@@ -131,12 +131,10 @@ def bundle(trained_run: Path):  # noqa: ANN201 — an ExportResult
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (`make test` runs two workers, --dist loadgroup) a file's tests stay together (its
-    session fixtures and nbval's notebook cells run in order on one worker), and every test that uses the one
-    shared trained model shares a worker, so that model is trained once."""
+    """Under pytest-xdist (`make test` runs two workers, --dist loadgroup) a file's tests stay together, and
+    every test that uses the one shared trained model shares a worker, so that model is trained once. (The
+    stage notebooks run under nbval in a second, single-process pytest: their cells share one kernel.)"""
     for item in items:
         uses_model = {"killed_run", "trained_run", "bundle"} & set(getattr(item, "fixturenames", ()))
-        name = Path(str(item.path)).name
-        # the stage notebooks read each other's outputs (01 → 02 → 03): one group, in order
-        group = "trained-model" if uses_model else "stage-notebooks" if name.endswith(".ipynb") else name
+        group = "trained-model" if uses_model else Path(str(item.path)).name
         item.add_marker(pytest.mark.xdist_group(group))
