@@ -27,6 +27,7 @@ from fungilib.clean import load_manifest
 from fungilib.errors import FungilibError
 from fungilib.fsutil import write_json
 from fungilib.input_pipeline import RESIZE_RULE
+from fungilib.litert import litert_runner
 from fungilib.params import build_params
 
 PARITY_MAX_ABS_DIFF = 1e-4
@@ -75,20 +76,10 @@ def parity_images(run_dir: Path, size: int, count: int) -> np.ndarray:
 
 
 def _litert_probs(model_bytes: bytes, images: np.ndarray) -> tuple[np.ndarray, float]:
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_content=model_bytes)
-    inp = interpreter.get_input_details()[0]
-    out = interpreter.get_output_details()[0]
-    interpreter.resize_tensor_input(inp["index"], [1, *images.shape[1:]])
-    interpreter.allocate_tensors()
-    rows = []
+    run = litert_runner(model_bytes, images.shape[1])
     start = time.perf_counter()
-    for image in images:
-        interpreter.set_tensor(inp["index"], image[None].astype(np.float32))
-        interpreter.invoke()
-        rows.append(interpreter.get_tensor(out["index"])[0].copy())
-    return np.stack(rows), 1000 * (time.perf_counter() - start) / len(images)
+    probs = run(images)
+    return probs, 1000 * (time.perf_counter() - start) / len(images)
 
 
 def _keras_probs(model: Any, images: np.ndarray) -> tuple[np.ndarray, float]:

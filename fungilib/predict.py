@@ -18,6 +18,8 @@ import numpy as np
 from PIL import Image
 
 from fungilib.errors import FungilibError
+from fungilib.litert import litert_runner
+from fungilib.metrics import softmax
 from fungilib.photos import upright_rgb
 from fungilib.rollup import Answer, answer, top_k
 
@@ -56,33 +58,15 @@ def _keras_predictor(run_dir: Path) -> Predictor:
     temperature = float(json.loads(metrics_file.read_text()).get("temperature", 1.0)) if metrics_file.exists() else 1.0
 
     def run(images: np.ndarray) -> np.ndarray:
-        logits = np.asarray(model.predict(images, verbose=0), dtype=np.float64) / temperature
-        e = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
+        return softmax(np.asarray(model.predict(images, verbose=0), dtype=np.float64), temperature)
 
     return Predictor(labels.to_dict(orient="records"), prep, DEFAULT_THRESHOLD,
                      f"Keras {run_dir / 'model.keras'} (temperature {temperature:.3g})", run)
 
 
 def _tflite_predictor(bundle: Path) -> Predictor:
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=str(bundle / "model_f32.tflite"))
-    inp = interpreter.get_input_details()[0]
-    out = interpreter.get_output_details()[0]
     prep = json.loads((bundle / "preprocessing.json").read_text())
-    size = int(prep["input_size"])
-    interpreter.resize_tensor_input(inp["index"], [1, size, size, 3])
-    interpreter.allocate_tensors()
-
-    def run(images: np.ndarray) -> np.ndarray:
-        rows = []
-        for image in images:
-            interpreter.set_tensor(inp["index"], image[None].astype(np.float32))
-            interpreter.invoke()
-            rows.append(interpreter.get_tensor(out["index"])[0].astype(np.float64))
-        return np.stack(rows)
-
+    run = litert_runner((bundle / "model_f32.tflite").read_bytes(), int(prep["input_size"]))
     config = json.loads((bundle / "config.json").read_text()) if (bundle / "config.json").exists() else {}
     return Predictor(json.loads((bundle / "labels.json").read_text()), prep,
                      float(config.get("threshold", DEFAULT_THRESHOLD)), f"TFLite {bundle / 'model_f32.tflite'}", run)

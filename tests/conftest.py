@@ -60,6 +60,16 @@ def pipeline(served_sample, tmp_path_factory: pytest.TempPathFactory) -> Pipelin
 
 
 @pytest.fixture
+def free_port() -> int:
+    """A loopback port nothing listens on (for servers the tests start)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
 def shared_dwca() -> Path:
     folder = SHARED / "data" / "dwca"
     if not folder.is_dir():

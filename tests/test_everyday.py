@@ -25,11 +25,6 @@ from fungilib.contact_sheets import class_sheets, dropped_sheet
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _predict(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "fungilib.cli", "predict", *args], capture_output=True, text=True,
@@ -111,11 +106,11 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
-def test_tensorboard_over_a_sweep(trained_run: Path, tmp_path: Path) -> None:
+def test_tensorboard_over_a_sweep(trained_run: Path, tmp_path: Path, free_port: int) -> None:
     runs = tmp_path / "runs"
     for run_id in ("aaa111", "bbb222"):
         shutil.copytree(trained_run / "logs", runs / "my-sweep" / run_id / "output" / "logs")
-    port = _free_port()
+    port = free_port
     proc = subprocess.Popen([sys.executable, "-m", "fungilib.cli", "tensorboard", "my-sweep", "--runs-root",
                              str(runs), "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
@@ -130,8 +125,8 @@ def test_tensorboard_over_a_sweep(trained_run: Path, tmp_path: Path) -> None:
         _stop(proc)
 
 
-def test_make_lab_serves_jupyterlab_on_loopback_with_the_project_kernel() -> None:
-    port = _free_port()
+def test_make_lab_serves_jupyterlab_on_loopback_with_the_project_kernel(free_port: int) -> None:
+    port = free_port
     proc = subprocess.Popen(["make", "-s", "lab", f"LAB_PORT={port}"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -156,11 +155,6 @@ console.log(JSON.stringify(cases.map(([p, t]) => R.answer(p, labels, t))));"""
     assert ranks == {"species", "genus", "family", "none"}  # every branch exercised
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _start_server(bundle_dir: Path, port: int) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "fungilib.cli", "serve", str(bundle_dir), "--port", str(port)],
@@ -179,7 +173,7 @@ def _classify(page, image: Path) -> list[tuple[int, float]]:  # noqa: ANN001
 
 
 def test_page_in_chromium_matches_keras_and_works_offline(bundle: ExportResult, trained_run: Path, pipeline,  # noqa: ANN001
-                                                           tmp_path: Path) -> None:
+                                                           tmp_path: Path, free_port: int) -> None:
     from playwright.sync_api import sync_playwright
 
     from fungilib.clean import load_manifest
@@ -187,7 +181,7 @@ def test_page_in_chromium_matches_keras_and_works_offline(bundle: ExportResult, 
     assert Path(CHROMIUM).exists(), "Debian's chromium is missing: `make setup` installs it"
     manifest, _ = load_manifest(pipeline.root / "clean")
     images = [Path(p) for p in manifest.loc[manifest["split"] == "test", "path"].head(3)]
-    port = _free_port()
+    port = free_port
     origin = f"http://127.0.0.1:{port}"
     server = _start_server(bundle.bundle, port)
     try:
