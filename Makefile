@@ -17,11 +17,13 @@ CHROMIUM := /usr/bin/chromium
 setup: $(STAMP) $(NPM_STAMP) $(CHROMIUM)
 
 # The venv is (re)built when missing or older than the pinned requirements or the package metadata.
-$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
+$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml jupyter/overrides.json
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-nodeps.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name fungilib --display-name "Python (fungilib)" >/dev/null
+	@mkdir -p $(VENV)/share/jupyter/lab/settings && cp jupyter/overrides.json $(VENV)/share/jupyter/lab/settings/
 	@touch $(STAMP)
 	@echo "fungilib is set up: $(BIN)/fungilib"
 
@@ -64,8 +66,8 @@ bench: setup $(PEERS_STAMP)
 # LAB_IP says otherwise; the token is printed in the URL. `make lab LAB_PORT=8890 LAB_IP=0.0.0.0`.
 LAB_IP ?= 127.0.0.1
 LAB_PORT ?= 8888
+# The kernel and the lab settings (no "Jupyter news" question: jupyter/overrides.json) are installed by setup.
 lab: setup
-	$(BIN)/python -m ipykernel install --sys-prefix --name fungilib --display-name "Python (fungilib)" >/dev/null
 	$(BIN)/jupyter lab --no-browser --ip=$(LAB_IP) --port=$(LAB_PORT) --ServerApp.root_dir=$(CURDIR) \
 		--ServerApp.port_retries=0 --KernelSpecManager.ensure_native_kernel=False \
 		--MultiKernelManager.default_kernel_name=fungilib $$([ "$$(id -u)" = 0 ] && echo --allow-root)

@@ -121,14 +121,14 @@ def main() -> None:
     args = parser.parse_args()
     import numpy as np
 
-    from fungilib.export import export_run
+    from fungilib.export import ExportParams, export_run
     from fungilib.train import load_trained
     from fungilib.webapp import WEB_DIR, node_modules
 
     WORK.mkdir(parents=True, exist_ok=True)
     demo_bundle = WORK / "demo-bundle"
     if not (demo_bundle / "config.json").exists():
-        export_run(args.run, demo_bundle, parity_images=4)
+        export_run(ExportParams(run=args.run, out=demo_bundle, parity_images=4))
     model, labels, prep = load_trained(args.run)
     size = int(prep["input_size"])
     big_model, big = _mobilenet_224(WORK / "mobilenetv3small-224", len(labels))

@@ -24,7 +24,10 @@ def main() -> None:
     parser.add_argument("--demo", type=Path, default=ROOT / "runs" / "demo")
     args = parser.parse_args()
     from fungilib.clean import CleanParams, clean_dataset
-    from fungilib.notebooks import NOTEBOOKS_DIR, run_notebook, stage_defaults
+    from fungilib.notebooks import run_notebook
+    from fungilib.stages import stage
+
+    clean = stage("clean")
 
     work = HERE / "work" / "overhead"
     shutil.rmtree(work, ignore_errors=True)
@@ -32,11 +35,11 @@ def main() -> None:
     direct, papermill = [], []
     for i in range(args.repeats):
         t0 = time.perf_counter()
-        clean_dataset(CleanParams(**{**stage_defaults("clean"), **paths, "out": work / f"direct-{i}"}))
+        clean_dataset(CleanParams(**{**clean.defaults(), **paths, "out": work / f"direct-{i}"}))
         direct.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        run_notebook(NOTEBOOKS_DIR / "03_clean.ipynb", work / f"pm-{i}" / "03_clean.ipynb",
-                     {**stage_defaults("clean"), **paths, "out": str(work / f"pm-{i}" / "out")})
+        run_notebook(clean.notebook_path, work / f"pm-{i}" / "03_clean.ipynb",
+                     {**clean.defaults(), **paths, "out": str(work / f"pm-{i}" / "out")})
         papermill.append(time.perf_counter() - t0)
     med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
     overhead = med(papermill) - med(direct)

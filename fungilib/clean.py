@@ -7,7 +7,6 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,17 +25,13 @@ SPECIES_RANKS = {"SPECIES", "SUBSPECIES", "VARIETY", "FORM"}
 LABEL_COLUMNS = ["label", "class_key", "speciesKey", "species", "genus", "family", "taxonRank"]
 
 
-@dataclass
-class CleanParams:
-    """Which images make the dataset, and how it is split."""
+@dataclass(kw_only=True)
+class SplitParams:
+    """What every source's dataset keeps and how it is split (GBIF downloads and image folders alike)."""
 
-    observations: Path
-    downloads: Path
-    out: Path
-    min_per_class: int = 10
-    max_per_class: int = 0  # 0 keeps every image
-    keep_genus_rank: bool = False
-    min_side: int = 32
+    min_per_class: int = 10  # classes with fewer images are dropped
+    max_per_class: int = 0  # larger classes are sampled down to this, seeded (0 keeps every image)
+    min_side: int = 32  # images with a shorter side are dropped
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     seed: int = 0
@@ -48,6 +43,18 @@ class CleanParams:
             raise FungilibError(f"max_per_class ({self.max_per_class}) is below min_per_class ({self.min_per_class})")
         if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
             raise FungilibError("val_fraction and test_fraction must be in [0, 1) and leave some images for training")
+        if self.seed < 0:
+            raise FungilibError(f"seed must be >= 0, got {self.seed}")
+
+
+@dataclass(kw_only=True)
+class CleanParams(SplitParams):
+    """Which downloaded images make the dataset, and how it is split."""
+
+    observations: Path
+    downloads: Path
+    out: Path
+    keep_genus_rank: bool = False  # keep genus-rank identifications as classes of their own
 
 
 @dataclass
@@ -112,7 +119,7 @@ def clean_dataset(params: CleanParams) -> CleanResult:
     return result
 
 
-def finish_dataset(pruner: Pruner, params: Any, out: Path, base: Path | None = None) -> CleanResult:
+def finish_dataset(pruner: Pruner, params: SplitParams, out: Path, base: Path | None = None) -> CleanResult:
     """The shared end of every source (GBIF downloads, image folders): decode check, size, dedupe, min/cap per
     class, the seeded stratified group split, and ``manifest.h5`` + labels + ``clean_report.json`` in ``out``.
 

@@ -1,4 +1,5 @@
-"""The ``fungilib`` command: one sub-command per stage, plus the sample and the demo."""
+"""The ``fungilib`` command: one sub-command per stage (from the stage registry), plus the sample, sweeps,
+runs, serving, prediction and the demo."""
 
 from __future__ import annotations
 
@@ -9,34 +10,98 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from fungilib import __version__
 from fungilib.errors import FungilibError
-from fungilib.params import load_params
+from fungilib.params import ParamLayers, parse_value
+from fungilib.stages import COMMANDS, Command, Flag, command_layers
+
+OVERRIDES = "overrides"  # the namespace attribute holding (key, value, source) in command-line order
 
 
-def _overrides(pairs: list[str]) -> dict[str, Any]:
-    """``--set key=value`` pairs, values parsed as YAML (so numbers, booleans and lists keep their types)."""
-    values: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise FungilibError(f"--set expects key=value, got {pair!r}")
-        values[key.strip()] = yaml.safe_load(raw)
-    return values
+class _Override(argparse.Action):
+    """Record a flag (or ``--set KEY=VALUE``) as one override, in the order given on the command line."""
+
+    def __init__(self, *args: Any, flag: Flag | None = None, **kwargs: Any) -> None:
+        self.flag = flag
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        recorded = getattr(namespace, OVERRIDES, None) or []
+        setattr(namespace, OVERRIDES, recorded)
+        if self.flag is None:  # --set KEY=VALUE
+            key, sep, raw = str(values).partition("=")
+            source = f"--set {values}"
+            if not sep or not key.strip():
+                raise FungilibError(f"--set expects KEY=VALUE, got {values!r}")
+            recorded.append((key.strip(), parse_value(raw, source), source))
+            return
+        flag = self.flag
+        if flag.switch:
+            recorded.append((flag.key, flag.const, option_string or flag.key))
+            return
+        if values is None:  # an optional positional left out
+            return
+        source = f"{option_string} {values}" if option_string else f"{flag.key} {values}"
+        recorded.append((flag.key, values if flag.path else parse_value(values, source), source))
+
+
+def _add_command(sub: argparse._SubParsersAction, command: Command) -> None:
+    p = sub.add_parser(command.name, help=command.help, description=command.help + ". Parameters: the stage's "
+                       "defaults file < --params FILE < flags and --set, in the order given.")
+    p.set_defaults(**{OVERRIDES: []})
+    for flag in command.flags:
+        if flag.option is None:
+            p.add_argument(flag.key.replace(".", "_"), nargs="?", default=None, action=_Override, flag=flag,
+                           help=f"{flag.help} (= --set {flag.key}=...)")
+        elif flag.switch:
+            p.add_argument(flag.option, nargs=0, action=_Override, flag=flag,
+                           help=f"{flag.help} (= --set {flag.key}={json.dumps(flag.const)})")
+        else:
+            p.add_argument(flag.option, action=_Override, flag=flag, metavar=flag.key.rpartition(".")[2].upper(),
+                           help=f"{flag.help} (= --set {flag.key}=...)")
+    p.add_argument("--params", type=Path, help="a YAML file of parameters laid over the stage's defaults file")
+    p.add_argument("--set", action=_Override, metavar="KEY=VALUE",
+                   help="set one parameter (dotted keys for groups: fit.epochs=3); values are YAML")
+
+
+def command_params(args: argparse.Namespace) -> Any:
+    """A stage command's parameters object: defaults file < --params < flags and --set in the order given."""
+    layers: ParamLayers = command_layers(args.command, args.params)
+    for key, value, source in getattr(args, OVERRIDES, []):
+        layers.set(key, value, source)
+    _, command = COMMANDS[args.command]
+    try:
+        return layers.build(command.params_class)
+    except FungilibError as exc:
+        missing = str(exc).split("missing required parameter '", 1)
+        flag = next((f for f in command.flags if len(missing) == 2 and missing[1].startswith(f.key + "'")), None)
+        if flag is None:
+            raise
+        how = flag.option or f"the {flag.key.upper()} argument"
+        raise FungilibError(f"{exc}: give {how} (or --set {flag.key}=...)") from None
+
+
+def _plain(value: Any) -> Any:
+    """A result as JSON-able values: dataclasses as mappings, paths as strings, tables left out (printed apart)."""
+    import pandas as pd
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)
+                if not isinstance(getattr(value, f.name), pd.DataFrame | pd.Series)}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
 
 
 def _print_result(result: object) -> None:
-    data = dataclasses.asdict(result) if dataclasses.is_dataclass(result) else result  # type: ignore[arg-type]
-    print(json.dumps(data, indent=2, default=str))
-
-
-def _stage_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, help=help_text, description=help_text)
-    p.add_argument("--params", type=Path, help="a YAML file of parameters (see params/)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one parameter")
-    return p
+    for name in getattr(type(result), "printed_tables", ()):
+        print(getattr(result, name).to_string(index=False))
+    print(json.dumps(_plain(result), indent=2, default=str))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,36 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency", type=float, default=0.0, help="(serve) seconds added before every response")
     p.add_argument("--no-faults", action="store_true", help="(serve) serve every file plainly (benchmarks)")
 
-    p = _stage_parser(sub, "ingest", "read a GBIF Darwin Core Archive into observations.h5")
-    p.add_argument("archive", type=Path)
-    p.add_argument("--out", type=Path, required=True)
-
-    p = _stage_parser(sub, "eda", "class distribution, Pareto curve, cut table and plots of observations.h5")
-    p.add_argument("observations", type=Path)
-    p.add_argument("--out", type=Path, required=True)
-
-    p = _stage_parser(sub, "download", "download, check and resize every image of observations.h5")
-    p.add_argument("observations", type=Path)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--workers", type=int)
-    p.add_argument("--max-side", type=int)
-
-    p = _stage_parser(sub, "clean", "dedupe, filter and split the downloads into manifest.h5 and the label table")
-    p.add_argument("--observations", type=Path, required=True)
-    p.add_argument("--downloads", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--min-per-class", type=int)
-    p.add_argument("--seed", type=int)
-
-    p = _stage_parser(sub, "train", "train a classifier on a manifest (resumes when rerun with the same --out)")
-    p.add_argument("--manifest", type=Path, required=True, help="the clean stage's folder (manifest.h5)")
-    p.add_argument("--out", type=Path, required=True, help="the run folder")
-    p.add_argument("--no-evaluate", action="store_true", help="skip the test-split evaluation after training")
-
-    p = sub.add_parser("evaluate", help="evaluate a trained run on its test split (metrics.json and plots)")
-    p.add_argument("run", type=Path)
-    p.add_argument("--manifest", type=Path, help="default: the manifest the run was trained on")
-    p.add_argument("--no-temperature", action="store_true", help="skip temperature scaling on the validation split")
+    for _, command in COMMANDS.values():
+        _add_command(sub, command)
 
     p = sub.add_parser("weights", help="fill the offline caches with pretrained weights (on a connected machine)")
     p.add_argument("action", choices=["fetch", "where"])
@@ -101,16 +138,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sweep", nargs="?")
     p.add_argument("--runs-root", type=Path, default=Path("runs"))
     p.add_argument("--sort", default="top1", help="column to sort by (descending)")
-
-    p = _stage_parser(sub, "import-folder", "turn a folder of class folders (DIR/<label>/*.jpg) or a labels CSV "
-                                            "(path,label[,group,genus,family]) into a manifest for training")
-    p.add_argument("source", type=Path, help="DIR/<label>/... or a CSV")
-    p.add_argument("--out", type=Path, required=True)
-
-    p = _stage_parser(sub, "export", "export a trained run: SavedModel, TFLite, TF.js and the offline web page, "
-                                     "with a parity check against Keras")
-    p.add_argument("run", type=Path)
-    p.add_argument("--out", type=Path, help="the bundle folder (default RUN/export)")
 
     p = sub.add_parser("serve", help="serve an export bundle's offline web classifier on 127.0.0.1")
     p.add_argument("bundle", type=Path, help="an export folder (or a run folder holding export/)")
@@ -181,7 +208,11 @@ def _run(args: argparse.Namespace) -> int:
         result = run_demo(args.out, args.observations, args.port, args.sweep)
         root = result.root
         print(f"\nThe demo is in {root}:")
-        print(f"  executed notebooks: {', '.join(str(r.output.relative_to(root)) for r in result.runs)}")
+        from fungilib.stages import stage
+
+        notebooks = [r.folder / stage(r.stage).notebook_path.name for r in result.runs]
+        print(f"  executed notebooks: {', '.join(str(n.relative_to(root)) for n in notebooks)}"
+              + (f" ({result.skipped} unchanged, not rerun)" if result.skipped else ""))
         print(f"  manifest and labels: {root / 'clean' / 'manifest.h5'}, {root / 'clean' / 'labels.csv'}")
         print(f"  plots: {root / 'ingest'}/*.png, {root / 'clean' / 'splits.png'}")
         if result.sweep is not None:
@@ -199,16 +230,6 @@ def _run(args: argparse.Namespace) -> int:
         for failed in result.failed:
             print(f"  failed: {failed.get('run_id')}: {failed.get('error')}")
         return 1 if result.failed else 0
-    if args.command == "export":
-        from fungilib.export import ExportParams, export_run
-        from fungilib.notebooks import PARAMS_DIR
-
-        params = load_params(ExportParams, args.params or PARAMS_DIR / "export.yaml", run=args.run, out=args.out,
-                             **_overrides(args.set))
-        result = export_run(params.run, **{k: v for k, v in vars(params).items() if k != "run"})
-        print(json.dumps({"bundle": str(result.bundle), "parity": result.parity,
-                          "sizes": {k: v for k, v in result.files.items() if "/variables/" not in k}}, indent=2))
-        return 0
     if args.command == "predict":
         from fungilib.predict import format_table, predict_files, to_json
 
@@ -253,11 +274,6 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "runs":
         _print_runs_table(args.runs_root, args.sweep, args.sort)
         return 0
-    if args.command == "evaluate":
-        from fungilib.evaluate import evaluate_run
-
-        _print_result(evaluate_run(args.run, args.manifest, temperature_scaling=not args.no_temperature).metrics)
-        return 0
     if args.command == "weights":
         from fungilib.models import fetch_weights, hub_cache_dir, keras_cache_dir, spec_for
 
@@ -266,50 +282,14 @@ def _run(args: argparse.Namespace) -> int:
             return 0
         print(f"cached in {fetch_weights(args.name)}")
         return 0
-    values = _overrides(args.set)
-    if args.command == "import-folder":
-        from fungilib.image_folder import FolderParams, import_folder
-
-        _print_result(import_folder(load_params(FolderParams, args.params, source=args.source, out=args.out, **values)))
-        return 0
-    if args.command == "ingest":
-        from fungilib.ingest import IngestParams, ingest
-
-        _print_result(ingest(load_params(IngestParams, args.params, archive=args.archive, out=args.out, **values)))
-    elif args.command == "eda":
-        from fungilib.eda import EdaParams, run_eda
-
-        result = run_eda(load_params(EdaParams, args.params, observations=args.observations, out=args.out, **values))
-        print(result.cut_table.to_string(index=False))
-        _print_result(result.summary)
-    elif args.command == "download":
-        from fungilib.download import DownloadParams, download_images
-
-        _print_result(download_images(load_params(
-            DownloadParams, args.params, observations=args.observations, out=args.out, workers=args.workers,
-            max_side=args.max_side, **values)))
-    elif args.command == "train":
-        from fungilib.evaluate import evaluate_run
-        from fungilib.notebooks import PARAMS_DIR
-        from fungilib.train import TrainParams, train
-
-        params = load_params(TrainParams, args.params or PARAMS_DIR / "train.yaml", out=args.out,
-                             **{"dataset.manifest": str(args.manifest)}, **values)
-        _print_result(train(params))
-        if not args.no_evaluate:
-            _print_result(evaluate_run(params.out, temperature_scaling=params.fit.temperature_scaling).metrics)
-    elif args.command == "clean":
-        from fungilib.clean import CleanParams, clean_dataset
-
-        _print_result(clean_dataset(load_params(
-            CleanParams, args.params, observations=args.observations, downloads=args.downloads, out=args.out,
-            min_per_class=args.min_per_class, seed=args.seed, **values)))
+    _, command = COMMANDS[args.command]
+    _print_result(command.entry_function(command_params(args)))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return _run(args)
     except FungilibError as exc:
         print(f"fungilib: error: {exc}", file=sys.stderr)

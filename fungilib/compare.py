@@ -7,7 +7,6 @@ from pathlib import Path
 import pandas as pd
 
 from fungilib.plotting import plt, save_figure
-from fungilib.runs_index import collect_runs
 
 
 def swept_columns(table: pd.DataFrame) -> list[str]:
@@ -52,14 +51,3 @@ def plot_learning_curves(curves: pd.DataFrame, out: Path, column: str = "val_acc
     path = save_figure(fig, Path(out) / f"learning_curves_{column}.png")
     plt.close(fig)
     return path
-
-
-def best_run(runs_root: Path, sweep: str, metric: str = "top1") -> Path | None:
-    """The folder of the finished run with the highest ``metric``."""
-    table = collect_runs(runs_root, sweep)
-    if table.empty or metric not in table:
-        return None
-    done = table[table["status"] == "done"].dropna(subset=[metric])
-    if done.empty:
-        return None
-    return Path(runs_root) / sweep / str(done.sort_values(metric, ascending=False).iloc[0]["run_id"])

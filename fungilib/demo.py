@@ -1,47 +1,60 @@
-"""The main job on the embedded sample: generate it, serve it on loopback, run the stage notebooks in order,
-the sweep, and export the best run as the offline web classifier."""
+"""The main job on the embedded sample: generate it, serve it on loopback, run the stage notebooks in order
+(from the stage registry), the sweep, and export the best run as the offline web classifier. A rerun with
+nothing changed only reports: every stage is keyed by its parameters and what its inputs contain."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fungilib.notebooks import NOTEBOOKS_DIR, NotebookRun, run_notebook, stage_defaults
+from fungilib.data_version import content_key, source_version
+from fungilib.errors import FungilibError
+from fungilib.params import deep_merge
 from fungilib.sample import ARCHIVE_NAME, DEFAULT_PORT, ensure_sample
-
-STAGE_NOTEBOOKS = [
-    ("ingest_eda", "01_ingest_eda.ipynb", "ingest"),
-    ("download", "02_download.ipynb", "download"),
-    ("clean", "03_clean.ipynb", "clean"),
-    ("train", "04_train.ipynb", "train"),
-]
+from fungilib.stages import DEMO_PIPELINE, SOURCE, stage
+from fungilib.sweep import StageRun, execute, read_status, stage_parameters
 
 
 @dataclass
 class DemoResult:
     root: Path
-    runs: list[NotebookRun]
+    runs: list[StageRun]
     sweep: Any = None
+    skipped: int = 0
 
 
-def stage_paths(root: Path) -> dict[str, dict[str, str]]:
-    """Where each stage of a pipeline rooted at ``root`` reads and writes (absolute paths)."""
-    root = Path(root).resolve()
-    return {
-        "ingest_eda": {"archive": str(root / "sample" / ARCHIVE_NAME), "out": str(root / "ingest")},
-        "download": {"observations": str(root / "ingest"), "out": str(root / "download"),
-                     "sample_dir": str(root / "sample")},
-        "clean": {"observations": str(root / "ingest"), "downloads": str(root / "download"), "out": str(root / "clean")},
-        "train": {"manifest": str(root / "clean"), "out": str(root / "train")},
-    }
+def _runner(name: str, root: Path, port: int) -> dict[str, Any]:
+    """What the demo adds to a stage's parameters: the sample to serve, and (download) a short timeout so the
+    sample server's planted slow response does not idle the demo."""
+    if name == "ingest_eda":
+        return {"sample_dir": str(root / "sample")}
+    if name == "download":
+        return {"sample_dir": str(root / "sample"), "sample_port": port}
+    return {}
+
+
+DEMO_VALUES = {"download": {"timeout": 3.0, "retries": 2}}
 
 
 def _headline(run_dir: Path) -> str:
-    import json
-
     m = json.loads((run_dir / "metrics.json").read_text())
     return f"top-1 {m['top1']:.3f}, top-3 {m['top3']:.3f}, macro-F1 {m['macro_f1']:.3f} on {m['images']} images"
+
+
+def _run_once(run: StageRun) -> bool:
+    """Execute ``run`` unless it is done with the same key; True when it ran. A failure stops the demo."""
+    if run.done:
+        print(f"[demo] {run.stage}: unchanged since its last run ({run.folder}), skipped", flush=True)
+        return False
+    print(f"[demo] {stage(run.stage).notebook} → {run.folder}", flush=True)
+    status = execute(run)
+    if status["state"] != "done":
+        raise FungilibError(f"{stage(run.stage).notebook} failed ({status['error']}); the executed notebook is "
+                            f"{run.folder / stage(run.stage).notebook_path.name}")
+    print(f"[demo]   done in {status['duration_s']:.0f} s", flush=True)
+    return True
 
 
 def run_demo(root: Path, observations: int = 700, port: int = DEFAULT_PORT,
@@ -49,40 +62,42 @@ def run_demo(root: Path, observations: int = 700, port: int = DEFAULT_PORT,
     """Generate the sample under ``root/sample`` (once) and execute the stage notebooks into ``root/<stage>/``."""
     root = Path(root).resolve()
     ensure_sample(root / "sample", observations=observations, base_url=f"http://127.0.0.1:{port}")
-    runs = []
-    paths = stage_paths(root)
-    for stage, notebook, folder in STAGE_NOTEBOOKS:
-        parameters = {**stage_defaults(stage), **paths[stage]}
-        if stage == "download":
-            # the sample's server is on loopback: a short timeout keeps its planted slow response from idling the demo
-            parameters.update(sample_port=port, timeout=3.0, retries=2)
-        print(f"[demo] {notebook} → {root / folder}", flush=True)
-        run = run_notebook(NOTEBOOKS_DIR / notebook, root / folder / notebook, parameters, f"params/{stage}.yaml")
-        print(f"[demo]   done in {run.seconds:.0f} s", flush=True)
-        if stage == "train":
-            print(f"[demo]   test split: {_headline(root / folder)}", flush=True)
+    archive = root / "sample" / ARCHIVE_NAME
+    outs = {SOURCE: str(archive)}
+    data = input_key = source_version(archive)
+    runs, skipped = [], 0
+    for name in DEMO_PIPELINE:
+        st = stage(name)
+        values = deep_merge(st.defaults(), DEMO_VALUES.get(name, {}))
+        key = content_key(name, values, input_key)
+        folder = root / st.folder
+        run = StageRun(name, key, folder, stage_parameters(name, values, folder, outs, _runner(name, root, port)),
+                       data=data)
+        skipped += not _run_once(run)
+        if name == "train":
+            print(f"[demo]   test split: {_headline(folder)}", flush=True)
         runs.append(run)
+        outs[name] = str(folder)
+        input_key = key
     sweep = None
+    best, best_key = root / "train", input_key
     if sweep_file is not None:
+        from fungilib.runs_index import best_run
         from fungilib.sweep import run_sweep
 
         print(f"[demo] sweep {sweep_file}", flush=True)
         sweep = run_sweep(sweep_file, root.parent, workers=2)  # two at a time: start-up overlaps the other's fit
-    best = root / "train"
-    if sweep is not None:
-        from fungilib.errors import FungilibError
-        from fungilib.runs_index import best_run
-
         try:
-            best = best_run(root.parent, sweep.sweep.name)
+            best_folder = best_run(root.parent, sweep.sweep.name)
+            best, best_key = best_folder / "output", read_status(best_folder).get("key", "")
         except FungilibError as exc:  # no finished sweep run: export the demo's own training run
             print(f"[demo] {exc}; exporting {best}", flush=True)
-    bundle = root / "export" / "bundle"
-    print(f"[demo] 05_export.ipynb: {best} → {bundle}", flush=True)
-    parameters = {**stage_defaults("export"), "run": str(best), "out": str(bundle)}
-    run = run_notebook(NOTEBOOKS_DIR / "05_export.ipynb", root / "export" / "05_export.ipynb", parameters,
-                       "params/export.yaml")
+    values = stage("export").defaults()
+    folder = root / "export"
+    run = StageRun("export", content_key("export", values, str(best), best_key), folder,
+                   {**values, "run": str(best), "out": str(folder / "bundle")}, data=data)
+    skipped += not _run_once(run)
     runs.append(run)
-    print(f"[demo]   done in {run.seconds:.0f} s\n[demo] the offline classifier: fungilib serve {bundle}  "
-          "→  open http://127.0.0.1:8000/ once; it then works offline", flush=True)
-    return DemoResult(root, runs, sweep)
+    print(f"[demo] the offline classifier: fungilib serve {folder / 'bundle'}  →  open http://127.0.0.1:8000/ "
+          "once; it then works offline", flush=True)
+    return DemoResult(root, runs, sweep, skipped)

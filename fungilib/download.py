@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import http.client
-import io
 import json
 import random
 import threading
 import time
-import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -16,13 +14,11 @@ from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import pandas as pd
-from PIL import Image
 from tqdm.auto import tqdm
 
 from fungilib import __version__
 from fungilib.errors import FungilibError
 from fungilib.fsutil import (
-    atomic_path,
     join_inside,
     read_stage_table,
     remove_stale_temps,
@@ -32,7 +28,7 @@ from fungilib.fsutil import (
 )
 from fungilib.ingest import load_observations
 from fungilib.params import write_params
-from fungilib.photos import upright_rgb
+from fungilib.photos import PhotoError, decode_photo, save_photo
 
 DOWNLOADS_FILE = "downloads.h5"
 LOG_FILE = "download_log.jsonl"
@@ -198,27 +194,11 @@ def _read_capped(resp: http.client.HTTPResponse, cap: int) -> bytes:
 def save_image(body: bytes, target: Path, max_side: int, quality: int, max_pixels: int) -> dict:
     """Decode ``body`` fully, apply EXIF orientation, convert to RGB, shrink to ``max_side`` and save a JPEG."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(body))
-            width, height = img.size
-            if width * height > max_pixels:
-                raise _Fetch(f"too many pixels ({width}x{height})", transient=False)
-            if img.format == "JPEG":
-                img.draft("RGB", (max_side, max_side))  # decode at a reduced DCT scale: much faster, same result size
-            img.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise _Fetch("too many pixels (decompression bomb)", transient=False) from None
-    except _Fetch:
-        raise
-    except Exception as exc:  # Pillow raises many types for broken data
-        raise _Fetch(f"undecodable ({type(exc).__name__}: {str(exc)[:80]})", transient=False) from None
-    img = upright_rgb(img)
-    if max(img.size) > max_side:
-        img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC, reducing_gap=2.0)
-    with atomic_path(target) as tmp:
-        img.save(tmp, "JPEG", quality=quality)
-    return {"orig_width": width, "orig_height": height, "width": img.width, "height": img.height}
+        img, (width, height) = decode_photo(body, max_pixels, max_side)
+    except PhotoError as exc:
+        raise _Fetch(exc.reason, transient=False) from None
+    saved = save_photo(img, target, quality, max_side)
+    return {"orig_width": width, "orig_height": height, "width": saved.width, "height": saved.height}
 
 
 def _is_complete_jpeg(path: Path) -> bool:

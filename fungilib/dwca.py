@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from fungilib.dwc_terms import KNOWN_TERMS
 from fungilib.errors import FungilibError
 
 OCCURRENCE = "http://rs.tdwg.org/dwc/terms/Occurrence"
@@ -26,14 +27,6 @@ MEDIA_ROW_TYPES = {"http://rs.gbif.org/terms/1.0/Multimedia", "http://rs.tdwg.or
 _DATA_SUFFIXES = {".txt", ".csv", ".tsv", ".tab"}
 
 
-# Terms fungilib reads, in their canonical spelling; headers of simple archives often lower-case them.
-KNOWN_TERMS = [
-    "gbifID", "occurrenceID", "basisOfRecord", "eventDate", "year", "decimalLatitude", "decimalLongitude",
-    "countryCode", "kingdom", "phylum", "class", "order", "family", "genus", "species", "specificEpithet",
-    "taxonKey", "speciesKey", "genusKey", "familyKey", "scientificName", "acceptedScientificName", "taxonRank",
-    "license", "rightsHolder", "recordedBy", "associatedMedia", "type", "format", "identifier", "accessURI",
-    "references", "created", "creator",
-]
 _CANONICAL = {t.lower(): t for t in KNOWN_TERMS}
 
 

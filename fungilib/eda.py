@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 
 from fungilib.errors import FungilibError
 from fungilib.fsutil import write_json
-from fungilib.ingest import load_observations
+from fungilib.ingest import IngestParams, IngestResult, ingest, load_observations
 from fungilib.params import write_params
 from fungilib.plotting import plt, save_figure
 
@@ -29,8 +30,22 @@ class EdaParams:
             raise FungilibError("min_images must list thresholds of at least 1")
 
 
+@dataclass(kw_only=True)
+class IngestEdaParams:
+    """Notebook 01: ingest the archive into ``out`` and describe it there."""
+
+    archive: Path
+    out: Path
+    min_images: list[int] = field(default_factory=lambda: [1, 5, 10, 20, 50, 100, 200, 500, 1000])
+    species_only: bool = True
+
+    def __post_init__(self) -> None:
+        EdaParams(observations=self.out, out=self.out, min_images=self.min_images, species_only=self.species_only)
+
+
 @dataclass
 class EdaResult:
+    printed_tables: ClassVar[tuple[str, ...]] = ("cut_table",)
     class_counts: pd.DataFrame
     cut_table: pd.DataFrame
     pareto: pd.DataFrame
@@ -167,3 +182,17 @@ def run_eda(params: EdaParams) -> EdaResult:
     write_json(out / "eda_summary.json", summary)
     write_params(out / "eda_params.yaml", params)
     return EdaResult(counts, cuts, pareto, per_obs, licenses, plots, summary)
+
+
+@dataclass
+class IngestEdaResult:
+    ingest: IngestResult
+    eda: EdaResult
+
+
+def ingest_and_describe(params: IngestEdaParams) -> IngestEdaResult:
+    """Stage ingest_eda: the archive into ``observations.h5`` under ``out``, then the EDA of it in the same folder."""
+    ingested = ingest(IngestParams(archive=params.archive, out=params.out))
+    eda = run_eda(EdaParams(observations=params.out, out=params.out, min_images=params.min_images,
+                            species_only=params.species_only))
+    return IngestEdaResult(ingested, eda)

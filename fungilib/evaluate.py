@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -106,12 +106,27 @@ def _plots(cm: np.ndarray, names: list[str], confusions: pd.DataFrame, reliabili
     return plots
 
 
-def evaluate_run(run_dir: Path, manifest: Path | None = None, split: str = "test", temperature_scaling: bool = True,
-                 batch_size: int = 64) -> EvalResult:
+@dataclass(kw_only=True)
+class EvaluateParams:
+    """Which run to evaluate, on which manifest and split."""
+
+    run: Path
+    manifest: Path | None = None  # default: the manifest the run was trained on
+    split: Literal["train", "val", "test"] = "test"
+    temperature_scaling: bool = True  # fit a softmax temperature on the validation split
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise FungilibError(f"batch_size must be at least 1, got {self.batch_size}")
+
+
+def evaluate_run(params: EvaluateParams) -> EvalResult:
     """Evaluate a finished training run; writes metrics.json, per_class.csv, confusions.csv and plots into it."""
     from fungilib.train import load_trained
 
-    run_dir = Path(run_dir)
+    run_dir, manifest, split = Path(params.run), params.manifest, params.split
+    temperature_scaling, batch_size = params.temperature_scaling, params.batch_size
     model, labels, prep = load_trained(run_dir)
     if manifest is None:
         manifest = Path(json.loads((run_dir / "train_summary.json").read_text())["params"]["dataset"]["manifest"])

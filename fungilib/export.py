@@ -28,15 +28,14 @@ from fungilib.errors import FungilibError
 from fungilib.fsutil import write_json
 from fungilib.input_pipeline import RESIZE_RULE
 from fungilib.litert import litert_runner
-from fungilib.params import build_params
 
 PARITY_MAX_ABS_DIFF = 1e-4
 TFJS_FOLDERS = {"none": "float32", "float16": "float16", "uint8": "uint8"}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ExportParams:
-    run: Path = Path("../runs/demo/train")  # a finished training run (RUN/model.keras)
+    run: Path  # a finished training run (RUN/model.keras)
     out: Path | None = None  # the bundle folder; default RUN/export
     parity_images: int = 16  # test images each format is checked on
     tfjs_quantization: list[Literal["none", "float16", "uint8"]] = field(
@@ -140,10 +139,28 @@ def _model_card(run_dir: Path, labels: Any, size: int, parity: dict, sizes: dict
     return "\n".join(lines) + "\n"
 
 
-def export_run(run_dir: Path, out: Path | None = None, **options: Any) -> ExportResult:
-    """Write the export bundle for ``run_dir``; fail when an unquantized format disagrees with Keras.
+BUNDLE_MARKERS = ("config.json", "parity.json", "labels.json")
 
-    ``options`` are the other ``ExportParams`` (``parity_images``, ``tfjs_quantization``, ``web_model``, …).
+
+def is_bundle(folder: Path) -> bool:
+    """A folder an export wrote (and may replace): it holds the bundle's own files."""
+    return all((Path(folder) / name).is_file() for name in BUNDLE_MARKERS)
+
+
+def bundle_folder(params: ExportParams) -> Path:
+    """Where the bundle goes; refuses a folder that exists and is not a previous bundle (it would be replaced)."""
+    bundle = Path(params.out or Path(params.run) / "export").resolve()
+    if bundle == Path(bundle.anchor) or bundle in (Path.cwd().resolve(), Path.home().resolve()):
+        raise FungilibError(f"out {params.out}: refusing to replace {bundle}; name a new folder for the bundle")
+    if bundle.exists() and (not bundle.is_dir() or (any(bundle.iterdir()) and not is_bundle(bundle))):
+        raise FungilibError(f"out {params.out}: {bundle} exists and is not an export bundle (no "
+                            f"{', '.join(BUNDLE_MARKERS)}); an export replaces its folder, so name a new one")
+    return bundle
+
+
+def export_run(params: ExportParams) -> ExportResult:
+    """Write the export bundle for ``params.run``; fail when an unquantized format disagrees with Keras.
+
     The bundle is built in a sibling folder and moved into place at the end, so a failed export leaves
     the previous bundle as it was.
     """
@@ -155,11 +172,10 @@ def export_run(run_dir: Path, out: Path | None = None, **options: Any) -> Export
     from fungilib.train import load_trained
     from fungilib.webapp import tfjs_predict_node, write_web_app
 
-    params = build_params(ExportParams, {"run": Path(run_dir), "out": out, **options}, "export parameters")
-    run_dir = Path(run_dir)
+    run_dir = Path(params.run)
     if not (run_dir / "model.keras").exists():
         raise FungilibError(f"{run_dir} holds no finished training run (no model.keras); train it first")
-    bundle = Path(params.out or run_dir / "export")
+    bundle = bundle_folder(params)
     work = bundle.with_name(f".{bundle.name}.partial")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)

@@ -13,39 +13,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image
 from tqdm.auto import tqdm
 
-from fungilib.clean import MANIFEST_FILE, CleanResult, Pruner, finish_dataset
+from fungilib.clean import MANIFEST_FILE, CleanResult, Pruner, SplitParams, finish_dataset
 from fungilib.errors import FungilibError
-from fungilib.fsutil import atomic_path, write_json
+from fungilib.fsutil import write_json
 from fungilib.params import write_params
-from fungilib.photos import upright_rgb
+from fungilib.photos import PhotoError, decode_photo, is_plain_jpeg, save_photo
 
 SOURCE_COLUMNS = ("path", "label")
 OPTIONAL_COLUMNS = ("group", "genus", "family")
-ORIENTATION = 0x0112
 
 
-@dataclass
-class FolderParams:
+@dataclass(kw_only=True)
+class FolderParams(SplitParams):
     """A folder tree of class-labelled images (or a CSV of labels) into a manifest."""
 
     source: Path  # DIR with one sub-folder per label, or a CSV with columns path,label[,group,genus,family]
     out: Path
     min_per_class: int = 5
-    max_per_class: int = 0  # 0 keeps every image
-    min_side: int = 32
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    seed: int = 0
     max_pixels: int = 89_478_485  # Pillow's decompression-bomb limit
-
-    def __post_init__(self) -> None:
-        if self.min_per_class < 1 or self.max_per_class < 0 or self.min_side < 1:
-            raise FungilibError("min_per_class and min_side must be >= 1, max_per_class >= 0")
-        if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
-            raise FungilibError("val_fraction and test_fraction must be in [0, 1) and leave some images for training")
 
 
 @dataclass
@@ -119,11 +106,6 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame, list[dict]]:
     return frame, refused
 
 
-def _needs_copy(img: Image.Image) -> bool:
-    """Training decodes JPEG as RGB and ignores EXIF: anything else gets a normalised copy."""
-    return img.format != "JPEG" or img.mode != "RGB" or img.getexif().get(ORIENTATION, 1) != 1
-
-
 def _normalise(path: str, images: Path, max_pixels: int) -> tuple[str, str]:
     """(the path training reads, error): the file itself, or a normalised JPEG copy named by its content hash."""
     try:
@@ -131,21 +113,17 @@ def _normalise(path: str, images: Path, max_pixels: int) -> tuple[str, str]:
     except OSError as exc:
         return "", f"unreadable ({type(exc).__name__})"
     try:
-        with Image.open(path) as img:
-            if img.width * img.height > max_pixels:
-                return "", f"too many pixels ({img.width}x{img.height})"
-            img.load()
-            if not _needs_copy(img):
-                return path, ""
-            fixed = upright_rgb(img)
-    except Exception as exc:  # Pillow raises many types: not an image, truncated, bomb
-        return "", f"not a readable image ({type(exc).__name__})"
+        img, _ = decode_photo(data, max_pixels)
+    except PhotoError as exc:
+        reason = exc.reason
+        return "", reason if reason.startswith("too many pixels") else "not a readable image " + reason.partition(" ")[2]
+    if is_plain_jpeg(img):
+        return path, ""
     digest = hashlib.sha256(data).hexdigest()
     target = images / digest[:2] / f"{digest}.jpg"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(target) as tmp:
-            fixed.save(tmp, "JPEG", quality=95)
+        save_photo(img, target, quality=95)
     return str(target), ""
 
 

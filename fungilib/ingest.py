@@ -11,19 +11,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from fungilib.dwc_terms import MEDIA_TERMS, OCCURRENCE_TERMS
 from fungilib.dwca import MEDIA_ROW_TYPES, OCCURRENCE, Archive, RowIssues, TableSpec, local_name, open_archive
 from fungilib.errors import FungilibError
 from fungilib.fsutil import read_stage_table, write_hdf, write_json
 from fungilib.params import write_params
 
 OBSERVATIONS_FILE = "observations.h5"
-OCCURRENCE_TERMS = [
-    "gbifID", "occurrenceID", "basisOfRecord", "eventDate", "year", "decimalLatitude", "decimalLongitude",
-    "countryCode", "kingdom", "phylum", "class", "order", "family", "genus", "species", "specificEpithet",
-    "taxonKey", "speciesKey", "genusKey", "familyKey", "scientificName", "acceptedScientificName", "taxonRank",
-    "license", "rightsHolder", "recordedBy", "associatedMedia",
-]
-MEDIA_TERMS = ["type", "format", "identifier", "accessURI", "references", "created", "creator", "license", "rightsHolder"]
 NAME_TERMS = ("species", "scientificName", "acceptedScientificName")
 STILL_IMAGE = {"stillimage", "image", "http://purl.org/dc/dcmitype/stillimage"}
 

@@ -11,11 +11,9 @@ from typing import Any
 import papermill as pm
 
 from fungilib.errors import FungilibError
-from fungilib.params import read_yaml
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
-PARAMS_DIR = PROJECT_ROOT / "params"
+KERNEL_NAME = "fungilib"  # the project's kernel: executed notebooks name it, JupyterLab opens them with it
+KERNEL_DISPLAY_NAME = "Python (fungilib)"
 
 
 @dataclass
@@ -44,10 +42,19 @@ def check_parameters(notebook: Path, parameters: dict[str, Any], source: str = "
         )
 
 
-def stage_defaults(stage: str) -> dict[str, Any]:
-    """The stage's default parameters from ``params/<stage>.yaml`` (empty when there is none)."""
-    path = PARAMS_DIR / f"{stage}.yaml"
-    return read_yaml(path) if path.exists() else {}
+def ensure_kernel() -> str:
+    """Install the project's kernel spec into this environment once (``make setup`` does it too)."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        KernelSpecManager().get_kernel_spec(KERNEL_NAME)
+    except NoSuchKernel:
+        import sys
+
+        from ipykernel.kernelspec import install
+
+        install(kernel_name=KERNEL_NAME, display_name=KERNEL_DISPLAY_NAME, prefix=sys.prefix)
+    return KERNEL_NAME
 
 
 def run_notebook(notebook: Path, output: Path, parameters: dict[str, Any], source: str = "parameters",
@@ -64,7 +71,7 @@ def run_notebook(notebook: Path, output: Path, parameters: dict[str, Any], sourc
     start = time.perf_counter()
     try:
         pm.execute_notebook(str(notebook), str(output), parameters=parameters, cwd=str(notebook.parent),
-                            progress_bar=False, kernel_name="python3", log_output=False)
+                            progress_bar=False, kernel_name=ensure_kernel(), log_output=False)
     except pm.PapermillExecutionError as exc:
         run = NotebookRun(notebook, output, parameters, time.perf_counter() - start, False,
                           f"{exc.ename}: {exc.evalue}".splitlines()[0])

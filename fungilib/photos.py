@@ -1,8 +1,25 @@
-"""One rule for turning any decoded photo into what training, the web page and predictions see."""
+"""One rule for turning any photo (downloaded bytes, a file of an image folder) into what training, the web page
+and predictions see: fully decoded, pixel-limited, upright, RGB, saved as a JPEG no larger than asked."""
 
 from __future__ import annotations
 
+import io
+import warnings
+from pathlib import Path
+
 from PIL import Image, ImageOps
+
+from fungilib.fsutil import atomic_path
+
+ORIENTATION = 0x0112
+
+
+class PhotoError(Exception):
+    """A photo that cannot be used; ``reason`` is the one line recorded for it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 def upright_rgb(img: Image.Image) -> Image.Image:
@@ -14,3 +31,41 @@ def upright_rgb(img: Image.Image) -> Image.Image:
         flat.paste(rgba, mask=rgba.getchannel("A"))
         return flat
     return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def is_plain_jpeg(img: Image.Image) -> bool:
+    """What training decodes as is: an RGB JPEG with no EXIF rotation to apply."""
+    return img.format == "JPEG" and img.mode == "RGB" and img.getexif().get(ORIENTATION, 1) == 1
+
+
+def decode_photo(source: bytes | Path, max_pixels: int, max_side: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """Open and fully decode a photo (a JPEG at a reduced DCT scale when ``max_side`` allows: faster, same size
+    after resizing) and its original size; PhotoError for a pixel bomb or anything Pillow cannot decode."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+            width, height = img.size
+            if width * height > max_pixels:
+                raise PhotoError(f"too many pixels ({width}x{height})")
+            if max_side and img.format == "JPEG":
+                img.draft("RGB", (max_side, max_side))
+            img.load()
+            return img, (width, height)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise PhotoError("too many pixels (decompression bomb)") from None
+    except PhotoError:
+        raise
+    except Exception as exc:  # Pillow raises many types for broken data
+        detail = str(exc)[:80]
+        raise PhotoError(f"undecodable ({type(exc).__name__}{': ' + detail if detail else ''})") from None
+
+
+def save_photo(img: Image.Image, target: Path, quality: int, max_side: int | None = None) -> Image.Image:
+    """Upright RGB, shrunk to ``max_side`` (never enlarged), written atomically as a JPEG; returns what was saved."""
+    img = upright_rgb(img)
+    if max_side and max(img.size) > max_side:
+        img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC, reducing_gap=2.0)
+    with atomic_path(target) as tmp:
+        img.save(tmp, "JPEG", quality=quality)
+    return img

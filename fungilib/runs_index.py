@@ -11,9 +11,10 @@ import yaml
 
 from fungilib.errors import FungilibError
 from fungilib.fsutil import atomic_path, write_hdf
+from fungilib.stages import PATH_PARAMETERS
 
 HEADLINE = ["top1", "top3", "top5", "macro_f1", "genus_top1", "ece"]
-PATH_KEYS = {"out", "manifest", "archive", "observations", "downloads", "sample_dir"}
+PATH_KEYS = set(PATH_PARAMETERS)  # where a run read and wrote: not parameters to compare runs by
 
 
 def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -37,10 +38,13 @@ def collect_runs(runs_root: Path, sweep: str | None = None) -> pd.DataFrame:
         try:
             status = json.loads(status_file.read_text())
         except json.JSONDecodeError:
-            status = {"state": "unreadable"}
+            status = {"state": "unreadable", "run_id": folder.name}
+        if not status.get("run_id"):  # a pipeline's data stage (the demo's folders), not a run
+            continue
         row: dict[str, Any] = {"run_id": folder.name, "sweep": folder.parent.name, "status": status.get("state"),
                                "duration_s": status.get("duration_s"), "start": status.get("start", ""),
-                               "host": status.get("host", ""), "error": status.get("error", "")}
+                               "data": status.get("data", ""), "host": status.get("host", ""),
+                               "error": status.get("error", "")}
         params_file = folder / "params.yaml"
         if params_file.exists():
             row.update({f"param.{k}": v for k, v in _flatten(yaml.safe_load(params_file.read_text()) or {}).items()})
@@ -89,16 +93,17 @@ def render_report(run_dir: Path) -> list[Path]:
 
 
 def best_run(runs_root: Path, sweep: str, metric: str = "top1") -> Path:
-    """The training output folder of the sweep's finished run with the highest ``metric`` (then macro-F1)."""
+    """The folder of the sweep's finished run with the highest ``metric``; ties go to the higher macro-F1, then
+    to the smaller run id, so every caller (demo, comparison notebook, CLI) names the same run."""
     table = collect_runs(runs_root, sweep)
     if table.empty or metric not in table:
         raise FungilibError(f"sweep {sweep!r} under {runs_root} has no evaluated runs to choose from")
     done = table[(table["status"] == "done") & table[metric].notna()]
     if done.empty:
         raise FungilibError(f"sweep {sweep!r} has no finished, evaluated run")
-    keys = [metric, "macro_f1"] if "macro_f1" in done and metric != "macro_f1" else [metric]
-    best = done.sort_values(keys, ascending=False).iloc[0]
-    return Path(runs_root) / sweep / str(best["run_id"]) / "output"
+    keys = [metric, *(["macro_f1"] if "macro_f1" in done and metric != "macro_f1" else []), "run_id"]
+    best = done.sort_values(keys, ascending=[False] * (len(keys) - 1) + [True]).iloc[0]
+    return Path(runs_root) / sweep / str(best["run_id"])
 
 
 def tensorboard_command(runs_root: Path, sweep: str | None, host: str = "127.0.0.1", port: int = 6006) -> list[str]:

@@ -17,12 +17,10 @@ import pyarrow.csv as pacsv
 from PIL import Image
 from tqdm.auto import tqdm
 
+from fungilib.dwc_terms import DC, DWC, GBIF
 from fungilib.fsutil import atomic_path, write_json
 from fungilib.sample_art import draw_mushroom
 
-DWC = "http://rs.tdwg.org/dwc/terms/"
-GBIF = "http://rs.gbif.org/terms/1.0/"
-DC = "http://purl.org/dc/terms/"
 ARCHIVE_NAME = "fungi-sample.zip"
 EML = (b'<?xml version="1.0"?><eml:eml xmlns:eml="eml://ecoinformatics.org/eml-2.1.1">'
        b"<dataset><title>fungilib synthetic sample (not real observations)</title></dataset></eml:eml>")

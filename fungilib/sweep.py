@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
 import json
 import math
@@ -20,17 +19,13 @@ from typing import Any
 import numpy as np
 import yaml
 
+from fungilib.data_version import content_key, source_version
 from fungilib.errors import FungilibError
 from fungilib.fsutil import atomic_open, write_json
-from fungilib.notebooks import NOTEBOOKS_DIR, check_parameters, run_notebook, stage_defaults
-from fungilib.params import build_params, deep_merge, read_yaml
+from fungilib.notebooks import run_notebook
+from fungilib.params import build_params, deep_merge, read_yaml, set_dotted
+from fungilib.stages import SOURCE, SWEEP_PIPELINE, check_notebook_parameters, stage
 
-STAGES: dict[str, str] = {
-    "ingest_eda": "01_ingest_eda.ipynb",
-    "download": "02_download.ipynb",
-    "clean": "03_clean.ipynb",
-    "train": "04_train.ipynb",
-}
 SWEEP_KEYS = {"name", "archive", "manifest", "folder", "import", "sample_dir", "sample_port", "pipeline", "base",
               "search"}
 DISTRIBUTIONS = {"choice", "uniform", "loguniform", "int"}
@@ -49,14 +44,6 @@ class Sweep:
     runs: list[dict[str, dict[str, Any]]] = field(default_factory=list)  # per run: stage → overrides
     sample_port: int = 8765
     folder_import: dict[str, Any] | None = None  # `folder:` source: import-folder parameters, run before the plan
-
-
-def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    node = target
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[leaf] = value
 
 
 def _draw(spec: Any, rng: np.random.Generator, where: str) -> Any:
@@ -113,13 +100,13 @@ def load_sweep(path: Path) -> Sweep:
     if unknown:
         raise FungilibError(f"{path}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(SWEEP_KEYS))}")
     pipeline = data.get("pipeline") or []
-    bad = [s for s in pipeline if s not in STAGES]
+    bad = [s for s in pipeline if s not in SWEEP_PIPELINE]
     if not pipeline or bad:
         raise FungilibError(f"{path}: pipeline: unknown stage {bad[0]!r}" if bad else f"{path}: pipeline is empty"
-                            f"; stages: {', '.join(STAGES)}")
-    if pipeline != [s for s in STAGES if s in pipeline] or pipeline[0] not in ("ingest_eda", "train"):
+                            f"; stages: {', '.join(SWEEP_PIPELINE)}")
+    if pipeline != [s for s in SWEEP_PIPELINE if s in pipeline] or pipeline[0] not in ("ingest_eda", "train"):
         raise FungilibError(f"{path}: pipeline must start at ingest_eda (or be [train]) and keep the order "
-                            f"{' → '.join(STAGES)}")
+                            f"{' → '.join(SWEEP_PIPELINE)}")
     source_key = "archive" if pipeline[0] == "ingest_eda" else "folder" if "folder" in data else "manifest"
     if source_key not in data:
         raise FungilibError(f"{path}: missing {source_key!r} (the input of stage {pipeline[0]}"
@@ -134,62 +121,30 @@ def load_sweep(path: Path) -> Sweep:
     elif "import" in data:
         raise FungilibError(f"{path}: `import` applies only to a `folder:` source")
     base = data.get("base") or {}
-    for stage in base:
-        if stage not in pipeline:
-            raise FungilibError(f"{path}: base.{stage}: not a stage of this pipeline ({', '.join(pipeline)})")
+    for name in base:
+        if name not in pipeline:
+            raise FungilibError(f"{path}: base.{name}: not a stage of this pipeline ({', '.join(pipeline)})")
     runs = []
     for values in expand_search(data.get("search"), str(path)):
         overrides: dict[str, dict[str, Any]] = {}
         for dotted, value in values.items():
-            stage, _, rest = dotted.partition(".")
-            if stage not in pipeline or not rest:
+            name, _, rest = dotted.partition(".")
+            if name not in pipeline or not rest:
                 raise FungilibError(f"{path}: search key {dotted!r} must start with a stage of the pipeline "
                                     f"({', '.join(pipeline)}), e.g. train.optimizer.learning_rate")
-            _set_dotted(overrides.setdefault(stage, {}), rest, value)
+            set_dotted(overrides.setdefault(name, {}), rest, value, f"{path}: search")
         runs.append(overrides)
     sweep = Sweep(str(data.get("name") or path.stem), path, pipeline, str(data[source_key]), data.get("sample_dir"),
                   base, runs, int(data.get("sample_port", 8765)), folder_import)
     for overrides in runs:
-        for stage in pipeline:
-            validate_stage(stage, stage_values(sweep, stage, overrides), str(path))
+        for name in pipeline:
+            check_notebook_parameters(name, stage_values(sweep, name, overrides), str(path))
     return sweep
 
 
-def stage_values(sweep: Sweep, stage: str, overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def stage_values(sweep: Sweep, name: str, overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """defaults (params/<stage>.yaml) ← the sweep's base ← this run's values."""
-    return deep_merge(deep_merge(stage_defaults(stage), sweep.base.get(stage, {})), overrides.get(stage, {}))
-
-
-def validate_stage(stage: str, values: dict[str, Any], source: str) -> None:
-    """Names against the notebook's parameters cell, types against the stage's parameter classes."""
-    check_parameters(NOTEBOOKS_DIR / STAGES[stage], values, f"{source}: {stage}")
-    from fungilib.clean import CleanParams
-    from fungilib.download import DownloadParams
-    from fungilib.eda import EdaParams
-    from fungilib.train import TrainParams
-
-    classes = {"ingest_eda": EdaParams, "download": DownloadParams, "clean": CleanParams, "train": TrainParams}
-    cls = classes[stage]
-    names = {f for f in cls.__dataclass_fields__}
-    dummy = {"observations": "-", "out": "-", "downloads": "-"}
-    build_params(cls, {**{k: v for k, v in dummy.items() if k in names}, **{k: v for k, v in values.items()
-                                                                               if k in names}}, f"{source}: {stage}")
-
-
-def _key(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def _archive_identity(archive: str) -> str:
-    """The archive's identity for caching: its bytes' hash (files are hashed once per size and mtime)."""
-    path = Path(archive)
-    if path.is_dir():
-        return _key(sorted((str(p.relative_to(path)), p.stat().st_size) for p in path.rglob("*") if p.is_file()))
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
+    return deep_merge(deep_merge(stage(name).defaults(), sweep.base.get(name, {})), overrides.get(name, {}))
 
 
 @dataclass
@@ -201,6 +156,13 @@ class StageRun:
     folder: Path
     parameters: dict[str, Any]
     run_id: str = ""  # set for the per-run (last) stage
+    data: str = ""  # the version of the pipeline's source (see fungilib.data_version)
+
+    @property
+    def done(self) -> bool:
+        """Finished with these very inputs and parameters (a folder reused with other inputs is not done)."""
+        status = read_status(self.folder)
+        return status.get("state") == "done" and status.get("key") == self.key
 
 
 def prepare_source(sweep: Sweep, runs_root: Path) -> None:
@@ -211,7 +173,7 @@ def prepare_source(sweep: Sweep, runs_root: Path) -> None:
     from fungilib.image_folder import FolderParams, import_folder
 
     values = dict(sweep.folder_import)
-    key = _key("import", values, _archive_identity(values["source"]))
+    key = content_key("import", values, source_version(values["source"]))
     out = Path(runs_root).resolve() / sweep.name / "stages" / f"import-{key}"
     if not (out / "manifest.h5").exists():
         import_folder(build_params(FolderParams, {**values, "out": out}, f"{sweep.source}: import"))
@@ -225,42 +187,38 @@ def plan(sweep: Sweep, runs_root: Path) -> tuple[list[StageRun], list[StageRun]]
     archive = str(Path(sweep.archive).resolve())
     shared: dict[str, StageRun] = {}
     per_run: list[StageRun] = []
-    source_key = _archive_identity(archive) if Path(archive).exists() else archive
+    data = source_version(archive)
     for overrides in sweep.runs:
-        upstream: dict[str, StageRun] = {}
-        input_key = source_key
-        for i, stage in enumerate(sweep.pipeline):
-            values = stage_values(sweep, stage, overrides)
-            key = _key(stage, values, input_key)
-            last = i == len(sweep.pipeline) - 1
-            folder = root / "stages" / f"{stage}-{key}"
-            paths = _stage_paths(stage, archive, sweep, upstream)
-            if last:
-                run_id = _key(sweep.name, [stage_values(sweep, s, overrides) for s in sweep.pipeline], input_key)[:10]
+        outs = {SOURCE: archive}
+        input_key = data
+        for i, name in enumerate(sweep.pipeline):
+            values = stage_values(sweep, name, overrides)
+            key = content_key(name, values, input_key)
+            folder = root / "stages" / f"{name}-{key}"
+            if i == len(sweep.pipeline) - 1:
+                run_id = content_key(sweep.name, [stage_values(sweep, s, overrides) for s in sweep.pipeline],
+                                     input_key)[:10]
                 folder = root / run_id
-                per_run.append(StageRun(stage, key, folder, {**values, **paths, **_out(stage, folder)}, run_id))
+            parameters = stage_parameters(name, values, folder / "output", outs)
+            if i == len(sweep.pipeline) - 1:
+                per_run.append(StageRun(name, key, folder, parameters, run_id, data))
             else:
-                shared.setdefault(key, StageRun(stage, key, folder, {**values, **paths, **_out(stage, folder)}))
-            upstream[stage] = shared.get(key) or per_run[-1]
+                shared.setdefault(key, StageRun(name, key, folder, parameters, data=data))
+            outs[name] = parameters["out"]
             input_key = key
     return list(shared.values()), per_run
 
 
-def _out(stage: str, folder: Path) -> dict[str, str]:
-    return {"out": str(folder / "output")}
-
-
-def _stage_paths(stage: str, source: str, sweep: Sweep, up: dict[str, StageRun]) -> dict[str, Any]:
-    def out_of(name: str) -> str:
-        return up[name].parameters["out"]
-
-    if stage == "ingest_eda":
-        return {"archive": source, "sample_dir": None}
-    if stage == "download":  # the sweep serves the sample itself, once, for all download executions
-        return {"observations": out_of("ingest_eda"), "sample_dir": None}
-    if stage == "clean":
-        return {"observations": out_of("ingest_eda"), "downloads": out_of("download")}
-    return {"manifest": out_of("clean") if "clean" in up else source}
+def stage_parameters(name: str, values: dict[str, Any], out: Path, outs: dict[str, str],
+                     runner: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A notebook's parameters: its values, its inputs (the upstream stages' ``out``), its ``out``, and its
+    runner parameters (``sample_dir`` … ; None unless given: the sweep serves the sample itself)."""
+    st = stage(name)
+    parameters = deep_merge(values, st.inputs(outs))
+    parameters["out"] = str(out)
+    for extra in st.runner_parameters:
+        parameters[extra] = (runner or {}).get(extra)
+    return parameters
 
 
 def _now() -> str:
@@ -286,15 +244,15 @@ def execute(run: StageRun, threads: int = 0) -> dict[str, Any]:
     if threads:
         os.environ["FUNGILIB_THREADS"] = str(threads)
         os.environ["OMP_NUM_THREADS"] = str(threads)
-    status = {"stage": run.stage, "run_id": run.run_id, "key": run.key, "state": "running", "start": _now(),
-              "host": socket.gethostname(), "pid": os.getpid(), "notebook": STAGES[run.stage]}
+    notebook = stage(run.stage).notebook_path
+    status = {"stage": run.stage, "run_id": run.run_id, "key": run.key, "data": run.data, "state": "running",
+              "start": _now(), "host": socket.gethostname(), "pid": os.getpid(), "notebook": notebook.name}
     write_json(folder / "status.json", status)
     with atomic_open(folder / "params.yaml", "w", encoding="utf-8") as handle:
         yaml.safe_dump(run.parameters, handle, sort_keys=False)
     t0 = time.perf_counter()
     try:
-        result = run_notebook(NOTEBOOKS_DIR / STAGES[run.stage], folder / STAGES[run.stage], run.parameters,
-                              raise_on_error=False)
+        result = run_notebook(notebook, folder / notebook.name, run.parameters, raise_on_error=False)
         ok, error = result.ok, result.error
     except Exception as exc:  # a kernel that died, a notebook that cannot start: recorded, not raised
         ok, error = False, f"{type(exc).__name__}: {exc}".splitlines()[0]
@@ -382,11 +340,10 @@ def run_sweep(path: Path, runs_root: Path = Path("runs"), workers: int = 0, sche
         tqdm.write(f"[sweep] {label}: {status['state']} in {status.get('duration_s', 0):.0f} s"
                    + (f" — {status['error']}" if status.get("error") else ""))
 
-    needs_server = sweep.sample_dir and any(r.stage == "download" for r in shared + per_run
-                                            if read_status(r.folder).get("state") != "done")
+    needs_server = sweep.sample_dir and any(r.stage == "download" for r in shared + per_run if not r.done)
     with serving(Path(sweep.sample_dir) if needs_server else None, port=sweep.sample_port):
         for run in shared:  # data stages in order, once each, in this process
-            if read_status(run.folder).get("state") == "done":
+            if run.done:
                 skipped += 1
                 bar.update(1)
                 continue
@@ -396,8 +353,8 @@ def run_sweep(path: Path, runs_root: Path = Path("runs"), workers: int = 0, sche
             if status["state"] != "done":
                 bar.close()
                 raise FungilibError(f"stage {run.stage} failed ({status['error']}); its notebook is "
-                                    f"{run.folder / STAGES[run.stage]}")
-        todo = [r for r in per_run if read_status(r.folder).get("state") != "done"]
+                                    f"{run.folder / stage(run.stage).notebook_path.name}")
+        todo = [r for r in per_run if not r.done]
         skipped += len(per_run) - len(todo)
         bar.update(len(per_run) - len(todo))
         for run in todo:

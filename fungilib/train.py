@@ -85,6 +85,7 @@ class TrainParams:
     augmentation: Augmentation = field(default_factory=Augmentation)
     regularization: RegularizationParams = field(default_factory=RegularizationParams)
     fit: FitParams = field(default_factory=FitParams)
+    evaluate: bool = True  # evaluate on the test split after training (metrics.json, plots)
 
     def __post_init__(self) -> None:
         if self.fit.epochs < 1 or self.dataset.batch_size < 1 or self.dataset.image_size < 32:
@@ -175,7 +176,16 @@ def _callbacks(out: Path, phase: str, params: TrainParams, has_val: bool) -> lis
     import keras
 
     monitor = "val_loss" if has_val else "loss"
+
+    class LearningRateLog(keras.callbacks.Callback):
+        """The rate the epoch ended at, into the logs (history.csv, TensorBoard): schedules do not log it."""
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            if logs is not None and "learning_rate" not in logs:
+                logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
     callbacks = [
+        LearningRateLog(),
         keras.callbacks.BackupAndRestore(str(out / "backup" / phase), save_freq="epoch", delete_checkpoint=True),
         keras.callbacks.ModelCheckpoint(str(out / "best.weights.h5"), monitor=monitor, save_best_only=True,
                                         save_weights_only=True),
@@ -299,3 +309,20 @@ def load_trained(run_dir: Path) -> tuple[Any, pd.DataFrame, dict[str, Any]]:
                                     safe_mode=False)
     labels = pd.read_csv(run_dir / "labels.csv", dtype={"class_key": str, "speciesKey": str}, keep_default_na=False)
     return model, labels, json.loads((run_dir / "preprocessing.json").read_text())
+
+
+@dataclass
+class TrainRunResult:
+    train: TrainResult
+    evaluation: Any = None  # fungilib.evaluate.EvalResult, or None with evaluate: false
+
+
+def train_and_evaluate(params: TrainParams) -> TrainRunResult:
+    """Stage train: train into ``params.out``, then (``params.evaluate``) evaluate on the test split."""
+    result = train(params)
+    if not params.evaluate:
+        return TrainRunResult(result)
+    from fungilib.evaluate import EvaluateParams, evaluate_run
+
+    return TrainRunResult(result, evaluate_run(EvaluateParams(
+        run=params.out, temperature_scaling=params.fit.temperature_scaling)))

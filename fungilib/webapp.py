@@ -19,8 +19,8 @@ import numpy as np
 
 from fungilib.errors import FungilibError
 from fungilib.fsutil import write_json
+from fungilib.stages import PROJECT_ROOT
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 WEB_DIR = PROJECT_ROOT / "web"
 NODE_PREDICT = Path(__file__).resolve().parent / "js" / "tfjs_predict.cjs"
 WEB_FILES = ("index.html", "tf-globals.js", "app.js", "preprocess.js", "rollup.js", "style.css", "manifest.webmanifest", "icon.svg")

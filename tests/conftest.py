@@ -55,7 +55,8 @@ def pipeline(served_sample, tmp_path_factory: pytest.TempPathFactory) -> Pipelin
     root = tmp_path_factory.mktemp("pipeline")
     ing = ingest(IngestParams(sample.archive, root / "ingest"))
     dl = download_images(fast_download_params(root / "ingest", root / "download", max_side=128))
-    cl = clean_dataset(CleanParams(root / "ingest", root / "download", root / "clean", min_per_class=5))
+    cl = clean_dataset(CleanParams(observations=root / "ingest", downloads=root / "download", out=root / "clean",
+                                   min_per_class=5))
     return Pipeline(sample, server, ing, dl, cl, root)
 
 
@@ -126,7 +127,8 @@ def bundle(trained_run: Path):  # noqa: ANN201 — an ExportResult
     import json
 
     from fungilib.export import ExportResult
-    from fungilib.notebooks import NOTEBOOKS_DIR, run_notebook
+    from fungilib.notebooks import run_notebook
+    from fungilib.stages import NOTEBOOKS_DIR
 
     out = trained_run.parent / "export" / "bundle"
     executed = trained_run.parent / "export" / "05_export.ipynb"

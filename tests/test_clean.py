@@ -14,8 +14,8 @@ from fungilib.split import connected_groups, stratified_group_split
 
 
 def _clean(pipeline, tmp_path: Path, name: str, **kw: object):
-    params = CleanParams(pipeline.root / "ingest", pipeline.root / "download", tmp_path / name,
-                         **{"min_per_class": 5, **kw})  # type: ignore[arg-type]
+    params = CleanParams(observations=pipeline.root / "ingest", downloads=pipeline.root / "download",
+                         out=tmp_path / name, **{"min_per_class": 5, **kw})  # type: ignore[arg-type]
     result = clean_dataset(params)
     manifest, labels = load_manifest(tmp_path / name)
     return result, manifest, labels

@@ -130,15 +130,15 @@ def test_sigkill_mid_download_then_rerun_resumes(pipeline, tmp_path: Path) -> No
     result = download_images(fast_download_params(pipeline.root / "ingest", out, max_side=128))
     after = pipeline.server.requests
     base = len(pipeline.server.base_url)
-    saved_urls = {"/" + str(f.relative_to(out)) for f in saved}  # file path ≠ URL path: map through the table
-    table = load_downloads(out)
+    table = load_downloads(out)  # file path ≠ URL path: map the saved files to their URLs through the table
     saved_rel = {str(f.relative_to(out)) for f in saved}
     saved_url_paths = set(table.loc[table["path"].isin(saved_rel), "url"].str[base:])
-    assert saved_url_paths and not any(after[p] != before[p] for p in saved_url_paths)
+    assert len(saved_url_paths) == len(saved)  # every file saved before the kill is one URL of the table
+    assert all(after[p] == before[p] for p in saved_url_paths)  # … and none of them was requested again
+    rest = set(table.loc[(table["status"] == "ok") & ~table["path"].isin(saved_rel), "url"].str[base:])
+    assert rest and all(after[p] > before[p] for p in rest)  # the others were fetched by the rerun
     assert result.ok == pipeline.download.ok
     assert not list(out.rglob(".tmp-*"))
-    assert saved_urls  # paths were built from ids
-    del saved_urls
 
 
 def test_paths_are_built_from_safe_ids_only(tmp_path: Path) -> None:

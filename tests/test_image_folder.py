@@ -154,7 +154,7 @@ def test_a_sweep_can_name_an_image_folder_as_its_source(pipeline, tmp_path: Path
     manifest, _ = load_manifest(imported)
     assert len(manifest) == 18
     _, runs = plan(sweep, tmp_path / "runs")
-    assert [r.parameters["manifest"] for r in runs] == [str(imported)] * 2  # both runs train on the import
+    assert [r.parameters["dataset"]["manifest"] for r in runs] == [str(imported)] * 2  # both runs train on the import
     stamp = (imported / "manifest.h5").stat().st_mtime_ns
     again = load_sweep(sweep_file)
     prepare_source(again, tmp_path / "runs")  # the same folder and parameters: imported once

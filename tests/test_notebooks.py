@@ -8,35 +8,45 @@ from pathlib import Path
 
 import pytest
 
-from fungilib.clean import CleanParams
-from fungilib.demo import STAGE_NOTEBOOKS
-from fungilib.download import DownloadParams
-from fungilib.eda import EdaParams
 from fungilib.errors import FungilibError
-from fungilib.export import ExportParams
-from fungilib.notebooks import NOTEBOOKS_DIR, notebook_parameters, run_notebook, stage_defaults
+from fungilib.notebooks import notebook_parameters, run_notebook
 from fungilib.params import params_to_dict
-from fungilib.train import TrainParams
+from fungilib.stages import NOTEBOOKS_DIR, STAGES
 
 HERE = Path(__file__).parent
-STAGE_CLASSES = {"ingest_eda": EdaParams, "download": DownloadParams, "clean": CleanParams, "train": TrainParams,
-                 "export": ExportParams}
+NOTEBOOK_STAGES = [name for name, stage in STAGES.items() if stage.notebook]
 
 
-@pytest.mark.parametrize(("stage", "notebook", "_folder"), [*STAGE_NOTEBOOKS, ("export", "05_export.ipynb", "export")])
-def test_notebook_defaults_match_params_file_and_dataclass(stage: str, notebook: str, _folder: str) -> None:
-    declared = notebook_parameters(NOTEBOOKS_DIR / notebook)
-    defaults = stage_defaults(stage)
-    assert defaults, f"params/{stage}.yaml is missing or empty"
-    fields = {f.name: f for f in dataclasses.fields(STAGE_CLASSES[stage])}
+@pytest.mark.parametrize("name", NOTEBOOK_STAGES)
+def test_notebook_parameters_are_the_stage_parameters_and_defaults(name: str) -> None:
+    """A notebook's parameters cell declares exactly its stage's parameters (plus its runner's), with the values
+    of params/<stage>.yaml, which are also the parameter class's defaults."""
+    stage = STAGES[name]
+    declared = notebook_parameters(stage.notebook_path)
+    fields = {f.name: f for f in dataclasses.fields(stage.params_class)}
+    assert set(declared) == set(fields) | set(stage.runner_parameters), stage.notebook
+    defaults = stage.defaults()
+    assert defaults, f"params/{name}.yaml is missing or empty"
     for key, value in defaults.items():
-        assert key in declared, f"params/{stage}.yaml: {key} is not a parameter of {notebook}"
-        assert eval(declared[key]) == value, key  # papermill reports defaults as source text
+        in_notebook = eval(declared[key])  # papermill reports defaults as source text
         field = fields[key]
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-        if dataclasses.is_dataclass(default):  # a parameter group: compare the keys the file sets
+        if isinstance(value, dict):  # a parameter group: compare the keys the file sets
+            in_notebook = {k: v for k, v in in_notebook.items() if k in value}
             default = {k: v for k, v in params_to_dict(default).items() if k in value}
-        assert default == value, key
+        assert in_notebook == value, f"{stage.notebook}: {key}"
+        assert default == value, f"{stage.params}: {key}"
+
+
+def test_every_stage_is_found_from_its_name() -> None:
+    """The registry leads to each stage's code, notebook, defaults and command in one step."""
+    for stage in STAGES.values():
+        assert callable(stage.entry_function) and dataclasses.is_dataclass(stage.params_class)
+        assert stage.notebook is None or stage.notebook_path.is_file()
+        for command in stage.commands:
+            assert callable(command.entry_function)
+            fields = {f.name for f in dataclasses.fields(command.params_class)}
+            assert {flag.key.split(".")[0] for flag in command.flags} <= fields, command.name
 
 
 def test_notebooks_are_committed_without_outputs() -> None:

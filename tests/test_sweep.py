@@ -46,15 +46,15 @@ def _write(path: Path, data: dict) -> Path:
 @pytest.mark.parametrize(("data", "message"), [
     ({"pipeline": ["train"], "manifest": "m", "colour": 1}, r"unknown key 'colour'; allowed: archive, base"),
     ({"pipeline": ["train"], "manifest": "m", "search": {"grid": {"train.model.bsae": ["x"]}}},
-     r"train: model: unknown parameter 'bsae' for ModelParams; allowed: base, weights"),
+     r"train: unknown parameter 'model.bsae' for ModelParams; allowed: base, weights"),
     ({"pipeline": ["train"], "manifest": "m", "search": {"grid": {"train.fit.epochs": ["many"]}}},
-     r"fit: epochs: expected an integer, got 'many'"),
+     r"train: fit.epochs: expected an integer, got 'many'"),
     ({"pipeline": ["train"], "manifest": "m", "search": {"grid": {"train.fit.epochs": []}}},
      r"search.grid.train.fit.epochs: expected a non-empty list"),
     ({"pipeline": ["train"], "manifest": "m", "search": {"grid": {"clean.seed": [1]}}},
      r"search key 'clean.seed' must start with a stage of the pipeline"),
     ({"pipeline": ["train"], "manifest": "m", "search": {"grid": {"train.learning_rat": [1]}}},
-     r"train: unknown parameter 'learning_rat' for 04_train.ipynb; allowed: manifest, out, dataset"),
+     r"train: unknown parameter 'learning_rat' for 04_train.ipynb; allowed: out, dataset, model"),
     ({"pipeline": ["clean", "train"], "manifest": "m"}, r"pipeline must start at ingest_eda"),
     ({"pipeline": ["ingest_eda"]}, r"missing 'archive'"),
     ({"pipeline": ["train"], "manifest": "m", "search": {"random": {"n": 2, "params": {"train.fit.epochs": [1, 2]}}}},
@@ -132,7 +132,8 @@ def test_training_sweep_on_a_dask_local_cluster_then_the_comparison_notebook(pip
     assert len({s["pid"] for s in result.statuses}) == 2  # two Dask worker processes
     table = collect_runs(sweep_root, "dask")
     assert table["top1"].notna().all() and sorted(table["param.optimizer.learning_rate"]) == [0.001, 0.01]
-    from fungilib.notebooks import NOTEBOOKS_DIR, run_notebook
+    from fungilib.notebooks import run_notebook
+    from fungilib.stages import NOTEBOOKS_DIR
 
     out = tmp_path / "compare"
     run = run_notebook(NOTEBOOKS_DIR / "06_compare_runs.ipynb", out / "06.ipynb",

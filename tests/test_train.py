@@ -147,9 +147,9 @@ def test_schedules_follow_their_shape() -> None:
 
 
 def test_unknown_train_parameter_names_group_key_and_allowed() -> None:
-    with pytest.raises(FungilibError, match=r"model: unknown parameter 'bsae' for ModelParams; allowed: base, weights"):
+    with pytest.raises(FungilibError, match=r"unknown parameter 'model.bsae' for ModelParams; allowed: base, weights"):
         build_params(TrainParams, {"out": "x", "model": {"bsae": "ResNet50"}})
-    with pytest.raises(FungilibError, match=r"optimizer: name: 'adamw' is not one of 'adam', 'sgd', 'rmsprop'"):
+    with pytest.raises(FungilibError, match=r"optimizer.name: 'adamw' is not one of 'adam', 'sgd', 'rmsprop'"):
         build_params(TrainParams, {"out": "x", "optimizer": {"name": "adamw"}})
 
 
@@ -227,9 +227,9 @@ def test_sigkill_mid_training_then_rerun_resumes(killed_run, pipeline) -> None: 
 
 def _check_evaluation(pipeline, run_dir: Path) -> None:  # noqa: ANN001
     """Evaluation of a finished run: metrics.json, tables and plots on the test split only."""
-    from fungilib.evaluate import evaluate_run
+    from fungilib.evaluate import EvaluateParams, evaluate_run
 
-    result = evaluate_run(run_dir)
+    result = evaluate_run(EvaluateParams(run=run_dir))
     m = result.metrics
     assert {"top1", "top3", "top5", "macro_f1", "genus_top1", "family_top1", "ece", "temperature"} <= set(m)
     assert 0 <= m["top1"] <= m["top3"] <= m["top5"] <= 1 and m["top1"] <= m["genus_top1"]

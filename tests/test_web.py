@@ -80,20 +80,28 @@ def test_bundle_is_self_contained_with_parity_recorded(bundle: ExportResult, tra
     assert "tf.min.js" in precache and "tfjs/float32/model.json" in precache
     assert all((root / name).is_file() for name in precache if name != "./")
     assert not any(name.startswith(("saved_model", "tfjs/uint8")) for name in precache)  # only what the page loads
-    assert not list(root.parent.glob(".export.*"))  # the work folder was moved into place
+    # the work folder was moved into place, the previous bundle removed: only the bundle is left under its name
+    assert not (root.parent / f".{root.name}.partial").exists() and not (root.parent / f".{root.name}.old").exists()
+    assert [p.name for p in root.parent.iterdir() if p.name.startswith(f".{root.name}")] == []
 
 
 def test_export_refuses_bad_requests(tmp_path: Path, trained_run: Path) -> None:
     from fungilib.export import ExportParams
 
     with pytest.raises(FungilibError, match="no finished training run"):
-        export_run(tmp_path)
+        export_run(ExportParams(run=tmp_path))
     with pytest.raises(FungilibError, match="not one of"):
-        build_params(ExportParams, {"tfjs_quantization": ["int4"]})
+        build_params(ExportParams, {"run": "r", "tfjs_quantization": ["int4"]})
     with pytest.raises(FungilibError, match="web_model 'uint8' is not among"):
-        build_params(ExportParams, {"tfjs_quantization": ["none"], "web_model": "uint8"})
-    with pytest.raises(FungilibError, match="unknown"):
-        build_params(ExportParams, {"quantisation": "none"})
+        build_params(ExportParams, {"run": "r", "tfjs_quantization": ["none"], "web_model": "uint8"})
+    with pytest.raises(FungilibError, match="unknown parameter 'quantisation' for ExportParams"):
+        build_params(ExportParams, {"run": "r", "quantisation": "none"})
+    site = tmp_path / "site"  # a folder that is not a bundle is never replaced by an export
+    site.mkdir()
+    (site / "index.html").write_text("my site")
+    with pytest.raises(FungilibError, match="is not an export bundle"):
+        export_run(ExportParams(run=trained_run, out=site))
+    assert (site / "index.html").read_text() == "my site"
 
 
 def _node(script: str, *args: str) -> subprocess.CompletedProcess:
