@@ -176,7 +176,7 @@ def _print_runs_table(runs_root: Path, sweep: str | None, sort: str) -> None:
         print("no runs yet")
         return
     swept = [c for c in table.columns if c.startswith("param.") and table[c].astype(str).nunique() > 1]
-    columns = ["run_id", "sweep", "status", "duration_s", *swept, *[m for m in HEADLINE if m in table]]
+    columns = ["run_id", "sweep", "status", "duration_s", "data", *swept, *[m for m in HEADLINE if m in table]]
     if sort in table:
         table = table.sort_values(sort, ascending=False)
     print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.4g}"))

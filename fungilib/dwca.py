@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
 import io
@@ -10,10 +11,12 @@ import tarfile
 import tempfile
 import xml.etree.ElementTree as ET
 import zipfile
+import zlib
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -25,6 +28,10 @@ from fungilib.errors import FungilibError
 OCCURRENCE = "http://rs.tdwg.org/dwc/terms/Occurrence"
 MEDIA_ROW_TYPES = {"http://rs.gbif.org/terms/1.0/Multimedia", "http://rs.tdwg.org/ac/terms/Multimedia"}
 _DATA_SUFFIXES = {".txt", ".csv", ".tsv", ".tab"}
+MAX_HEADER_BYTES = 1 << 20  # a header or sample line longer than this is not a table row
+BLOCK_SIZE = 1 << 24  # pyarrow's read block: also the longest line a table may hold (memory stays bounded)
+# What a damaged zip or tgz raises while it is read: one line naming the archive, never a traceback
+DAMAGED = (zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError, OSError)
 
 
 _CANONICAL = {t.lower(): t for t in KNOWN_TERMS}
@@ -73,12 +80,40 @@ class RowIssues:
 
     count: int = 0
     first: list[str] = field(default_factory=list)
+    replaced_bytes: int = 0  # bytes that were not valid in the table's encoding, replaced by U+FFFD
 
     def handler(self, row: pacsv.InvalidRow) -> str:
         self.count += 1
         if len(self.first) < 3:
-            self.first.append(f"line {row.number}: expected {row.expected_columns} columns, got {row.actual_columns}")
+            where = f"line {row.number}" if row.number is not None else f"row {self.count} skipped"
+            text = row.text if len(row.text) <= 60 else row.text[:60] + "…"
+            self.first.append(f"{where}: expected {row.expected_columns} columns, got {row.actual_columns}: {text!r}")
         return "skip"
+
+
+class _Utf8Repair(io.RawIOBase):
+    """A byte stream re-encoded to valid UTF-8: bytes invalid in ``encoding`` become U+FFFD and are counted."""
+
+    def __init__(self, raw: IO[bytes], encoding: str, issues: RowIssues) -> None:
+        self._raw, self._issues = raw, issues
+        self._decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            chunk = self._raw.read(1 << 20)
+            text = self._decoder.decode(chunk, final=not chunk)
+            self._issues.replaced_bytes += text.count("\ufffd")
+            self._pending = text.encode("utf-8")
+            if not chunk:
+                break
+        size = min(len(buffer), len(self._pending))
+        buffer[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
 
 
 class Archive:
@@ -89,8 +124,15 @@ class Archive:
         self._tmp: Path | None = None
         self._zip: zipfile.ZipFile | None = None
         self._prefix = ""
-        self._open_container()
-        self.core, self.extensions = self._read_descriptor()
+        try:
+            self._open_container()
+            self.core, self.extensions = self._read_descriptor()
+        except FungilibError:
+            self.close()  # a tgz's extracted copy never outlives a failed open
+            raise
+        except DAMAGED as exc:
+            self.close()
+            raise FungilibError(f"{self.source}: damaged archive ({_damage(exc)})") from None
 
     # -- container ---------------------------------------------------------------------------------------------
     def _open_container(self) -> None:
@@ -104,7 +146,11 @@ class Archive:
         elif tarfile.is_tarfile(src):
             self._tmp = Path(tempfile.mkdtemp(prefix="fungilib-dwca-"))
             with tarfile.open(src) as tar:
-                tar.extractall(self._tmp, filter="data")
+                try:
+                    tar.extractall(self._tmp, filter="data")  # refuses ../, absolute paths and links leaving it
+                except tarfile.FilterError as exc:
+                    raise FungilibError(f"{src}: refused: a member would be written outside the archive "
+                                        f"({exc})") from None
             self._root = self._tmp
         else:
             raise FungilibError(f"{src}: not a Darwin Core Archive (expected a .zip, a .tgz or a folder)")
@@ -128,15 +174,28 @@ class Archive:
     def _member(self, name: str) -> str:
         return f"{self._prefix}/{name}" if self._prefix else name
 
+    def _contained(self, name: str) -> str:
+        """The member for ``name``, refused when it could leave the archive (absolute, ``..``, a symlink out)."""
+        member = PurePosixPath(self._member(name.replace("\\", "/")))
+        if not name.strip() or member.is_absolute() or ".." in member.parts or ":" in member.parts[0]:
+            raise FungilibError(f"{self.source}: meta.xml names {name!r}, a path outside the archive; refused")
+        if self._zip is None:
+            root = self._root.resolve()
+            if not (self._root / member).resolve().is_relative_to(root):
+                raise FungilibError(f"{self.source}: {name!r} is a link leading outside the archive; refused")
+        return str(member)
+
     def open_binary(self, name: str) -> IO[bytes]:
         """Open a file of the archive (a name relative to meta.xml's folder) for reading bytes."""
-        member = self._member(name)
+        member = self._contained(name)
         try:
             if self._zip is not None:
                 return self._zip.open(member)
             return open(self._root / member, "rb")
-        except (KeyError, FileNotFoundError):
+        except (KeyError, FileNotFoundError, IsADirectoryError):
             raise FungilibError(f"{self.source}: meta.xml names {name!r}, which is not in the archive") from None
+        except DAMAGED as exc:
+            raise FungilibError(f"{self.source}: damaged archive: cannot open {name!r} ({_damage(exc)})") from None
 
     def close(self) -> None:
         if self._zip is not None:
@@ -202,7 +261,8 @@ class Archive:
             )
         name = PurePosixPath(data[0]).name
         with self.open_binary(name) as handle:
-            first = io.TextIOWrapper(handle, encoding="utf-8-sig", newline="").readline()
+            first = io.TextIOWrapper(handle, encoding="utf-8-sig", errors="replace", newline="").readline(
+                MAX_HEADER_BYTES)
         delimiter = "\t" if first.count("\t") > first.count(",") else ","
         header = next(csv.reader([first], delimiter=delimiter))
         spec = TableSpec(OCCURRENCE, name, "utf-8", delimiter, '"', 1, None)
@@ -213,18 +273,53 @@ class Archive:
         return spec
 
     # -- data --------------------------------------------------------------------------------------------------
-    def column_count(self, spec: TableSpec) -> int:
-        """The number of columns in the first data row of ``spec``'s file (what the reader will expect)."""
-        with self.open_binary(spec.location) as handle:
-            text = io.TextIOWrapper(handle, encoding=_py_encoding(spec.encoding), newline="")
-            for _ in range(spec.header_lines):
-                text.readline()
-            line = text.readline().rstrip("\r\n")
-        if not line:
-            return 0
+    def _read_csv(self, spec: TableSpec, read_opts: pacsv.ReadOptions, parse_opts: pacsv.ParseOptions,
+                  convert_opts: pacsv.ConvertOptions, issues: RowIssues) -> pa.Table:
+        """pyarrow's reader at full speed; a file with bytes invalid in its encoding is read again through a
+        repairing stream (each bad byte replaced and counted), never failed whole for one byte."""
+        for repair in (False, True):
+            try:
+                with self.open_binary(spec.location) as handle:
+                    if not repair:
+                        return pacsv.read_csv(handle, read_opts, parse_opts, convert_opts)
+                    stream = io.BufferedReader(_Utf8Repair(handle, _py_encoding(spec.encoding), issues), 1 << 20)
+                    utf8 = pacsv.ReadOptions(column_names=read_opts.column_names, skip_rows=read_opts.skip_rows,
+                                             encoding="utf8", block_size=read_opts.block_size)
+                    return pacsv.read_csv(stream, utf8, parse_opts, convert_opts)
+            except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+                message = str(exc).splitlines()[0]
+                if not repair and (isinstance(exc, UnicodeDecodeError) or "UTF8" in message or "utf-8" in message.lower() or "decode" in message.lower()):
+                    continue
+                if "straddl" in message:
+                    message = f"a line longer than {BLOCK_SIZE >> 20} MiB (not a table row)"
+                raise FungilibError(f"{self.source}: cannot read {spec.location}: {message}") from None
+            except DAMAGED as exc:
+                raise FungilibError(f"{self.source}: damaged archive: cannot read {spec.location} "
+                                    f"({_damage(exc)})") from None
+        raise AssertionError("unreachable")
+
+    def _split(self, spec: TableSpec, line: str) -> list[str]:
         if spec.quote:
-            return len(next(csv.reader([line], delimiter=spec.delimiter, quotechar=spec.quote)))
-        return len(line.split(spec.delimiter))
+            return next(csv.reader([line], delimiter=spec.delimiter, quotechar=spec.quote), [])
+        return line.split(spec.delimiter)
+
+    def column_count(self, spec: TableSpec, sample_rows: int = 100) -> int:
+        """The number of columns of ``spec``'s rows: the header's when the file has one, else the most common
+        count among its first rows (so one bad first row cannot make every good row 'malformed'); 0 when empty.
+        Lines are read with a bound (a 400 MB line costs no more than MAX_HEADER_BYTES here)."""
+        try:
+            with self.open_binary(spec.location) as handle:
+                text = io.TextIOWrapper(handle, encoding=_py_encoding(spec.encoding), errors="replace", newline="")
+                lines = [text.readline(MAX_HEADER_BYTES) for _ in range(spec.header_lines if spec.header_lines
+                                                                        else sample_rows)]
+        except DAMAGED as exc:
+            raise FungilibError(f"{self.source}: damaged archive: cannot read {spec.location} ({_damage(exc)})") from None
+        lines = [line.rstrip("\r\n") for line in lines if line.strip("\r\n")]
+        if not lines:
+            return 0
+        if spec.header_lines:
+            return len(self._split(spec, lines[-1]))
+        return Counter(len(self._split(spec, line)) for line in lines).most_common(1)[0][0]
 
     def read_table(self, spec: TableSpec, terms: list[str], issues: RowIssues | None = None,
                    with_id: str | None = None) -> pa.Table:
@@ -256,7 +351,7 @@ class Archive:
             names[index] = names[index] if names[index] in wanted else term
         issues = issues if issues is not None else RowIssues()
         read_opts = pacsv.ReadOptions(
-            column_names=names, skip_rows=spec.header_lines, encoding=_py_encoding(spec.encoding), block_size=1 << 24
+            column_names=names, skip_rows=spec.header_lines, encoding=_py_encoding(spec.encoding), block_size=BLOCK_SIZE
         )
         parse_opts = pacsv.ParseOptions(
             delimiter=spec.delimiter, quote_char=spec.quote or False, double_quote=bool(spec.quote),
@@ -267,11 +362,7 @@ class Archive:
             include_columns=include, column_types={n: pa.string() for n in include}, strings_can_be_null=False,
             quoted_strings_can_be_null=False, null_values=[],
         )
-        with self.open_binary(spec.location) as handle:
-            try:
-                table = pacsv.read_csv(handle, read_opts, parse_opts, convert_opts)
-            except pa.ArrowInvalid as exc:
-                raise FungilibError(f"{self.source}: cannot read {spec.location}: {str(exc).splitlines()[0]}") from None
+        table = self._read_csv(spec, read_opts, parse_opts, convert_opts, issues)
         columns: dict[str, pa.Array] = {}
         for term, index in wanted.items():
             col = table.column(names[index])
@@ -284,6 +375,10 @@ class Archive:
             if f is not None and f.index is None and f.default is not None:
                 columns[term] = pa.array([f.default] * table.num_rows, pa.string())
         return pa.table(columns)
+
+
+def _damage(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreadable data'}"
 
 
 def _py_encoding(name: str) -> str:

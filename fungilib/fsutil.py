@@ -96,9 +96,14 @@ def compact_text(frame: Any, min_rows: int = 1000) -> Any:
 
 
 def write_hdf(path: Path, tables: dict[str, Any]) -> None:
-    """Write pandas DataFrames to one HDF5 file (PyTables ``table`` format), atomically."""
+    """Write pandas DataFrames to one HDF5 file (PyTables ``table`` format), atomically. An empty table is
+    written too (in ``fixed`` format: pandas skips an empty ``table`` write), so every key a stage promises exists."""
     with atomic_path(path) as tmp:
         for key, frame in tables.items():
+            if frame.empty:
+                frame.astype({c: object for c in frame.columns if frame[c].dtype.kind not in "iufb"}).to_hdf(
+                    tmp, key=key, mode="a", format="fixed")
+                continue
             compact_text(frame).to_hdf(tmp, key=key, mode="a", format="table", index=False, complevel=5,
                                      complib="blosc:lz4")
 

@@ -44,6 +44,7 @@ class IngestResult:
     malformed_rows: int
     seconds: float
     peak_memory_mb: float
+    replaced_bytes: int = 0  # bytes invalid in the table's encoding, replaced (the rows are kept)
 
 
 def _require_core(archive: Archive) -> TableSpec:
@@ -249,6 +250,7 @@ def ingest(params: IngestParams) -> IngestResult:
         occurrences_with_images=int(observations["gbifID"].nunique()),
         skipped_media=skipped,
         malformed_rows=issues.count,
+        replaced_bytes=issues.replaced_bytes,
         seconds=round(seconds, 2),
         peak_memory_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,7 +131,11 @@ def build_base(spec: BaseSpec, weights: str, image_size: int) -> Any:
         return model
     if weights == "imagenet":
         try:
-            return constructor(weights="imagenet", **kwargs)
+            with warnings.catch_warnings():
+                # Keras warns that ImageNet weights are 224 px ones at any other size: convolutional weights are
+                # size-independent, and training at 96–299 px is what users choose (the model card records it)
+                warnings.filterwarnings("ignore", message=".*Weights for input shape", category=UserWarning)
+                return constructor(weights="imagenet", **kwargs)
         except Exception as exc:  # keras raises a plain Exception on a failed download
             if "URL fetch failure" not in str(exc) and "fetch" not in str(exc).lower():
                 raise

@@ -273,7 +273,7 @@ def train(params: TrainParams) -> TrainResult:
         schedule = make_schedule(params.schedule, lr, steps, last_epoch - first_epoch)
         model.compile(make_optimizer(params.optimizer, schedule), loss=loss, metrics=metrics)
         before = _completed_epochs(out)
-        model.fit(train_ds, validation_data=val_ds, epochs=last_epoch, initial_epoch=first_epoch,
+        model.fit(train_ds, validation_data=val_ds, epochs=last_epoch, initial_epoch=first_epoch, shuffle=False,
                   class_weight=weights, callbacks=_callbacks(out, phase, params, val_ds is not None), verbose=2)
         images += (_completed_epochs(out) - before) * len(train_rows)
         (out / "backup").mkdir(exist_ok=True)

@@ -135,6 +135,21 @@ def test_training_sweep_on_a_dask_local_cluster_then_the_comparison_notebook(pip
     from fungilib.notebooks import run_notebook
     from fungilib.stages import NOTEBOOKS_DIR
 
+    # each run's executed notebook reads as its report: the project kernel, learning curves, no widget warning
+    for row in table.itertuples():
+        folder = sweep_root / "dask" / row.run_id
+        executed = json.loads((folder / "04_train.ipynb").read_text())
+        assert executed["metadata"]["kernelspec"]["name"] == "fungilib"
+        text = json.dumps(executed)
+        assert "IProgress not found" not in text and "TqdmWarning" not in text
+        images = [o for c in executed["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+        assert len(images) >= 5  # learning curves, confusion, reliability, per-class F1, confidently wrong
+        history = pd.read_csv(folder / "output" / "history.csv")
+        assert {"loss", "val_loss", "accuracy", "val_accuracy", "learning_rate"} <= set(history.columns)
+        assert (folder / "output" / "learning_curves.png").stat().st_size > 10_000
+        assert "<td>" in text  # result tables rendered as HTML tables, not dataclass reprs
+        assert "TrainResult(" not in text
+        assert row.data and row.data == read_status(folder)["data"]  # the data version each run used
     out = tmp_path / "compare"
     run = run_notebook(NOTEBOOKS_DIR / "06_compare_runs.ipynb", out / "06.ipynb",
                        {"runs_root": str(sweep_root), "sweep": "dask", "out": str(out)})
@@ -162,3 +177,27 @@ def test_sigkill_mid_sweep_then_resume(pipeline, sweep_root: Path, tmp_path: Pat
     assert [s["state"] for s in result.statuses] == ["done"] * 3
     assert {r.run_id: read_status(r.folder)["start"] for r in runs if r.run_id in done} == done  # not redone
     assert len(result.executed) == 3 - len(done)
+
+
+def test_run_keys_follow_what_the_data_contains_not_when_it_was_written(pipeline, tmp_path: Path) -> None:  # noqa: ANN001
+    """Rewriting a manifest folder with the same rows (as a rerun of the clean stage does: a new HDF5 file, a new
+    executed notebook beside it) keeps every run's key; changing its rows changes them."""
+    import shutil
+
+    from fungilib.fsutil import read_hdf, write_hdf
+
+    manifest = tmp_path / "clean"
+    shutil.copytree(pipeline.root / "clean", manifest)
+    path = _write(tmp_path / "keys.yaml", {"name": "keys", "manifest": str(manifest), "pipeline": ["train"],
+                                           "search": {"grid": {"train.fit.seed": [1, 2]}}})
+    _, first = plan(load_sweep(path), tmp_path / "runs")
+    tables = {key: read_hdf(manifest / "manifest.h5", key) for key in ("manifest", "labels", "dropped")}
+    time.sleep(0.05)
+    write_hdf(manifest / "manifest.h5", tables)
+    (manifest / "03_clean.ipynb").write_text("{}")  # another execution's record beside the data
+    _, again = plan(load_sweep(path), tmp_path / "runs")
+    assert [(r.run_id, r.key, r.data) for r in again] == [(r.run_id, r.key, r.data) for r in first]
+    write_hdf(manifest / "manifest.h5", {**tables, "manifest": tables["manifest"].iloc[1:]})
+    _, changed = plan(load_sweep(path), tmp_path / "runs")
+    assert not {r.run_id for r in changed} & {r.run_id for r in first}
+    assert len({r.data for r in changed}) == 1 and changed[0].data != first[0].data

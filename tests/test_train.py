@@ -36,7 +36,7 @@ def _weights_by_layer(model) -> dict[str, list[np.ndarray]]:  # noqa: ANN001
             for sub in inner:
                 walk(sub, prefix + layer.name + "/")
         elif layer.weights:
-            found[prefix + layer.name] = [np.array(w) for w in layer.weights]
+            found[prefix + layer.name] = [w.numpy() for w in layer.weights]
 
     for layer in model.layers:
         walk(layer)
@@ -199,7 +199,7 @@ def test_hub_module_path_fine_tunes_with_adam_and_reloads(pipeline, tmp_path: Pa
                       optimizer={"name": "adam", "learning_rate": 0.05}))
         model, _, _ = load_trained(out)
         hub = model.get_layer("hub_module")
-        runs[freeze] = [np.array(w) for w in hub.weights]
+        runs[freeze] = [w.numpy() for w in hub.weights]
     original = tf.saved_model.load(str(module))
     kernel = original.kernel.numpy()
     head_only = next(w for w in runs["head_only"] if w.shape == kernel.shape)
