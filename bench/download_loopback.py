@@ -62,12 +62,13 @@ def main() -> None:
     try:
         _wait_for(port)
         for i in range(args.repeats):
-            result = download_images(DownloadParams(work / "ingest", work / f"download-{i}"))
+            result = download_images(DownloadParams(observations=work / "ingest", out=work / f"download-{i}",
+                                                           allow_hosts=["127.0.0.1"]))
             rows.append({"seconds": result.seconds, "images": result.ok, "images_per_second": result.images_per_second})
     finally:
         server.terminate()
         server.wait()
-    defaults = DownloadParams(work / "ingest", work)
+    defaults = DownloadParams(observations=work / "ingest", out=work)
     median = sorted(r["images_per_second"] for r in rows)[len(rows) // 2]
     avg_kb = sum(p.stat().st_size for p in sample.media_dir.rglob("*.jpg")) / 1024 / max(
         1, len(list(sample.media_dir.rglob("*.jpg"))))

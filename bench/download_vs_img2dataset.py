@@ -73,14 +73,14 @@ def main() -> None:
     server = subprocess.Popen([sys.executable, "-m", "fungilib.cli", "sample", "serve", "--out", str(work / "sample"),
                                "--port", str(port), "--no-faults", "--latency", str(args.latency)],
                               stdout=subprocess.DEVNULL)
-    defaults = DownloadParams(work / "ingest", work / "x")
+    defaults = DownloadParams(observations=work / "ingest", out=work / "x")
     runs: dict[str, list[dict]] = {"fungilib": [], "img2dataset": []}
     try:
         _wait_for(port)
         for i in range(args.repeats):
             out = work / f"fungilib-{i}"
             shutil.rmtree(out, ignore_errors=True)
-            result = download_images(DownloadParams(work / "ingest", out))
+            result = download_images(DownloadParams(observations=work / "ingest", out=out, allow_hosts=["127.0.0.1"]))
             runs["fungilib"].append({"seconds": result.seconds, "images": result.ok,
                                      "images_per_second": result.ok / result.seconds})
             seconds, images = _img2dataset(work / "urls.txt", work / f"img2dataset-{i}", defaults.max_side)

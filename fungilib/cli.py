@@ -183,7 +183,14 @@ def _print_runs_table(runs_root: Path, sweep: str | None, sort: str) -> None:
     print(f"(index: {Path(runs_root) / 'index.h5'}, {Path(runs_root) / 'index.csv'})")
 
 
+def _check_port(port: int) -> None:
+    if not 0 <= port <= 65535:
+        raise FungilibError(f"--port {port}: a port is a number from 1 to 65535 (0: any free port)")
+
+
 def _run(args: argparse.Namespace) -> int:
+    if getattr(args, "port", None) is not None:
+        _check_port(args.port)
     if args.command == "sample":
         from fungilib.sample import SampleSpec, generate_sample
         from fungilib.sample_server import SampleServer
@@ -226,7 +233,8 @@ def _run(args: argparse.Namespace) -> int:
         result = run_sweep(args.sweep_file, args.runs_root, args.workers, args.scheduler, args.local_cluster)
         _print_runs_table(args.runs_root, result.sweep.name, "top1")
         print(f"\n{len(result.executed)} executed, {result.skipped} already done (cached), "
-              f"{len(result.failed)} failed")
+              f"{len(result.failed)} failed" + (f", {len(result.elsewhere)} being run by another process"
+                                                if result.elsewhere else ""))
         for failed in result.failed:
             print(f"  failed: {failed.get('run_id')}: {failed.get('error')}")
         return 1 if result.failed else 0

@@ -49,7 +49,10 @@ def _run_once(run: StageRun) -> bool:
         print(f"[demo] {run.stage}: unchanged since its last run ({run.folder}), skipped", flush=True)
         return False
     print(f"[demo] {stage(run.stage).notebook} → {run.folder}", flush=True)
-    status = execute(run)
+    status = execute(run, wait=True)  # a second `make demo` at the same time waits for this one's stage
+    if status.get("skipped"):
+        print("[demo]   finished meanwhile by another process, skipped", flush=True)
+        return False
     if status["state"] != "done":
         raise FungilibError(f"{stage(run.stage).notebook} failed ({status['error']}); the executed notebook is "
                             f"{run.folder / stage(run.stage).notebook_path.name}")

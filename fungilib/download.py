@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import email.utils
 import http.client
 import json
 import random
+import re
+import socket
 import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
@@ -17,6 +20,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from fungilib import __version__
+from fungilib.claims import claim, holder
 from fungilib.errors import FungilibError
 from fungilib.fsutil import (
     join_inside,
@@ -26,14 +30,17 @@ from fungilib.fsutil import (
     write_hdf,
     write_json,
 )
+from fungilib.host_policy import HostPolicy, RefusedAddress
 from fungilib.ingest import load_observations
 from fungilib.params import write_params
 from fungilib.photos import PhotoError, decode_photo, save_photo
 
 DOWNLOADS_FILE = "downloads.h5"
 LOG_FILE = "download_log.jsonl"
+DOWNLOAD_CLAIM = ".download-claim"
 # failures that a retry will not mend; a rerun skips them unless asked to retry failed items
-PERMANENT = ("http 4", "not an image", "undecodable", "too large", "too many pixels", "unsupported URL")
+PERMANENT = ("http 4", "not an image", "undecodable", "too large", "too many pixels", "unsupported URL",
+             "malformed URL", "refused", "empty body")
 
 
 @dataclass
@@ -53,6 +60,8 @@ class DownloadParams:
     max_pixels: int = 100_000_000
     limit: int = 0
     retry_failed: bool = False
+    deadline: float = 60.0  # seconds one attempt at a photo may take in all (a server trickling bytes is cut off)
+    allow_hosts: list[str] = field(default_factory=list)  # non-public hosts that may be fetched (see host_policy)
 
     def __post_init__(self) -> None:
         for name in ("max_side", "workers", "per_host", "max_bytes", "max_pixels"):
@@ -62,6 +71,9 @@ class DownloadParams:
             raise FungilibError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
         if self.timeout <= 0 or self.retries < 0 or self.backoff < 0 or self.limit < 0:
             raise FungilibError("timeout must be > 0, and retries, backoff and limit >= 0")
+        if self.deadline < self.timeout:
+            raise FungilibError(f"deadline ({self.deadline:g} s) must be at least timeout ({self.timeout:g} s)")
+        HostPolicy.validate(self.allow_hosts)
 
 
 @dataclass
@@ -91,6 +103,7 @@ class _Fetcher:
         self._local = threading.local()
         self._host_slots: dict[str, threading.BoundedSemaphore] = {}
         self._lock = threading.Lock()
+        self._policy = HostPolicy(tuple(params.allow_hosts))
         self.requests = 0
 
     def _slot(self, host: str) -> threading.BoundedSemaphore:
@@ -106,7 +119,9 @@ class _Fetcher:
         key = (scheme, netloc)
         if key not in pool:
             cls = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
-            pool[key] = cls(netloc, timeout=self.p.timeout)
+            conn = cls(netloc, timeout=self.p.timeout)
+            conn._create_connection = self._policy.create_connection  # type: ignore[attr-defined]
+            pool[key] = conn
         return pool[key]
 
     def _drop(self, scheme: str, netloc: str) -> None:
@@ -115,51 +130,78 @@ class _Fetcher:
             conn.close()
 
     def get_once(self, url: str) -> tuple[bytes, str]:
+        """One attempt: the response body and content type, following redirects; every failure is a _Fetch.
+
+        The attempt has a deadline in all (``params.deadline``): the socket timeout bounds each read, the
+        deadline a server that sends a byte just before every timeout."""
+        started = time.monotonic()
         for _ in range(5):  # redirects
-            parts = urlsplit(url)
+            try:
+                parts = urlsplit(url)
+                parts.port  # noqa: B018 — a port that is not a number is a malformed URL
+            except ValueError as exc:
+                raise _Fetch(f"malformed URL ({exc})", transient=False) from None
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise _Fetch(f"unsupported URL scheme {parts.scheme or '(none)'!r}", transient=False)
             path = parts.path or "/"
             if parts.query:
                 path += "?" + parts.query
-            with self._slot(parts.netloc):
-                conn = self._connection(parts.scheme, parts.netloc)
+            netloc = parts.netloc.rpartition("@")[2]  # credentials in a URL are never sent
+            with self._slot(netloc):
+                conn = self._connection(parts.scheme, netloc)
+                remaining = self.p.deadline - (time.monotonic() - started)
+                watchdog = threading.Timer(max(remaining, 0.0), _cut_off, [conn])
+                watchdog.daemon = True
+                watchdog.start()
                 try:
                     with self._lock:
                         self.requests += 1
                     conn.request("GET", path, headers={"User-Agent": f"fungilib/{__version__}", "Accept": "image/*"})
                     resp = conn.getresponse()
                     status = resp.status
-                    length = int(resp.headers.get("Content-Length") or 0)
+                    length = _content_length(resp.headers.get("Content-Length"))
                     ctype = (resp.headers.get("Content-Type") or "").split(";")[0].strip().lower()
                     if status in (301, 302, 303, 307, 308) and resp.headers.get("Location"):
-                        resp.read()
+                        _read_capped(resp, 1 << 16)
+                        self._drop(parts.scheme, netloc)
                         url = urljoin(url, resp.headers["Location"])
                         continue
                     if status != 200:
-                        resp.read()
-                        retry_after = float(resp.headers.get("Retry-After") or 0) if status in (429, 503) else 0.0
+                        _read_capped(resp, 1 << 16)
+                        self._drop(parts.scheme, netloc)
+                        retry_after = _retry_after(resp.headers.get("Retry-After")) if status in (429, 503) else 0.0
                         transient = status >= 500 or status == 429
                         raise _Fetch(f"http {status}", transient, status, min(retry_after, 30.0))
-                    if length > self.p.max_bytes:
-                        self._drop(parts.scheme, parts.netloc)
+                    if length is not None and length > self.p.max_bytes:
+                        self._drop(parts.scheme, netloc)
                         raise _Fetch(f"too large ({length} bytes > max_bytes)", transient=False)
-                    body = resp.read() if length else _read_capped(resp, self.p.max_bytes + 1)
+                    body = _read_capped(resp, self.p.max_bytes + 1)
                     if len(body) > self.p.max_bytes:
-                        self._drop(parts.scheme, parts.netloc)
+                        self._drop(parts.scheme, netloc)
                         raise _Fetch(f"too large (> {self.p.max_bytes} bytes)", transient=False)
+                    if length is not None and len(body) < length:
+                        raise http.client.IncompleteRead(body, length - len(body))
                     if resp.will_close:
-                        self._drop(parts.scheme, parts.netloc)
+                        self._drop(parts.scheme, netloc)
                     return body, ctype
-                except http.client.IncompleteRead as exc:
-                    self._drop(parts.scheme, parts.netloc)
-                    raise _Fetch(f"truncated body ({len(exc.partial)} bytes received)", transient=True) from None
-                except TimeoutError:
-                    self._drop(parts.scheme, parts.netloc)
-                    raise _Fetch(f"timeout after {self.p.timeout:g} s", transient=True) from None
-                except (ConnectionError, http.client.HTTPException, OSError) as exc:
-                    self._drop(parts.scheme, parts.netloc)
+                except _Fetch:
+                    raise
+                except RefusedAddress as exc:
+                    self._drop(parts.scheme, netloc)
+                    raise _Fetch(str(exc), transient=False) from None
+                except Exception as exc:  # any socket, HTTP or parsing failure of this attempt
+                    self._drop(parts.scheme, netloc)
+                    if not watchdog.is_alive() and time.monotonic() - started >= self.p.deadline:
+                        raise _Fetch(f"deadline: no complete response in {self.p.deadline:g} s", transient=True) from None
+                    if isinstance(exc, http.client.IncompleteRead):
+                        raise _Fetch(f"truncated body ({len(exc.partial)} bytes received)", transient=True) from None
+                    if isinstance(exc, TimeoutError):
+                        raise _Fetch(f"timeout: no data for {self.p.timeout:g} s", transient=True) from None
+                    if isinstance(exc, http.client.InvalidURL):
+                        raise _Fetch(f"malformed URL ({exc})", transient=False) from None
                     raise _Fetch(f"connection error ({type(exc).__name__})", transient=True) from None
+                finally:
+                    watchdog.cancel()
         raise _Fetch("too many redirects", transient=False)
 
     def get(self, url: str) -> tuple[bytes, str, int]:
@@ -179,6 +221,39 @@ class _Fetcher:
                 time.sleep(delay * random.uniform(0.75, 1.25))
 
 
+def _cut_off(conn: http.client.HTTPConnection) -> None:
+    """The deadline passed: shut the socket so the blocked read returns at once."""
+    sock = conn.sock
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def _content_length(value: str | None) -> int | None:
+    """A declared body length, or None when absent or not a number (then the body is read up to max_bytes)."""
+    if value is None or not value.strip().isdigit():
+        return None
+    return int(value.strip())
+
+
+def _retry_after(value: str | None) -> float:
+    """Retry-After in seconds: a number, or an HTTP date (RFC 9110), else 0."""
+    if not value:
+        return 0.0
+    value = value.strip()
+    if re.fullmatch(r"\d+(\.\d+)?", value):
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return 0.0
+    if when is None:
+        return 0.0
+    return max(0.0, when.timestamp() - time.time())
+
+
 def _read_capped(resp: http.client.HTTPResponse, cap: int) -> bytes:
     """Read a body of unknown length (chunked) until its end or ``cap`` bytes."""
     chunks, size = [], 0
@@ -193,6 +268,8 @@ def _read_capped(resp: http.client.HTTPResponse, cap: int) -> bytes:
 
 def save_image(body: bytes, target: Path, max_side: int, quality: int, max_pixels: int) -> dict:
     """Decode ``body`` fully, apply EXIF orientation, convert to RGB, shrink to ``max_side`` and save a JPEG."""
+    if not body:
+        raise _Fetch("empty body", transient=False)
     try:
         img, (width, height) = decode_photo(body, max_pixels, max_side)
     except PhotoError as exc:
@@ -235,10 +312,17 @@ def download_images(params: DownloadParams) -> DownloadResult:
     image, undecodable) are not retried unless ``retry_failed``. Writes are atomic. Returns the summary and writes
     ``downloads.h5`` (key ``downloads``, one row per media_id), ``downloads.csv`` and ``download_summary.json``.
     """
-    start = time.perf_counter()
     out = Path(params.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out / "images")
+    with claim(out, name=DOWNLOAD_CLAIM) as mine:
+        if not mine:
+            raise FungilibError(f"{out}: another download is writing here ({holder(out, DOWNLOAD_CLAIM)}); wait for "
+                                "it, or choose another --out")
+        return _download_claimed(params, out)
+
+
+def _download_claimed(params: DownloadParams, out: Path) -> DownloadResult:
+    start = time.perf_counter()
+    remove_stale_temps(out / "images")  # only this process writes here: leftovers are a killed run's
     obs = load_observations(params.observations)
     if params.limit:
         obs = obs.head(params.limit)
@@ -276,6 +360,8 @@ def download_images(params: DownloadParams) -> DownloadResult:
         except _Fetch as exc:
             rec.setdefault("attempts", exc.attempts)
             rec.update(status="failed", reason=exc.reason, path="")
+        except Exception as exc:  # anything else about this one URL is its row, never the stage's end
+            rec.update(status="failed", reason=f"error ({type(exc).__name__}: {_plain(str(exc))})", path="")
         rec["seconds"] = round(time.perf_counter() - t0, 3)
         return rec
 
@@ -313,6 +399,12 @@ def download_images(params: DownloadParams) -> DownloadResult:
     write_json(out / "download_summary.json", {**result.__dict__, "downloads": str(result.downloads)})
     write_params(out / "params.yaml", params)
     return result
+
+
+def _plain(text: str) -> str:
+    """A message without object addresses (``<… object at 0x7f…>``), on one line, short."""
+    text = re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "the data", text.splitlines()[0] if text else "")
+    return text[:120]
 
 
 def reason_kind(reason: str) -> str:

@@ -164,6 +164,10 @@ def export_run(params: ExportParams) -> ExportResult:
     The bundle is built in a sibling folder and moved into place at the end, so a failed export leaves
     the previous bundle as it was.
     """
+    run_dir = Path(params.run)  # requests are checked before TensorFlow starts
+    if not (run_dir / "model.keras").exists():
+        raise FungilibError(f"{run_dir} holds no finished training run (no model.keras); train it first")
+    bundle = bundle_folder(params)
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     import keras
     import tensorflow as tf
@@ -172,10 +176,6 @@ def export_run(params: ExportParams) -> ExportResult:
     from fungilib.train import load_trained
     from fungilib.webapp import tfjs_predict_node, write_web_app
 
-    run_dir = Path(params.run)
-    if not (run_dir / "model.keras").exists():
-        raise FungilibError(f"{run_dir} holds no finished training run (no model.keras); train it first")
-    bundle = bundle_folder(params)
     work = bundle.with_name(f".{bundle.name}.partial")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)

@@ -129,8 +129,16 @@ def read_stage_table(path: Path, file_name: str, key: str, stage: str) -> Any:
 
 
 def read_hdf(path: Path, key: str) -> Any:
-    """Read a table written by :func:`write_hdf`; categorical text columns come back as plain text."""
-    frame = pd.read_hdf(path, key)
+    """Read a table written by :func:`write_hdf`; categorical text columns come back as plain text. A file that
+    is not such a table (truncated, another format, the key missing) is one line naming it."""
+    try:
+        frame = pd.read_hdf(path, key)
+    except FileNotFoundError:
+        raise FungilibError(f"{path}: no such file") from None
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:  # HDF5ExtError: RuntimeError
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise FungilibError(f"{path}: not a readable fungilib table (key {key!r}: {detail[:100]}); "
+                            "rerun the stage that writes it") from None
     for name in frame.columns:
         if isinstance(frame[name].dtype, pd.CategoricalDtype):
             frame[name] = frame[name].astype(str)

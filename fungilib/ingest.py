@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 import resource
 import time
 from dataclasses import dataclass
@@ -119,7 +121,7 @@ def _filter_media(media: pa.Table, skipped: dict[str, int]) -> pa.Table:
     skipped["not a still image"] = media.num_rows - pc.sum(still).as_py() if media.num_rows else 0
     media = media.filter(still)
     url = pc.utf8_trim_whitespace(media.column("identifier"))
-    http = pc.match_substring_regex(url, r"^https?://[^\s/]+")
+    http = pc.match_substring_regex(url, r"^https?://[^\s/]+", ignore_case=True)  # schemes are case-insensitive
     skipped["no http(s) URL"] = media.num_rows - (pc.sum(http).as_py() or 0)
     media = media.set_column(media.column_names.index("identifier"), "identifier", url)
     return media.filter(http)
@@ -144,6 +146,27 @@ def _numbers(column: pa.ChunkedArray, dtype: pa.DataType) -> pa.ChunkedArray:
     return pc.cast(pc.utf8_trim_whitespace(clean), dtype)
 
 
+_SAFE_CORE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+
+
+def media_ids(core_ids: pa.ChunkedArray, urls: pa.ChunkedArray) -> pa.Array:
+    """A photo's identity: its occurrence's core id (the join key; hashed when unfit for a file name) and a hash
+    of its URL. Stable when an archive reorders or changes an occurrence's photo list (a new URL is a new file,
+    never a stale one credited to it), unique per occurrence and photo."""
+    ids = {}
+    out = []
+    for core, url in zip(core_ids.to_pylist(), urls.to_pylist(), strict=True):
+        prefix = ids.get(core)
+        if prefix is None:
+            prefix = ids[core] = core if _SAFE_CORE_ID.match(core) and ".." not in core else "h" + _short_hash(core)
+        out.append(f"{prefix}-{_short_hash(url)}")
+    return pa.array(out, pa.string())
+
+
 def _observation_table(media: pa.Table, occ: pa.Table) -> pa.Table:
     """Join media rows to their occurrences and shape the stable observations schema, in Arrow."""
     positions, found = _join_positions(occ.column("_id"), media.column("coreid"))
@@ -157,13 +180,11 @@ def _observation_table(media: pa.Table, occ: pa.Table) -> pa.Table:
         return pc.if_else(pc.equal(a, ""), b, a)
 
     gbif_id = first_nonempty(text(occ, "gbifID"), occ.column("_id"))
-    position = pd.Series(media.column("coreid").to_numpy(zero_copy_only=False)).groupby(
-        media.column("coreid").to_numpy(zero_copy_only=False), sort=False).cumcount()
     rank = pc.utf8_upper(text(occ, "taxonRank"))
     species = text(occ, "species")
     rank = pc.if_else(pc.and_(pc.equal(rank, ""), pc.not_equal(species, "")), "SPECIES", rank)
     return pa.table({
-        "media_id": pc.binary_join_element_wise(gbif_id, pa.array(position.astype(str).to_numpy(), pa.string()), "-"),
+        "media_id": media_ids(media.column("coreid"), media.column("identifier")),
         "gbifID": gbif_id,
         "url": media.column("identifier"),
         "format": text(media, "format"),
@@ -233,6 +254,9 @@ def ingest(params: IngestParams) -> IngestResult:
     media = _filter_media(media, skipped)
     table = _observation_table(media, occ)
     skipped["no matching occurrence"] = media.num_rows - table.num_rows
+    unique = ~pd.Index(table.column("media_id").to_numpy(zero_copy_only=False)).duplicated()
+    skipped["same photo listed twice for one occurrence"] = int((~unique).sum())
+    table = table.filter(pa.array(unique))
     if table.num_rows == 0:
         raise FungilibError(
             f"{params.archive}: no downloadable images ({occ.num_rows} occurrences; media rows skipped: "

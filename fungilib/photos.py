@@ -4,6 +4,7 @@ and predictions see: fully decoded, pixel-limited, upright, RGB, saved as a JPEG
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def decode_photo(source: bytes | Path, max_pixels: int, max_side: int | None = N
     except PhotoError:
         raise
     except Exception as exc:  # Pillow raises many types for broken data
-        detail = str(exc)[:80]
+        detail = re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "the data", str(exc))[:80]  # no object addresses
         raise PhotoError(f"undecodable ({type(exc).__name__}{': ' + detail if detail else ''})") from None
 
 

@@ -10,7 +10,7 @@ import pandas as pd
 import yaml
 
 from fungilib.errors import FungilibError
-from fungilib.fsutil import atomic_path, write_hdf
+from fungilib.fsutil import atomic_path, safe_id, write_hdf
 from fungilib.stages import PATH_PARAMETERS
 
 HEADLINE = ["top1", "top3", "top5", "macro_f1", "genus_top1", "ece"]
@@ -30,6 +30,8 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def collect_runs(runs_root: Path, sweep: str | None = None) -> pd.DataFrame:
     """One row per run folder (``runs/<sweep>/<run_id>/status.json``): status, timing, parameters, metrics."""
+    if sweep is not None:
+        safe_id(sweep)  # one folder name: never a pattern or a path out of the runs root
     rows = []
     for status_file in sorted(Path(runs_root).glob(f"{sweep or '*'}/*/status.json")):
         folder = status_file.parent
@@ -57,11 +59,15 @@ def collect_runs(runs_root: Path, sweep: str | None = None) -> pd.DataFrame:
 
 
 def write_index(runs_root: Path, sweep: str | None = None) -> pd.DataFrame:
-    """Rebuild ``runs/index.h5`` (key ``runs``) and ``runs/index.csv`` from the run folders, atomically."""
-    table = collect_runs(runs_root, sweep)
-    if table.empty:
-        return table
+    """Rebuild ``runs/index.h5`` (key ``runs``) and ``runs/index.csv`` from every run folder, atomically, and
+    return the rows of ``sweep`` (all runs when None): the index always holds every sweep's runs."""
+    if sweep is not None:
+        safe_id(sweep)
+    everything = collect_runs(runs_root)
+    if everything.empty:
+        return everything
     root = Path(runs_root)
+    table = everything
     stored = table.copy()
     for name in stored.columns:
         if stored[name].dtype == object:
@@ -69,7 +75,7 @@ def write_index(runs_root: Path, sweep: str | None = None) -> pd.DataFrame:
     write_hdf(root / "index.h5", {"runs": stored})
     with atomic_path(root / "index.csv") as tmp:
         table.to_csv(tmp, index=False)
-    return table
+    return table if sweep is None else table[table["sweep"] == sweep].reset_index(drop=True)
 
 
 def render_report(run_dir: Path) -> list[Path]:

@@ -18,6 +18,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from fungilib.dwc_terms import DC, DWC, GBIF
+from fungilib.errors import FungilibError
 from fungilib.fsutil import atomic_path, write_json
 from fungilib.sample_art import draw_mushroom
 
@@ -57,6 +58,7 @@ COUNTRIES = ["DK", "SE", "NO", "DE", "GB", "FR", "NL", "PL"]
 FAULTS = ["missing", "missing", "flaky", "slow", "truncated", "html", "corrupt", "png", "cmyk", "exif_rotated", "huge"]
 # the media rows a real export has that fungilib must not download: bad scheme, no URL, not a still image
 ODD_MEDIA = ["ftp_scheme", "empty_url", "sound"]
+MIN_OBSERVATIONS = 50  # enough species photos to plant every fault on a distinct one
 
 OCCURRENCE_TERMS = [
     (GBIF, "gbifID"), (GBIF, "datasetKey"), (DWC, "occurrenceID"), (DC, "license"), (DC, "rightsHolder"),
@@ -89,6 +91,13 @@ class SampleSpec:
     tail_exponent: float = 1.0
     extra_columns: int = 0  # empty columns appended, to reach a real export's ~250 terms in benchmarks
     write_images: bool = True
+
+    def __post_init__(self) -> None:
+        if self.observations < MIN_OBSERVATIONS:
+            raise FungilibError(f"observations: {self.observations} is too few; the sample needs at least "
+                                f"{MIN_OBSERVATIONS} (12 species and {len(FAULTS)} planted faults)")
+        if self.seed < 0 or self.image_size < 32:
+            raise FungilibError("seed must be >= 0 and image_size >= 32")
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import mimetypes
 import threading
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 from fungilib.errors import FungilibError
 from fungilib.fsutil import join_inside
@@ -140,6 +142,11 @@ class SampleServer:
     @property
     def port(self) -> int:
         return int(self._server.server_address[1])
+
+    @property
+    def allowing(self, params: Any) -> Any:
+        """Download parameters that may fetch from this loopback server (and, as always, public hosts only)."""
+        return dataclasses.replace(params, allow_hosts=[*params.allow_hosts, f"127.0.0.1:{self.port}"])
 
     @property
     def base_url(self) -> str:

@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import yaml
 
+from fungilib.claims import claim, holder
 from fungilib.data_version import content_key, source_version
 from fungilib.errors import FungilibError
-from fungilib.fsutil import atomic_open, write_json
+from fungilib.fsutil import atomic_open, join_inside, safe_id, write_json
 from fungilib.notebooks import run_notebook
 from fungilib.params import build_params, deep_merge, read_yaml, set_dotted
 from fungilib.stages import SOURCE, SWEEP_PIPELINE, check_notebook_parameters, stage
@@ -134,7 +135,13 @@ def load_sweep(path: Path) -> Sweep:
                                     f"({', '.join(pipeline)}), e.g. train.optimizer.learning_rate")
             set_dotted(overrides.setdefault(name, {}), rest, value, f"{path}: search")
         runs.append(overrides)
-    sweep = Sweep(str(data.get("name") or path.stem), path, pipeline, str(data[source_key]), data.get("sample_dir"),
+    name = str(data.get("name") or path.stem)
+    try:
+        safe_id(name)
+    except FungilibError:
+        raise FungilibError(f"{path}: name {name!r}: a sweep's name is one folder name under the runs root "
+                            "(letters, digits, '_', '.', '-'); set `name:` in the file") from None
+    sweep = Sweep(name, path, pipeline, str(data[source_key]), data.get("sample_dir"),
                   base, runs, int(data.get("sample_port", 8765)), folder_import)
     for overrides in runs:
         for name in pipeline:
@@ -183,7 +190,7 @@ def prepare_source(sweep: Sweep, runs_root: Path) -> None:
 def plan(sweep: Sweep, runs_root: Path) -> tuple[list[StageRun], list[StageRun]]:
     """(shared data-stage executions, per-run executions): every stage but the last is cached by key and
     shared; the last stage runs once per run in ``runs/<sweep>/<run_id>/``."""
-    root = Path(runs_root).resolve() / sweep.name
+    root = join_inside(Path(runs_root), sweep.name)
     archive = str(Path(sweep.archive).resolve())
     shared: dict[str, StageRun] = {}
     per_run: list[StageRun] = []
@@ -193,6 +200,8 @@ def plan(sweep: Sweep, runs_root: Path) -> tuple[list[StageRun], list[StageRun]]
         input_key = data
         for i, name in enumerate(sweep.pipeline):
             values = stage_values(sweep, name, overrides)
+            if name == "download" and sweep.sample_dir:  # the sweep serves the sample on loopback: allow it
+                values["allow_hosts"] = [*values.get("allow_hosts", []), f"127.0.0.1:{sweep.sample_port}"]
             key = content_key(name, values, input_key)
             folder = root / "stages" / f"{name}-{key}"
             if i == len(sweep.pipeline) - 1:
@@ -235,10 +244,22 @@ def read_status(folder: Path) -> dict[str, Any]:
         return {}
 
 
-def execute(run: StageRun, threads: int = 0) -> dict[str, Any]:
+def execute(run: StageRun, threads: int = 0, wait: bool = False) -> dict[str, Any]:
     """Execute one notebook into its folder, recording status.json (running → done | failed) around it.
 
-    Runs in a worker process (local pool or Dask); a failure is recorded, never raised, so the sweep goes on."""
+    The folder is claimed first (see fungilib.claims): a run another live process is executing is left to it
+    (or, with ``wait``, waited for), and one finished meanwhile is not redone. Runs in a worker process (local
+    pool or Dask); a failure is recorded, never raised, so the sweep goes on."""
+    with claim(run.folder, wait=wait) as mine:
+        if not mine:
+            return {**read_status(run.folder), "run_id": run.run_id, "stage": run.stage,
+                    "state": "claimed", "error": f"being executed by another process ({holder(run.folder)})"}
+        if run.done:
+            return {**read_status(run.folder), "skipped": True, "duration_s": 0.0}
+        return _execute_claimed(run, threads)
+
+
+def _execute_claimed(run: StageRun, threads: int) -> dict[str, Any]:
     folder = run.folder
     folder.mkdir(parents=True, exist_ok=True)
     if threads:
@@ -272,7 +293,12 @@ class SweepResult:
 
     @property
     def failed(self) -> list[dict[str, Any]]:
-        return [s for s in self.statuses if s.get("state") != "done"]
+        return [s for s in self.statuses if s.get("state") not in ("done", "running", "claimed", "queued")]
+
+    @property
+    def elsewhere(self) -> list[dict[str, Any]]:
+        """Runs another live process (a second sweep of the same file) is executing."""
+        return [s for s in self.statuses if s.get("state") in ("running", "claimed")]
 
 
 def _collect(finished: Any, on_done: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
@@ -337,8 +363,13 @@ def run_sweep(path: Path, runs_root: Path = Path("runs"), workers: int = 0, sche
     def report(status: dict[str, Any]) -> None:
         bar.update(1)
         label = status.get("run_id") or status.get("stage")
-        tqdm.write(f"[sweep] {label}: {status['state']} in {status.get('duration_s', 0):.0f} s"
-                   + (f" — {status['error']}" if status.get("error") else ""))
+        if status.get("skipped"):
+            tqdm.write(f"[sweep] {label}: done meanwhile by another process")
+        elif status.get("state") == "claimed":
+            tqdm.write(f"[sweep] {label}: {status['error']}")
+        else:
+            tqdm.write(f"[sweep] {label}: {status['state']} in {status.get('duration_s') or 0:.0f} s"
+                       + (f" — {status['error']}" if status.get("error") else ""))
 
     needs_server = sweep.sample_dir and any(r.stage == "download" for r in shared + per_run if not r.done)
     with serving(Path(sweep.sample_dir) if needs_server else None, port=sweep.sample_port):
@@ -347,9 +378,12 @@ def run_sweep(path: Path, runs_root: Path = Path("runs"), workers: int = 0, sche
                 skipped += 1
                 bar.update(1)
                 continue
-            status = execute(run, threads=0)
-            executed.append(status)
+            status = execute(run, threads=0, wait=True)  # another sweep making the same data: wait for it
             report(status)
+            if status.get("skipped"):  # finished by another process while this one waited
+                skipped += 1
+                continue
+            executed.append(status)
             if status["state"] != "done":
                 bar.close()
                 raise FungilibError(f"stage {run.stage} failed ({status['error']}); its notebook is "
@@ -361,7 +395,11 @@ def run_sweep(path: Path, runs_root: Path = Path("runs"), workers: int = 0, sche
             if not read_status(run.folder):
                 write_json(run.folder / "status.json", {"stage": run.stage, "run_id": run.run_id, "state": "queued",
                                                         "queued": _now()})
-        executed += _submit_all(todo, workers, scheduler, local_cluster, report)
+        for status in _submit_all(todo, workers, scheduler, local_cluster, report):
+            if status.get("skipped") or status.get("state") == "claimed":  # another process ran (or runs) it
+                skipped += bool(status.get("skipped"))
+            else:
+                executed.append(status)
     bar.close()
     statuses = [read_status(r.folder) for r in per_run]
     return SweepResult(sweep, executed, skipped, statuses)

@@ -35,7 +35,7 @@ class Pipeline:
 
 def fast_download_params(observations: Path, out: Path, **kw: object) -> DownloadParams:
     """Download settings for tests: the slow fault (3 s) outlasts a 1 s timeout."""
-    values = {"timeout": 1.0, "retries": 1, "backoff": 0.05, "workers": 8, **kw}
+    values = {"timeout": 1.0, "retries": 1, "backoff": 0.05, "workers": 8, "allow_hosts": ["127.0.0.1"], **kw}
     return DownloadParams(observations=observations, out=out, **values)  # type: ignore[arg-type]
 
 

@@ -75,7 +75,8 @@ def sweep_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _data_sweep(pipeline, folder: Path, name: str, grid: dict) -> Path:  # noqa: ANN001
     return _write(folder / f"{name}.yaml", {
         "name": name, "archive": str(pipeline.sample.archive), "pipeline": ["ingest_eda", "download", "clean"],
-        "base": {"download": {"timeout": 1.0, "retries": 1, "max_side": 128}, "clean": {"min_per_class": 5}},
+        "base": {"download": {"timeout": 1.0, "retries": 1, "max_side": 128, "allow_hosts": ["127.0.0.1"]},
+                 "clean": {"min_per_class": 5}},
         "search": {"grid": grid}})
 
 

@@ -1,0 +1,154 @@
+"""Hostile image hosts and URLs: every per-URL failure is a recorded row with its reason and the stage finishes;
+a trickling server meets a per-photo deadline; non-public addresses are refused unless allowed (redirects too);
+a photo's identity follows its URL, so a changed archive never gets a stale file. Real archives, a real
+misbehaving HTTP server on loopback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fungilib.download import DownloadParams, download_images, load_downloads
+from fungilib.ingest import IngestParams, ingest, load_observations
+
+from .hostile import HostileServer, write_archive
+
+
+@pytest.fixture(scope="module")
+def server():
+    with HostileServer() as srv:
+        yield srv
+
+
+def _pipeline(tmp_path: Path, photos: list[tuple[str, str]], **download: object) -> tuple[pd.DataFrame, object]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    archive = write_archive(tmp_path / "archive.zip", photos)
+    ingest(IngestParams(archive=archive, out=tmp_path / "ingest"))
+    values = {"timeout": 3.0, "retries": 1, "backoff": 0.05, **download}
+    params = DownloadParams(observations=tmp_path / "ingest", out=tmp_path / "download", **values)  # type: ignore[arg-type]
+    result = download_images(params)
+    table = load_downloads(tmp_path / "download").merge(load_observations(tmp_path / "ingest")[["media_id", "url"]])
+    return table.set_index("url"), result
+
+
+def _reason(table: pd.DataFrame, url: str) -> str:
+    return str(table.loc[url, "reason"])
+
+
+# -- 5. one odd response or URL is one recorded row; the stage finishes --------------------------------------------
+def test_odd_responses_and_urls_are_rows_with_reasons(server: HostileServer, tmp_path: Path) -> None:
+    b = server.base
+    urls = [f"{b}/ok-1.jpg", f"{b}/badlength.jpg", f"{b}/retry-date.jpg", "http://[::1/x.jpg",
+            "http://127.0.0.1:abc/x.jpg", f"{b}/empty.jpg", f"HTTP://127.0.0.1:{server.server_address[1]}/ok-upper.jpg",
+            f"{b}/missing.jpg"]
+    table, result = _pipeline(tmp_path, [(f"o{i}", u) for i, u in enumerate(urls)], allow_hosts=["127.0.0.1"])
+    assert len(table) == len(urls)  # every URL has its row (the upper-case scheme was kept by ingest)
+    ok = {u for u in urls if table.loc[u, "status"] == "ok"}
+    assert ok == {urls[0], urls[1], urls[2], urls[6]}
+    assert table.loc[urls[2], "attempts"] == 2  # the HTTP-date Retry-After was honoured, then it succeeded
+    assert _reason(table, "http://[::1/x.jpg").startswith("malformed URL")
+    assert _reason(table, "http://127.0.0.1:abc/x.jpg").startswith("malformed URL")
+    assert _reason(table, urls[5]) == "empty body"
+    assert _reason(table, urls[7]) == "http 404"
+    assert "0x" not in "".join(table["reason"])  # no object addresses in reasons
+    assert result.ok == 4 and result.failed == 4
+    again = download_images(DownloadParams(observations=tmp_path / "ingest", out=tmp_path / "download",
+                                           allow_hosts=["127.0.0.1"]))  # a rerun: the failures are remembered
+    assert again.ok == 4 and again.requested == 0
+
+
+# -- 6. a per-photo deadline, not only a per-read timeout ----------------------------------------------------------
+def test_a_trickling_server_meets_the_deadline(server: HostileServer, tmp_path: Path) -> None:
+    url = f"{server.base}/trickle.jpg"
+    t0 = time.monotonic()
+    table, _ = _pipeline(tmp_path, [("o1", url)], allow_hosts=["127.0.0.1"], deadline=4.0, retries=0)
+    took = time.monotonic() - t0
+    assert _reason(table, url) == "deadline: no complete response in 4 s"
+    assert took < 9, took  # not the minute a byte-every-1.5-s photo would take under a 3 s read timeout
+
+
+# -- 3. non-public addresses are refused unless allowed, at every redirect hop --------------------------------------
+def test_non_public_addresses_need_an_explicit_allowance(server: HostileServer, tmp_path: Path) -> None:
+    port = server.server_address[1]
+    urls = [f"{server.base}/ok-a.jpg", "http://169.254.169.254/latest/meta-data/", "http://10.1.2.3/x.jpg",
+            f"http://localhost:{port}/ok-b.jpg"]
+    table, _ = _pipeline(tmp_path / "none", [(f"o{i}", u) for i, u in enumerate(urls)])
+    for url in urls:
+        assert table.loc[url, "status"] == "failed" and _reason(table, url).startswith("refused: "), url
+    assert "169.254.169.254 is a non-public address" in _reason(table, urls[1])
+    assert server.requests["/ok-a.jpg"] == 0  # refused before connecting
+    table, _ = _pipeline(tmp_path / "allowed", [(f"o{i}", u) for i, u in enumerate(urls)],
+                         allow_hosts=[f"127.0.0.1:{port}"])
+    assert table.loc[urls[0], "status"] == "ok"  # the allowed host:port
+    assert table.loc[urls[3], "status"] == "ok"  # localhost resolves to the allowed address and port
+    assert _reason(table, urls[1]).startswith("refused: ") and _reason(table, urls[2]).startswith("refused: ")
+
+
+def test_a_redirect_to_an_internal_address_is_refused(server: HostileServer, tmp_path: Path) -> None:
+    port = server.server_address[1]
+    with HostileServer() as other:
+        redirects = [f"{server.base}/redirect-to-169.254.169.254/latest/meta-data/",
+                     f"{server.base}/redirect-to-127.0.0.1:{other.server_address[1]}/ok-c.jpg"]
+        table, _ = _pipeline(tmp_path, [(f"o{i}", u) for i, u in enumerate(redirects)],
+                             allow_hosts=[f"127.0.0.1:{port}"])
+        assert all(_reason(table, u).startswith("refused: ") for u in redirects), table["reason"].tolist()
+        assert other.requests["/ok-c.jpg"] == 0
+
+
+def test_allow_hosts_is_validated(tmp_path: Path) -> None:
+    from fungilib.errors import FungilibError
+
+    with pytest.raises(FungilibError, match="allow_hosts: '10.0.0.0/99' is not a host"):
+        DownloadParams(observations=tmp_path, out=tmp_path, allow_hosts=["10.0.0.0/99"])
+    with pytest.raises(FungilibError, match=r"deadline \(2 s\) must be at least timeout \(10 s\)"):
+        DownloadParams(observations=tmp_path, out=tmp_path, deadline=2.0)
+
+
+# -- 7. a photo's identity is its occurrence and its URL ------------------------------------------------------------
+def test_a_changed_photo_list_never_gets_a_stale_file(server: HostileServer, tmp_path: Path) -> None:
+    b = server.base
+    first = write_archive(tmp_path / "v1.zip", [("o1", f"{b}/photo-v1.jpg")])
+    ingest(IngestParams(archive=first, out=tmp_path / "ingest"))
+    params = DownloadParams(observations=tmp_path / "ingest", out=tmp_path / "download", allow_hosts=["127.0.0.1"])
+    download_images(params)
+    old = load_downloads(tmp_path / "download").iloc[0]
+    second = write_archive(tmp_path / "v2.zip", [("o1", f"{b}/photo-v2.jpg")])  # the same occurrence, a new photo
+    ingest(IngestParams(archive=second, out=tmp_path / "ingest"))
+    result = download_images(params)
+    new = load_downloads(tmp_path / "download").iloc[0]
+    assert new["media_id"] != old["media_id"] and new["path"] != old["path"]
+    assert result.requested == 1 and server.requests["/photo-v2.jpg"] == 1
+    saved = (tmp_path / "download" / new["path"]).read_bytes()
+    assert saved != (tmp_path / "download" / old["path"]).read_bytes()
+
+
+def test_occurrences_sharing_a_gbif_id_keep_their_own_photos(server: HostileServer, tmp_path: Path) -> None:
+    b = server.base
+    archive = write_archive(tmp_path / "a.zip", [("c1", f"{b}/ok-x.jpg"), ("c2", f"{b}/ok-y.jpg")],
+                            gbif_ids={"c1": "777", "c2": "777"})
+    ingest(IngestParams(archive=archive, out=tmp_path / "ingest"))
+    obs = load_observations(tmp_path / "ingest")
+    assert len(obs) == 2 and obs["media_id"].is_unique
+    assert sorted(obs["media_id"].str.split("-").str[0]) == ["c1", "c2"]
+    result = download_images(DownloadParams(observations=tmp_path / "ingest", out=tmp_path / "download",
+                                            allow_hosts=["127.0.0.1"]))
+    assert result.ok == 2 and load_downloads(tmp_path / "download")["path"].nunique() == 2
+
+
+# -- the same through the command, with --set: exit 0, one summary, no traceback -----------------------------------
+def test_the_download_command_finishes_on_hostile_input(server: HostileServer, tmp_path: Path) -> None:
+    archive = write_archive(tmp_path / "a.zip", [("o1", f"{server.base}/ok-cli.jpg"), ("o2", "http://[::1/x.jpg"),
+                                                  ("o3", f"{server.base}/badlength.jpg")])
+    ingest(IngestParams(archive=archive, out=tmp_path / "ingest"))
+    proc = subprocess.run([sys.executable, "-m", "fungilib.cli", "download", str(tmp_path / "ingest"), "--out",
+                           str(tmp_path / "dl"), "--set", "allow_hosts=[127.0.0.1]", "--set", "timeout=2"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    summary = json.loads((tmp_path / "dl" / "download_summary.json").read_text())
+    assert summary["ok"] == 2 and summary["failed"] == 1 and summary["reasons"] == {"malformed URL": 1}

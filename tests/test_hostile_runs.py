@@ -1,0 +1,146 @@
+"""Hostile sweep files, parameters and concurrent runs: nothing written outside the runs root, one line for every
+bad request (exit 2, no traceback), a clean input cleans, and two processes never execute the same run."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fungilib.claims import claim
+from fungilib.download import DOWNLOAD_CLAIM
+
+
+def _cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fungilib.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd)
+
+
+def _one_line(proc: subprocess.CompletedProcess, fragment: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert fragment in proc.stderr, proc.stderr
+
+
+# -- 2. a sweep never writes outside its runs root ---------------------------------------------------------------
+@pytest.mark.parametrize(("file_name", "name"), [("s.yaml", "../../escaped"), ("s.yaml", "/tmp/fungilib-escaped"),
+                                                 ("...yaml", None), ("s.yaml", "a/b")])
+def test_a_sweep_name_cannot_leave_the_runs_root(pipeline, tmp_path: Path, file_name: str, name: str | None) -> None:  # noqa: ANN001
+    base = tmp_path / "a" / "b" / "c"
+    runs = base / "runs"
+    runs.mkdir(parents=True)
+    data = {"manifest": str(pipeline.root / "clean"), "pipeline": ["train"], **({"name": name} if name else {})}
+    sweep_file = base / file_name
+    sweep_file.write_text(yaml.safe_dump(data))
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    proc = _cli("sweep", str(sweep_file), "--runs-root", str(runs))
+    _one_line(proc, "a sweep's name is one folder name under the runs root")
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written anywhere
+    assert not Path("/tmp/fungilib-escaped").exists()
+    _one_line(_cli("runs", "../..", "--runs-root", str(runs)), "unsafe id '../..'")
+
+
+# -- 12. a perfectly clean input cleans (an empty `dropped` table is written and read back) ------------------------
+def test_clean_with_nothing_to_drop_runs_its_notebook(pipeline, tmp_path: Path) -> None:  # noqa: ANN001
+    from fungilib.clean import load_dropped, load_manifest
+    from fungilib.download import load_downloads
+    from fungilib.fsutil import write_hdf
+    from fungilib.ingest import load_observations
+    from fungilib.notebooks import run_notebook
+    from fungilib.stages import stage
+
+    obs = load_observations(pipeline.root / "ingest")
+    dl = load_downloads(pipeline.root / "download")
+    manifest, _ = load_manifest(pipeline.root / "clean")
+    keep = obs[obs["media_id"].isin(manifest["media_id"])]  # species rank, downloaded, decodable, deduplicated
+    (tmp_path / "ingest").mkdir()
+    (tmp_path / "download").mkdir()
+    write_hdf(tmp_path / "ingest" / "observations.h5", {"observations": keep})
+    dl = dl[dl["media_id"].isin(keep["media_id"])].copy()
+    dl["path"] = [str(pipeline.root / "download" / p) for p in dl["path"]]
+    write_hdf(tmp_path / "download" / "downloads.h5", {"downloads": dl})
+    clean = stage("clean")
+    out = tmp_path / "clean"
+    run = run_notebook(clean.notebook_path, tmp_path / "03_clean.ipynb",
+                       {**clean.defaults(), "observations": str(tmp_path / "ingest"),
+                        "downloads": str(tmp_path / "download"), "out": str(out), "min_per_class": 1},
+                       raise_on_error=False)
+    assert run.ok, run.error
+    dropped = load_dropped(out)
+    assert dropped.empty and {"media_id", "reason"} <= set(dropped.columns)
+    assert len(load_manifest(out)[0]) == len(keep)
+
+
+# -- 13. two sweeps of one file: every run executed once; the index keeps every sweep -----------------------------
+@pytest.mark.slow
+def test_two_concurrent_sweeps_never_run_the_same_run_twice(pipeline, tmp_path: Path) -> None:  # noqa: ANN001
+    sweep_file = tmp_path / "twice.yaml"
+    sweep_file.write_text(yaml.safe_dump({
+        "name": "twice", "archive": str(pipeline.sample.archive), "pipeline": ["ingest_eda", "download", "clean"],
+        "base": {"download": {"timeout": 1.0, "retries": 1, "max_side": 96, "allow_hosts": ["127.0.0.1"]},
+                 "clean": {"min_per_class": 5}},
+        "search": {"grid": {"clean.seed": [0, 1, 2]}}}))
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "fungilib.cli", "sweep", str(sweep_file), "--runs-root", str(runs), "--workers", "1"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-1500:] for o in outputs]
+    executed = [int(re.search(r"(\d+) executed", out).group(1)) for out, _ in outputs]
+    assert sum(executed) == 5, outputs  # ingest, download and three cleans, each executed by one process only
+    for folder in (runs / "twice").iterdir():
+        if folder.name != "stages":
+            assert len(list(folder.glob("*.ipynb"))) == 1
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({**yaml.safe_load(sweep_file.read_text()), "name": "other",
+                                     "search": {"grid": {"clean.seed": [5]}}}))
+    assert _cli("sweep", str(other), "--runs-root", str(runs)).returncode == 0
+    import pandas as pd
+
+    index = pd.read_hdf(runs / "index.h5", "runs")
+    assert sorted(index["sweep"].value_counts().items()) == [("other", 1), ("twice", 3)]
+
+
+def test_a_second_download_into_the_same_folder_is_refused(pipeline, tmp_path: Path) -> None:  # noqa: ANN001
+    out = tmp_path / "download"
+    with claim(out, name=DOWNLOAD_CLAIM) as mine:  # as a running download holds it
+        assert mine
+        proc = _cli("download", str(pipeline.root / "ingest"), "--out", str(out), "--set", "limit=3")
+    _one_line(proc, "another download is writing here (pid ")
+    assert not (out / "downloads.h5").exists()
+
+
+# -- 14. requests that used to end in a traceback ------------------------------------------------------------------
+def test_bad_requests_are_one_line(pipeline, trained_run: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "observations.h5").write_text("not an HDF5 file")
+    truncated = tmp_path / "truncated"
+    truncated.mkdir()
+    data = (pipeline.root / "ingest" / "observations.h5").read_bytes()
+    (truncated / "observations.h5").write_bytes(data[: len(data) // 3])
+    cases = [
+        (("sample", "--out", str(tmp_path / "s"), "--observations", "10"), "observations: 10 is too few"),
+        (("sample", "serve", "--out", str(tmp_path / "s"), "--port", "70000"), "--port 70000: a port is"),
+        (("serve", str(tmp_path), "--port", "70000"), "--port 70000: a port is"),
+        (("serve", str(tmp_path), "--port", "-1"), "--port -1: a port is"),
+        (("clean", "--observations", "o", "--downloads", "d", "--out", "c", "--seed", "-1"), "seed must be >= 0"),
+        (("download", str(junk), "--out", str(tmp_path / "d1"), "--set", "timeout=.nan"),
+         "timeout: expected a finite number"),
+        (("download", str(junk), "--out", str(tmp_path / "d2")), "not a readable fungilib table"),
+        (("eda", str(junk), "--out", str(tmp_path / "e1")), "not a readable fungilib table"),
+        (("download", str(truncated), "--out", str(tmp_path / "d3")), "not a readable fungilib table"),
+        (("eda", str(truncated), "--out", str(tmp_path / "e2")), "not a readable fungilib table"),
+    ]
+    for args, fragment in cases:
+        _one_line(_cli(*args), fragment)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("mine")
+    _one_line(_cli("export", str(trained_run), "--out", "."  , timeout=120) if False else
+              _cli("export", str(trained_run), "--out", ".", cwd=site), "refusing to replace")
+    _one_line(_cli("export", str(trained_run), "--out", str(site)), "is not an export bundle")
+    assert sorted(p.name for p in site.iterdir()) == ["index.html"]
