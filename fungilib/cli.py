@@ -118,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slow-seconds", type=float, default=30.0, help="(serve) how long the planted slow response waits")
     p.add_argument("--latency", type=float, default=0.0, help="(serve) seconds added before every response")
     p.add_argument("--no-faults", action="store_true", help="(serve) serve every file plainly (benchmarks)")
+    p.add_argument("--scale", action="store_true", help="(generate) a seed-scale rehearsal: --species species with "
+                   "a GBIF-like long tail, about --photos photo URLs the server draws on request")
+    p.add_argument("--species", type=int, default=2451, help="(--scale) number of species")
+    p.add_argument("--photos", type=int, default=98_000, help="(--scale) number of photo URLs")
+    p.add_argument("--image-size", type=int, default=128, help="(--scale) side of the drawn photos, px")
 
     for _, command in COMMANDS.values():
         _add_command(sub, command)
@@ -204,8 +209,15 @@ def _run(args: argparse.Namespace) -> int:
                 except KeyboardInterrupt:
                     pass
             return 0
-        sample = generate_sample(SampleSpec(out=args.out, observations=args.observations, seed=args.seed,
-                                            base_url=f"http://127.0.0.1:{args.port}"))
+        if args.scale:
+            from fungilib.sample_scale import ScaleSpec, generate_scale_sample
+
+            sample = generate_scale_sample(ScaleSpec(out=args.out, species=args.species, photos=args.photos,
+                                                     seed=args.seed, image_size=args.image_size,
+                                                     base_url=f"http://127.0.0.1:{args.port}"))
+        else:
+            sample = generate_sample(SampleSpec(out=args.out, observations=args.observations, seed=args.seed,
+                                                base_url=f"http://127.0.0.1:{args.port}"))
         print(f"wrote {sample.archive} ({sample.occurrences} occurrences, {sample.media_rows} media rows); "
               f"serve its images with: fungilib sample serve --out {args.out} --port {args.port}")
         return 0

@@ -94,15 +94,57 @@ def _augment(crop: Any, size: int, aug: Augmentation) -> Any:
     image = tf.image.resize(crop, (size, size), method="area")
     if aug.flip:
         image = tf.image.random_flip_left_right(image)
-    if aug.color_jitter > 0:
-        j = aug.color_jitter
-        image = tf.image.random_brightness(image, 255 * j * 0.5)
-        image = tf.image.random_contrast(image, 1 - j, 1 + j)
-        # saturation as a blend with the grey image (torchvision's ColorJitter does the same): TensorFlow's
-        # random_saturation goes through HSV and halved the pipeline's throughput
-        grey = tf.image.rgb_to_grayscale(image)
-        image = grey + (image - grey) * tf.random.uniform([], 1 - j, 1 + j)
-    return tf.clip_by_value(image, 0.0, 255.0)
+    return image
+
+
+def colour_jitter(images: Any, strength: float) -> Any:
+    """Brightness, contrast and saturation jitter of a whole batch at once (a factor per image, broadcast):
+    one vectorised op per batch instead of a chain per image, which cost a third of the pipeline's speed.
+    Saturation is a blend with the grey image, as torchvision's ColorJitter does it."""
+    import tensorflow as tf
+
+    j = strength
+    n = tf.shape(images)[0]
+    brightness = tf.random.uniform([n, 1, 1, 1], -255 * j * 0.5, 255 * j * 0.5)
+    contrast = tf.random.uniform([n, 1, 1, 1], 1 - j, 1 + j)
+    saturation = tf.random.uniform([n, 1, 1, 1], 1 - j, 1 + j)
+    images = images + brightness
+    mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
+    images = mean + (images - mean) * contrast
+    grey = tf.image.rgb_to_grayscale(images)
+    images = grey + (images - grey) * saturation
+    return tf.clip_by_value(images, 0.0, 255.0)
+
+
+def decoded_megabytes(frame: pd.DataFrame) -> float:
+    """What holding ``frame``'s photos decoded would take (RGB bytes, from the manifest's width and height)."""
+    if frame.empty or not {"width", "height"} <= set(frame.columns):
+        return 0.0
+    return float((frame["width"].astype("float64") * frame["height"].astype("float64")).sum() * 3 / 2**20)
+
+
+@dataclass
+class CachePlan:
+    """Whether decoded photos are kept in memory between epochs, and why."""
+
+    in_memory: bool
+    decoded_mb: float
+    budget_mb: int
+    mode: str
+
+
+def plan_cache(frames: list[pd.DataFrame], mode: str, budget_mb: int) -> CachePlan:
+    """``auto``: in memory only when the decoded training and validation photos fit ``budget_mb``, else read
+    from the files every epoch (only each random crop's window is decoded). ``memory`` over the budget is refused
+    before training starts, with the number and the parameter to change — never an out-of-memory kill mid-epoch."""
+    from fungilib.errors import FungilibError
+
+    decoded = sum(decoded_megabytes(f) for f in frames)
+    if mode == "memory" and decoded > budget_mb:
+        raise FungilibError(f"dataset.cache: memory would hold {decoded:,.0f} MB of decoded photos, over "
+                            f"dataset.cache_budget_mb ({budget_mb:,} MB); set dataset.cache: auto (or none), or raise "
+                            "dataset.cache_budget_mb if this machine has the memory")
+    return CachePlan(mode == "memory" or (mode == "auto" and decoded <= budget_mb), round(decoded, 1), budget_mb, mode)
 
 
 def make_dataset(frame: pd.DataFrame, num_classes: int, size: int, batch_size: int, training: bool,
@@ -110,8 +152,9 @@ def make_dataset(frame: pd.DataFrame, num_classes: int, size: int, batch_size: i
                  balance: str = "none") -> Any:
     """Batches of (image float32 [0, 255], one-hot label) for ``frame``'s rows (``path``, ``label``).
 
-    Training: shuffled each epoch (seeded), augmented, optionally class-balanced by sampling; evaluation: in
-    manifest order, central crop. ``cache`` keeps decoded images in memory (decode once, augment every epoch).
+    Training: shuffled each epoch (seeded), augmented (crop and flip per image, colour jitter per batch),
+    optionally class-balanced by sampling; evaluation: in manifest order, central crop. ``cache`` keeps decoded
+    images in memory (decode once, augment every epoch): see ``plan_cache`` for when that is safe.
     """
     import tensorflow as tf
 
@@ -146,8 +189,11 @@ def make_dataset(frame: pd.DataFrame, num_classes: int, size: int, batch_size: i
             image = train_transform(image, size, aug) if training else eval_transform(image, size)
         return image, tf.one_hot(label, num_classes)
 
-    ds = ds.map(to_example, num_parallel_calls=autotune, deterministic=not training)
-    return ds.batch(batch_size).prefetch(autotune)
+    ds = ds.map(to_example, num_parallel_calls=autotune, deterministic=not training).batch(batch_size)
+    if training and aug.enabled and aug.color_jitter > 0:
+        ds = ds.map(lambda x, y: (colour_jitter(x, aug.color_jitter), y), num_parallel_calls=autotune,
+                    deterministic=False)
+    return ds.prefetch(autotune)
 
 
 def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:

@@ -215,9 +215,29 @@ def _fruit_body(draw: ImageDraw.ImageDraw, look: Look, cx: float, ground: float,
         _texture(draw, look, box, cap, rng)
 
 
-def draw_mushroom(species: str, rng: np.random.Generator, size: int = 256) -> Image.Image:
-    """A new picture of ``species``: random background, light, pose, scale and crop around fixed traits."""
-    look = LOOKS[species]
+SHAPES = ["dome", "flat", "cone", "funnel", "bell", "bracket", "ball", "coral", "morel"]
+TEXTURES = ["spots", "scales", "bands", "warts", "pits", "smooth", "streaks"]
+UNDERSIDES = ["gills", "pores", "ridges", "none"]
+
+
+def look_for(index: int) -> Look:
+    """A stable look for species number ``index`` of a scale rehearsal: shape, texture, underside, colours and
+    proportions spread over the index (neighbouring numbers — one genus — share a shape, as relatives do)."""
+    rng = np.random.default_rng([7919, index])
+    shape = SHAPES[(index // 5) % len(SHAPES)]
+    has_stem = shape not in ("bracket", "coral")
+    return Look(shape, float((index * 0.6180339887) % 1.0), float(rng.uniform(0.1, 0.95)),
+                float(rng.uniform(0.4, 0.98)), TEXTURES[index % len(TEXTURES)],
+                UNDERSIDES[(index // 7) % len(UNDERSIDES)],
+                (float(rng.uniform(0.4, 1.4)), float(rng.uniform(0.08, 0.4))) if has_stem else (0.0, 0.0),
+                tuple(int(v) for v in rng.integers(150, 250, 3)) if has_stem else (0, 0, 0),
+                ring=bool(rng.random() < 0.25), cluster=int(rng.choice([1, 1, 1, 2, 3])))
+
+
+def draw_mushroom(species: str | Look, rng: np.random.Generator, size: int = 256) -> Image.Image:
+    """A new picture of ``species`` (a name of LOOKS, or a Look): random background, light, pose, scale and crop
+    around fixed traits."""
+    look = species if isinstance(species, Look) else LOOKS[species]
     img = _background(size, rng)
     draw = ImageDraw.Draw(img)
     scale = size * rng.uniform(0.28, 0.45)

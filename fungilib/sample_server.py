@@ -19,6 +19,8 @@ from typing import Any
 from fungilib.errors import FungilibError
 from fungilib.fsutil import join_inside
 
+SCALE_PREFIX = "/scale/"  # rehearsal photos (fungilib.sample_scale), drawn on request
+
 
 @dataclass
 class ServerState:
@@ -32,6 +34,7 @@ class ServerState:
     active: int = 0
     max_active: int = 0
     stopping: threading.Event = field(default_factory=threading.Event)
+    scale: dict | None = None  # a scale rehearsal's scale.json: its photos are drawn on request
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -87,6 +90,9 @@ class _Handler(BaseHTTPRequestHandler):
             end = time.monotonic() + state.slow_seconds
             while time.monotonic() < end and not state.stopping.is_set():
                 time.sleep(0.05)
+        if state.scale is not None and path.startswith(SCALE_PREFIX):
+            self._scale_photo(state, path)
+            return
         try:
             file = join_inside(state.media_dir, path.lstrip("/"))
             body = file.read_bytes()
@@ -100,6 +106,19 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         else:
             self._send(HTTPStatus.OK, body, mimetypes.guess_type(file.name)[0] or "application/octet-stream")
+
+
+    def _scale_photo(self, state: ServerState, path: str) -> None:
+        """A rehearsal photo, drawn on request: /scale/<species>/<photo id>.jpg."""
+        from fungilib.sample_scale import draw_scale_photo
+
+        parts = path[len(SCALE_PREFIX):].removesuffix(".jpg").split("/")
+        scale = state.scale or {}
+        if len(parts) != 2 or not all(p.isdigit() for p in parts) or int(parts[0]) >= scale.get("species", 0):
+            self._send(HTTPStatus.NOT_FOUND, b"not found", "text/plain")
+            return
+        body = draw_scale_photo(int(scale["seed"]), int(parts[0]), int(parts[1]), int(scale["image_size"]))
+        self._send(HTTPStatus.OK, body, "image/jpeg")
 
 
 class _Server(ThreadingHTTPServer):
@@ -126,6 +145,8 @@ class SampleServer:
             self.load_faults()
         else:
             self.state.faults = faults
+            scale_file = self.root / "scale.json"
+            self.state.scale = json.loads(scale_file.read_text()) if scale_file.exists() else None
         try:
             self._server = _Server(("127.0.0.1", port), self.state)
         except OSError as exc:
@@ -135,15 +156,17 @@ class SampleServer:
         self._thread = threading.Thread(target=self._server.serve_forever, name="sample-server", daemon=True)
 
     def load_faults(self) -> None:
-        """(Re)read ``faults.json``: a sample may be generated after the server picked its port."""
+        """(Re)read ``faults.json`` (and a rehearsal's ``scale.json``): a sample may be generated after the
+        server picked its port."""
         faults_file = self.root / "faults.json"
         self.state.faults = json.loads(faults_file.read_text()) if faults_file.exists() else {}
+        scale_file = self.root / "scale.json"
+        self.state.scale = json.loads(scale_file.read_text()) if scale_file.exists() else None
 
     @property
     def port(self) -> int:
         return int(self._server.server_address[1])
 
-    @property
     def allowing(self, params: Any) -> Any:
         """Download parameters that may fetch from this loopback server (and, as always, public hosts only)."""
         return dataclasses.replace(params, allow_hosts=[*params.allow_hosts, f"127.0.0.1:{self.port}"])

@@ -244,7 +244,8 @@ def read_status(folder: Path) -> dict[str, Any]:
         return {}
 
 
-def execute(run: StageRun, threads: int = 0, wait: bool = False) -> dict[str, Any]:
+def execute(run: StageRun, threads: int = 0, wait: bool = False,
+            context: Callable[[], contextlib.AbstractContextManager] | None = None) -> dict[str, Any]:
     """Execute one notebook into its folder, recording status.json (running → done | failed) around it.
 
     The folder is claimed first (see fungilib.claims): a run another live process is executing is left to it
@@ -256,7 +257,8 @@ def execute(run: StageRun, threads: int = 0, wait: bool = False) -> dict[str, An
                     "state": "claimed", "error": f"being executed by another process ({holder(run.folder)})"}
         if run.done:
             return {**read_status(run.folder), "skipped": True, "duration_s": 0.0}
-        return _execute_claimed(run, threads)
+        with context() if context else contextlib.nullcontext():  # e.g. serve the sample, once claimed
+            return _execute_claimed(run, threads)
 
 
 def _execute_claimed(run: StageRun, threads: int) -> dict[str, Any]:
@@ -371,14 +373,20 @@ def run_sweep(path: Path, runs_root: Path = Path("runs"), workers: int = 0, sche
             tqdm.write(f"[sweep] {label}: {status['state']} in {status.get('duration_s') or 0:.0f} s"
                        + (f" — {status['error']}" if status.get("error") else ""))
 
-    needs_server = sweep.sample_dir and any(r.stage == "download" for r in shared + per_run if not r.done)
-    with serving(Path(sweep.sample_dir) if needs_server else None, port=sweep.sample_port):
+    def sample_server() -> contextlib.AbstractContextManager:
+        """The sample on loopback while a download stage of this sweep runs (only once that stage is claimed:
+        a second sweep of the same file waits for the first's download instead of fighting for the port)."""
+        return serving(Path(sweep.sample_dir) if sweep.sample_dir else None, port=sweep.sample_port)
+
+    per_run_downloads = sweep.sample_dir and any(r.stage == "download" for r in per_run if not r.done)
+    with serving(Path(sweep.sample_dir) if per_run_downloads else None, port=sweep.sample_port):
         for run in shared:  # data stages in order, once each, in this process
             if run.done:
                 skipped += 1
                 bar.update(1)
                 continue
-            status = execute(run, threads=0, wait=True)  # another sweep making the same data: wait for it
+            status = execute(run, threads=0, wait=True,  # another sweep making the same data: wait for it
+                             context=sample_server if run.stage == "download" else None)
             report(status)
             if status.get("skipped"):  # finished by another process while this one waited
                 skipped += 1

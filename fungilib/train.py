@@ -16,7 +16,14 @@ import pandas as pd
 from fungilib.clean import load_manifest
 from fungilib.errors import FungilibError
 from fungilib.fsutil import atomic_path, write_json
-from fungilib.input_pipeline import EVAL_CROP, RESIZE_RULE, Augmentation, class_weights, make_dataset
+from fungilib.input_pipeline import (
+    EVAL_CROP,
+    RESIZE_RULE,
+    Augmentation,
+    class_weights,
+    make_dataset,
+    plan_cache,
+)
 from fungilib.models import spec_for
 from fungilib.params import params_to_dict, write_params
 
@@ -28,7 +35,9 @@ class DatasetParams:
     manifest: Path = Path("")
     image_size: int = 96
     batch_size: int = 32
-    cache: bool = True  # keep decoded images in memory between epochs
+    # decoded photos kept in memory between epochs: auto = only when they fit cache_budget_mb (see plan_cache)
+    cache: Literal["auto", "memory", "none"] = "auto"
+    cache_budget_mb: int = 1024
     balance: Literal["none", "class_weights", "sampling"] = "none"
 
 
@@ -88,6 +97,8 @@ class TrainParams:
     evaluate: bool = True  # evaluate on the test split after training (metrics.json, plots)
 
     def __post_init__(self) -> None:
+        if self.dataset.cache_budget_mb < 0:
+            raise FungilibError(f"dataset.cache_budget_mb must be >= 0, got {self.dataset.cache_budget_mb}")
         if self.fit.epochs < 1 or self.dataset.batch_size < 1 or self.dataset.image_size < 32:
             raise FungilibError("fit.epochs and dataset.batch_size must be >= 1, dataset.image_size >= 32")
         if not 0 <= self.model.dropout < 1 or not 0 <= self.regularization.label_smoothing < 1:
@@ -245,9 +256,11 @@ def train(params: TrainParams) -> TrainResult:
     if train_rows.empty:
         raise FungilibError(f"{manifest_path}: no training images")
     n, d = len(labels), params.dataset
+    cache = plan_cache([train_rows, val_rows], d.cache, d.cache_budget_mb)
     train_ds = make_dataset(train_rows, n, d.image_size, d.batch_size, True, params.augmentation, params.fit.seed,
-                            d.cache, d.balance)
-    val_ds = make_dataset(val_rows, n, d.image_size, d.batch_size, False, cache=d.cache) if len(val_rows) else None
+                            cache.in_memory, d.balance)
+    val_ds = (make_dataset(val_rows, n, d.image_size, d.batch_size, False, cache=cache.in_memory)
+              if len(val_rows) else None)
     weights = class_weights(train_rows["label"].to_numpy(), n) if d.balance == "class_weights" else None
     pretrained = params.model.weights != "none"
     model, base = build_classifier(params.model.base, params.model.weights, d.image_size, n, params.model.dropout,
@@ -292,6 +305,7 @@ def train(params: TrainParams) -> TrainResult:
     shutil.rmtree(out / "backup", ignore_errors=True)
     write_json(summary_path, {**result.__dict__, "model": str(result.model), "seed": params.fit.seed,
                               "params": params_to_dict(params), "train_images": len(train_rows),
+                              "cache": cache.__dict__,
                               "val_images": len(val_rows), "classes": n})
     return result
 

@@ -109,7 +109,8 @@ def test_sigkill_mid_download_then_rerun_resumes(pipeline, tmp_path: Path) -> No
     state = pipeline.server.state
     state.latency = 0.03
     cmd = [sys.executable, "-m", "fungilib.cli", "download", str(pipeline.root / "ingest"), "--out", str(out),
-           "--workers", "4", "--max-side", "128", "--set", "timeout=1", "--set", "retries=1", "--set", "backoff=0.05"]
+           "--workers", "4", "--max-side", "128", "--set", "timeout=1", "--set", "retries=1", "--set", "backoff=0.05",
+           "--set", "allow_hosts=[127.0.0.1]"]
     try:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
@@ -159,7 +160,7 @@ def test_keyboard_interrupt_in_cli_exits_cleanly_without_traceback(pipeline, tmp
         with open(errors, "w") as err_file:  # a file, not a pipe: tqdm's progress can never block the child
             proc = subprocess.Popen(
                 [sys.executable, "-m", "fungilib.cli", "download", str(pipeline.root / "ingest"), "--out", str(out),
-                 "--workers", "2"], stdout=subprocess.DEVNULL, stderr=err_file, text=True,
+                 "--workers", "2", "--set", "allow_hosts=[127.0.0.1]"], stdout=subprocess.DEVNULL, stderr=err_file, text=True,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and len(list((out / "images").rglob("*.jpg"))) < 10:

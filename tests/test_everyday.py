@@ -155,6 +155,13 @@ def test_make_lab_serves_jupyterlab_on_loopback_with_the_project_kernel(free_por
         assert specs["kernelspecs"]["fungilib"]["spec"]["display_name"] == "Python (fungilib)"
         contents = json.loads(_wait_http(f"http://127.0.0.1:{port}/api/contents/notebooks?token={token}", proc))
         assert "05_export.ipynb" in {item["name"] for item in contents["content"]}  # opened at the project root
+        settings = json.loads(_wait_http(f"http://127.0.0.1:{port}/lab/api/settings/@jupyterlab/apputils-extension:"
+                                         f"notification?token={token}", proc))
+        defaults = settings["schema"]["properties"]  # jupyter/overrides.json sets the defaults a user starts from
+        assert defaults["fetchNews"]["default"] == "false"  # no "Jupyter news" question
+        assert defaults["checkForUpdates"]["default"] is False
+        extensions = json.loads(_wait_http(f"http://127.0.0.1:{port}/lab/api/extensions?token={token}", proc))
+        assert "jupyter-widgets-jupyterlab-manager" in {ext["name"] for ext in extensions}  # tqdm bars render
         with socket.socket() as s:  # bound to loopback only
             lan = socket.gethostbyname(socket.gethostname())
             if not lan.startswith("127."):

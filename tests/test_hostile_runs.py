@@ -77,12 +77,16 @@ def test_clean_with_nothing_to_drop_runs_its_notebook(pipeline, tmp_path: Path) 
 
 # -- 13. two sweeps of one file: every run executed once; the index keeps every sweep -----------------------------
 @pytest.mark.slow
-def test_two_concurrent_sweeps_never_run_the_same_run_twice(pipeline, tmp_path: Path) -> None:  # noqa: ANN001
+def test_two_concurrent_sweeps_never_run_the_same_run_twice(tmp_path: Path, free_port: int) -> None:
+    from fungilib.sample import SampleSpec, generate_sample
+
+    sample = generate_sample(SampleSpec(out=tmp_path / "sample", observations=60, seed=5, image_size=96,
+                                        base_url=f"http://127.0.0.1:{free_port}"))  # its own server: the sweep's
     sweep_file = tmp_path / "twice.yaml"
     sweep_file.write_text(yaml.safe_dump({
-        "name": "twice", "archive": str(pipeline.sample.archive), "pipeline": ["ingest_eda", "download", "clean"],
-        "base": {"download": {"timeout": 1.0, "retries": 1, "max_side": 96, "allow_hosts": ["127.0.0.1"]},
-                 "clean": {"min_per_class": 5}},
+        "name": "twice", "archive": str(sample.archive), "sample_dir": str(sample.root), "sample_port": free_port,
+        "pipeline": ["ingest_eda", "download", "clean"],
+        "base": {"download": {"timeout": 1.0, "retries": 1, "max_side": 96}, "clean": {"min_per_class": 3}},
         "search": {"grid": {"clean.seed": [0, 1, 2]}}}))
     runs = tmp_path / "runs"
     cmd = [sys.executable, "-m", "fungilib.cli", "sweep", str(sweep_file), "--runs-root", str(runs), "--workers", "1"]
@@ -123,7 +127,7 @@ def test_bad_requests_are_one_line(pipeline, trained_run: Path, tmp_path: Path) 
     data = (pipeline.root / "ingest" / "observations.h5").read_bytes()
     (truncated / "observations.h5").write_bytes(data[: len(data) // 3])
     cases = [
-        (("sample", "--out", str(tmp_path / "s"), "--observations", "10"), "observations: 10 is too few"),
+        (("sample", "--out", str(tmp_path / "s"), "--observations", "10"), "observations: 10 is too few; the sample needs at least 24"),
         (("sample", "serve", "--out", str(tmp_path / "s"), "--port", "70000"), "--port 70000: a port is"),
         (("serve", str(tmp_path), "--port", "70000"), "--port 70000: a port is"),
         (("serve", str(tmp_path), "--port", "-1"), "--port -1: a port is"),

@@ -26,7 +26,8 @@ def test_sample_ingest_counts(pipeline) -> None:
     obs = load_observations(pipeline.root / "ingest")
     result = pipeline.ingest
     assert result.images == len(obs) > 0
-    assert result.skipped_media == {"not a still image": 1, "no http(s) URL": 2, "no matching occurrence": 0}
+    assert result.skipped_media == {"not a still image": 1, "no http(s) URL": 2, "no matching occurrence": 0,
+                                    "same photo listed twice for one occurrence": 0}
     assert obs["url"].str.startswith("http://127.0.0.1:").all()
     assert obs["media_id"].is_unique
     assert set(obs["taxonRank"]) == {"SPECIES", "GENUS", "FAMILY"}

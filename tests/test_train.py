@@ -17,7 +17,7 @@ from fungilib.train import TrainParams, load_trained, train
 keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
-TINY = {"image_size": 32, "batch_size": 64, "cache": True}
+TINY = {"image_size": 32, "batch_size": 64, "cache": "memory"}
 
 
 def _params(pipeline, out: Path, **groups: dict) -> TrainParams:
@@ -134,6 +134,47 @@ def test_augmentation_from_files_decodes_only_the_crop_and_keeps_labels(pipeline
         assert sorted(y1.numpy().argmax(1)) == sorted(rows["label"])  # one pass, every image once, its own label
         assert sorted(y2.numpy().argmax(1)) == sorted(rows["label"])
         assert float(np.abs(np.sort(x1.numpy().ravel()) - np.sort(x2.numpy().ravel())).max()) > 1  # new crops
+
+
+def test_the_default_cache_never_holds_more_decoded_photos_than_its_budget(pipeline) -> None:
+    """dataset.cache: auto keeps decoded photos in memory only when they fit cache_budget_mb; over it the tf.data
+    graph has no cache at all (photos are decoded from their files every epoch), and cache: memory over the
+    budget is refused before training starts, naming the parameter to change."""
+
+    from fungilib.errors import FungilibError
+    from fungilib.input_pipeline import decoded_megabytes, make_dataset, plan_cache
+    from fungilib.train import DatasetParams
+
+    manifest, labels = load_manifest(pipeline.root / "clean")
+    train_rows = manifest[manifest["split"] == "train"]
+    decoded = decoded_megabytes(train_rows)
+    assert decoded == pytest.approx((train_rows["width"] * train_rows["height"]).sum() * 3 / 2**20)
+    default = DatasetParams()
+    assert default.cache == "auto"
+    fits = plan_cache([train_rows], default.cache, default.cache_budget_mb)
+    over = plan_cache([train_rows], default.cache, int(decoded) - 1)
+    assert fits.in_memory and not over.in_memory and over.decoded_mb == pytest.approx(decoded, abs=0.1)
+    with pytest.raises(FungilibError, match=r"dataset.cache: memory would hold .* over dataset.cache_budget_mb"):
+        plan_cache([train_rows], "memory", int(decoded) - 1)
+
+    def ops(cache: bool) -> str:
+        ds = make_dataset(train_rows, len(labels), 32, 16, True, cache=cache)
+        return ds._as_serialized_graph().numpy().decode("latin-1")
+
+    assert "CacheDataset" in ops(True) and "CacheDataset" not in ops(over.in_memory)
+
+
+def test_colour_jitter_is_per_image_within_a_batch() -> None:
+    import tensorflow as tf
+
+    from fungilib.input_pipeline import colour_jitter
+
+    batch = tf.fill([8, 16, 16, 3], 120.0) + tf.random.stateless_uniform([8, 16, 16, 3], [1, 2], 0, 40)
+    out = colour_jitter(batch, 0.3).numpy()
+    assert out.shape == (8, 16, 16, 3) and out.min() >= 0 and out.max() <= 255
+    means = out.reshape(8, -1).mean(axis=1)
+    assert np.std(means) > 1  # each photo got its own brightness
+    np.testing.assert_allclose(colour_jitter(batch, 0.0).numpy(), np.clip(batch.numpy(), 0, 255), atol=1e-3)
 
 
 def test_schedules_follow_their_shape() -> None:
