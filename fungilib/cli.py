@@ -154,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, required=True, help="a training run folder or an export bundle")
     p.add_argument("--top", type=int, default=5)
     p.add_argument("--threshold", type=float, help="verdict threshold (default: the bundle's, else 0.6)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--json", action="store_true", help="print one JSON object per photo (JSON Lines) instead of a table")
+    p.add_argument("--batch-size", type=int, default=64, help="photos per model call")
 
     p = sub.add_parser("tensorboard", help="TensorBoard over a sweep's runs (or all runs), on 127.0.0.1")
     p.add_argument("sweep", nargs="?", help="a sweep name under runs/ (default: every run)")
@@ -251,15 +252,18 @@ def _run(args: argparse.Namespace) -> int:
             print(f"  failed: {failed.get('run_id')}: {failed.get('error')}")
         return 1 if result.failed else 0
     if args.command == "predict":
-        from fungilib.predict import format_table, predict_files, to_json
+        from fungilib.predict import as_json, format_one, iter_predictions
 
-        predictions = predict_files(args.images, args.model, args.top, args.threshold)
-        if not predictions:
+        count = failed = 0
+        for prediction in iter_predictions(args.images, args.model, args.top, args.threshold,
+                                           batch_size=args.batch_size, progress=None):
+            count += 1
+            failed += not prediction.ok
+            print(json.dumps(as_json(prediction)) if args.json else format_one(prediction, args.top), flush=True)
+        if not count:
             raise FungilibError("no images found in " + ", ".join(map(str, args.images)))
-        print(json.dumps(to_json(predictions), indent=2) if args.json else format_table(predictions, args.top))
-        failed = [p for p in predictions if not p.ok]
         if failed:
-            print(f"fungilib: {len(failed)} of {len(predictions)} files could not be read", file=sys.stderr)
+            print(f"fungilib: {failed} of {count} files could not be read", file=sys.stderr)
         return 1 if failed else 0
     if args.command == "tensorboard":
         from fungilib.runs_index import tensorboard_command

@@ -9,7 +9,9 @@ an export bundle uses its float TFLite model (LiteRT), whose softmax already hol
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import sys
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,7 +60,8 @@ def _keras_predictor(run_dir: Path) -> Predictor:
     temperature = float(json.loads(metrics_file.read_text()).get("temperature", 1.0)) if metrics_file.exists() else 1.0
 
     def run(images: np.ndarray) -> np.ndarray:
-        return softmax(np.asarray(model.predict(images, verbose=0), dtype=np.float64), temperature)
+        logits = model.predict_on_batch(images.astype(np.float32))
+        return softmax(np.asarray(logits, dtype=np.float64), temperature)
 
     return Predictor(labels.to_dict(orient="records"), prep, DEFAULT_THRESHOLD,
                      f"Keras {run_dir / 'model.keras'} (temperature {temperature:.3g})", run)
@@ -66,7 +69,7 @@ def _keras_predictor(run_dir: Path) -> Predictor:
 
 def _tflite_predictor(bundle: Path) -> Predictor:
     prep = json.loads((bundle / "preprocessing.json").read_text())
-    run = litert_runner((bundle / "model_f32.tflite").read_bytes(), int(prep["input_size"]))
+    run = litert_runner((bundle / "model_f32.tflite").read_bytes(), int(prep["input_size"]), batch_size=16)
     config = json.loads((bundle / "config.json").read_text()) if (bundle / "config.json").exists() else {}
     return Predictor(json.loads((bundle / "labels.json").read_text()), prep,
                      float(config.get("threshold", DEFAULT_THRESHOLD)), f"TFLite {bundle / 'model_f32.tflite'}", run)
@@ -102,61 +105,85 @@ def expand_inputs(inputs: Iterable[Path]) -> list[Path]:
     return found
 
 
-def predict_files(inputs: Iterable[Path], model: Path, top: int = 5, threshold: float | None = None,
-                  batch_size: int = 32) -> list[Prediction]:
+def _prepared(path: Path, size: int, transform: Any) -> tuple[np.ndarray | None, str]:
+    """(the model's input for one photo, error): decoded as shown, resized and centre-cropped as in evaluation."""
+    try:
+        pixels = read_photo(path)
+    except FileNotFoundError:
+        return None, "no such file"
+    except Exception as exc:  # Pillow raises many types for what is not a readable picture
+        return None, f"not a readable image ({type(exc).__name__})"
+    return transform(pixels).numpy(), ""
+
+
+def iter_predictions(inputs: Iterable[Path], model: Path, top: int = 5, threshold: float | None = None,
+                     batch_size: int = 64, workers: int | None = None, progress: bool | None = False
+                     ) -> Iterator[Prediction]:
+    """Predictions for photos and folders of photos, in input order, as they are ready (a stream: nothing is held
+    back until the end). Photos are decoded and prepared in parallel threads (Pillow and TensorFlow release the
+    GIL) and run through the model a batch at a time. ``progress=None`` shows a bar on a terminal only."""
+    import os
+
     import tensorflow as tf
+    from tqdm.auto import tqdm
 
     from fungilib.input_pipeline import eval_transform
 
     predictor = load_predictor(model)
     size = int(predictor.preprocessing["input_size"])
     cut = predictor.threshold if threshold is None else threshold
-    results: list[Prediction] = []
-    pending: list[tuple[Prediction, np.ndarray]] = []
-
-    def flush() -> None:
-        if not pending:
-            return
-        probs = predictor.probabilities(np.stack([x for _, x in pending]))
-        for (prediction, _), p in zip(pending, probs, strict=True):
-            prediction.top = top_k(p, predictor.labels, top)
-            prediction.answer = answer(p, predictor.labels, cut)
-        pending.clear()
-
-    for path in expand_inputs(inputs):
-        prediction = Prediction(str(path), ok=True)
-        results.append(prediction)
-        try:
-            pixels = read_photo(path)
-        except FileNotFoundError:
-            prediction.ok, prediction.error = False, "no such file"
-            continue
-        except Exception as exc:  # Pillow raises many types for what is not a readable picture
-            prediction.ok, prediction.error = False, f"not a readable image ({type(exc).__name__})"
-            continue
-        pending.append((prediction, eval_transform(tf.constant(pixels), size).numpy()))
-        if len(pending) >= batch_size:
-            flush()
-    flush()
-    return results
+    transform = tf.function(lambda pixels: eval_transform(pixels, size),
+                            input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+    paths = expand_inputs(inputs)
+    workers = workers or min(8, (os.cpu_count() or 2) * 2)
+    with ThreadPoolExecutor(workers) as pool, tqdm(total=len(paths), unit="photo", desc="predicting",
+                                                    disable=progress is False if progress is not None else None,
+                                                    file=sys.stderr) as bar:
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start:start + batch_size]
+            prepared = list(pool.map(lambda p: _prepared(p, size, transform), chunk))
+            good = [i for i, (x, _) in enumerate(prepared) if x is not None]
+            probs = predictor.probabilities(np.stack([prepared[i][0] for i in good])) if good else []
+            by_index = dict(zip(good, probs, strict=True))
+            for i, path in enumerate(chunk):
+                x, error = prepared[i]
+                if x is None:
+                    yield Prediction(str(path), ok=False, error=error)
+                    continue
+                p = by_index[i]
+                yield Prediction(str(path), ok=True, top=top_k(p, predictor.labels, top),
+                                 answer=answer(p, predictor.labels, cut))
+            bar.update(len(chunk))
 
 
-def format_table(predictions: list[Prediction], top: int) -> str:
-    lines = []
-    for p in predictions:
-        if not p.ok:
-            lines.append(f"{p.path}\n  error: {p.error}")
-            continue
-        a = p.answer
-        verdict = (f"{a.rank} {a.name} ({a.probability:.1%})" if a and a.rank != "none"
-                   else f"not sure (best species {a.probability:.1%})" if a else "")
-        lines.append(f"{p.path}\n  → {verdict}")
-        for i, row in enumerate(p.top[:top], 1):
-            lines.append(f"  {i}. {row.get('species') or row.get('class_key')}  {row['probability']:.1%}"
-                         f"   ({row.get('genus') or '?'}, {row.get('family') or '?'})")
+def predict_files(inputs: Iterable[Path], model: Path, top: int = 5, threshold: float | None = None,
+                  batch_size: int = 64) -> list[Prediction]:
+    """All predictions at once (see ``iter_predictions`` for the stream the command prints)."""
+    return list(iter_predictions(inputs, model, top, threshold, batch_size))
+
+
+def format_one(p: Prediction, top: int) -> str:
+    """One photo's lines of the table: the verdict, then the top species with genus and family."""
+    if not p.ok:
+        return f"{p.path}\n  error: {p.error}"
+    a = p.answer
+    verdict = (f"{a.rank} {a.name} ({a.probability:.1%})" if a and a.rank != "none"
+               else f"not sure (best species {a.probability:.1%})" if a else "")
+    lines = [f"{p.path}\n  → {verdict}"]
+    for i, row in enumerate(p.top[:top], 1):
+        lines.append(f"  {i}. {row.get('species') or row.get('class_key')}  {row['probability']:.1%}"
+                     f"   ({row.get('genus') or '?'}, {row.get('family') or '?'})")
     return "\n".join(lines)
 
 
+def as_json(p: Prediction) -> dict:
+    return {"path": p.path, "ok": p.ok, "error": p.error, "answer": p.answer.__dict__ if p.answer else None,
+            "top": p.top}
+
+
+def format_table(predictions: list[Prediction], top: int) -> str:
+    return "\n".join(format_one(p, top) for p in predictions)
+
+
 def to_json(predictions: list[Prediction]) -> list[dict]:
-    return [{"path": p.path, "ok": p.ok, "error": p.error,
-             "answer": p.answer.__dict__ if p.answer else None, "top": p.top} for p in predictions]
+    return [as_json(p) for p in predictions]

@@ -276,10 +276,11 @@ def build_tables(spec: SampleSpec) -> tuple[dict[str, list], dict[str, list], li
             photo_id += 1
     # planted faults and odd rows, on photos of the most common species so every class keeps its images
     top, second = list(TAXA)[:2]
-    by_species = [p for p in photos if p[1] == top] + [p for p in photos if p[1] == second]
-    chosen = rng.choice(len(by_species), len(FAULTS) + 8, replace=False)
-    faults = {by_species[i][0]: f for i, f in zip(chosen, FAULTS, strict=False)}
-    shared = [by_species[i] for i in chosen[len(FAULTS):]]
+    commonest = [p for p in photos if p[1] == top]
+    picked = rng.choice(len(commonest), 8, replace=False)
+    shared = [commonest[i] for i in picked]  # shared photos stay within one species (the conflict is planted apart)
+    pool = [p for i, p in enumerate(commonest) if i not in set(picked)] + [p for p in photos if p[1] == second]
+    faults = {pool[i][0]: f for i, f in zip(rng.choice(len(pool), len(FAULTS), replace=False), FAULTS, strict=True)}
     media_rows: list[tuple] = [(p[2], p[0], p[3], p[4], "StillImage") for p in photos]
     # a few photos belong to two observations (same URL, same species); one to two species (a labelling conflict)
     for a, b in zip(shared[0:6:2], shared[1:6:2], strict=True):

@@ -45,7 +45,7 @@ def test_predict_agrees_with_evaluation_and_reports_bad_files(trained_run: Path,
     done = _predict(*test["path"], str(tmp_path / "rotated.png"), str(tmp_path / "notes.txt"),
                     str(tmp_path / "missing.jpg"), "--model", str(trained_run), "--json", "--top", "3")
     assert done.returncode == 1 and "2 of 11 files could not be read" in done.stderr  # reported, the rest went on
-    rows = json.loads(done.stdout)
+    rows = [json.loads(line) for line in done.stdout.splitlines()]  # JSON Lines, one per photo, in input order
     assert [r["ok"] for r in rows] == [True] * 9 + [False, False]
     assert rows[9]["error"].startswith("not a readable image") and rows[10]["error"] == "no such file"
     species = labels.set_index("label")["species"]
