@@ -22,12 +22,15 @@ class EdaParams:
 
     observations: Path
     out: Path
-    min_images: list[int] = field(default_factory=lambda: [1, 5, 10, 20, 50, 100, 200, 500, 1000])
+    min_images: list[int] = field(default_factory=lambda: [1, 2, 3, 5, 10, 15, 20, 30, 50, 75, 100, 150, 200, 350, 500, 1000])
     species_only: bool = True
+    max_side: int = 512  # the download's resize-on-save: the cut table's disk estimate is at this size
 
     def __post_init__(self) -> None:
         if not self.min_images or any(m < 1 for m in self.min_images):
             raise FungilibError("min_images must list thresholds of at least 1")
+        if self.max_side < 1:
+            raise FungilibError(f"max_side must be at least 1, got {self.max_side}")
 
 
 @dataclass(kw_only=True)
@@ -36,11 +39,13 @@ class IngestEdaParams:
 
     archive: Path
     out: Path
-    min_images: list[int] = field(default_factory=lambda: [1, 5, 10, 20, 50, 100, 200, 500, 1000])
+    min_images: list[int] = field(default_factory=lambda: [1, 2, 3, 5, 10, 15, 20, 30, 50, 75, 100, 150, 200, 350, 500, 1000])
     species_only: bool = True
+    max_side: int = 512
 
     def __post_init__(self) -> None:
-        EdaParams(observations=self.out, out=self.out, min_images=self.min_images, species_only=self.species_only)
+        EdaParams(observations=self.out, out=self.out, min_images=self.min_images, species_only=self.species_only,
+                  max_side=self.max_side)
 
 
 @dataclass
@@ -75,15 +80,27 @@ def pareto_curve(counts: pd.DataFrame) -> pd.DataFrame:
     })
 
 
-def cut_table(counts: pd.DataFrame, thresholds: list[int]) -> pd.DataFrame:
-    """For each 'min images per class': how many classes and images remain, and the share of images kept."""
+# Typical size of a natural photo saved as JPEG at quality 90: about 0.3 bytes per pixel (2.4 bits), for a 4:3 frame.
+JPEG_BYTES_PER_PIXEL = 0.3
+ASPECT = 0.75
+
+
+def photo_bytes(max_side: int) -> float:
+    """Estimated bytes of one photo saved by the download stage at ``max_side`` (longest side)."""
+    return max_side * max_side * ASPECT * JPEG_BYTES_PER_PIXEL
+
+
+def cut_table(counts: pd.DataFrame, thresholds: list[int], max_side: int = 512) -> pd.DataFrame:
+    """For each 'min images per class': how many classes and images remain, the share of images kept, and the
+    disk those images take at ``max_side`` (the original project chose 350 photos a class for its disk)."""
     total = max(int(counts["images"].sum()), 1)
     rows = []
     for t in sorted(thresholds):
         kept = counts[counts["images"] >= t]
         rows.append({"min_images": t, "classes": len(kept), "images": int(kept["images"].sum()),
                      "image_share": round(kept["images"].sum() / total, 4),
-                     "smallest_class": int(kept["images"].min()) if len(kept) else 0})
+                     "smallest_class": int(kept["images"].min()) if len(kept) else 0,
+                     f"disk_gb_at_{max_side}px": round(kept["images"].sum() * photo_bytes(max_side) / 1e9, 3)})
     return pd.DataFrame(rows)
 
 
@@ -166,7 +183,7 @@ def run_eda(params: EdaParams) -> EdaResult:
     if counts.empty:
         raise FungilibError(f"{params.observations}: no species-rank images to describe")
     pareto = pareto_curve(counts)
-    cuts = cut_table(counts, params.min_images)
+    cuts = cut_table(counts, params.min_images, params.max_side)
     per_obs = photos_per_observation(obs)
     licenses = license_counts(obs)
     plots = _plots(obs, counts, pareto, cuts, per_obs, licenses, out)
@@ -194,5 +211,5 @@ def ingest_and_describe(params: IngestEdaParams) -> IngestEdaResult:
     """Stage ingest_eda: the archive into ``observations.h5`` under ``out``, then the EDA of it in the same folder."""
     ingested = ingest(IngestParams(archive=params.archive, out=params.out))
     eda = run_eda(EdaParams(observations=params.out, out=params.out, min_images=params.min_images,
-                            species_only=params.species_only))
+                            species_only=params.species_only, max_side=params.max_side))
     return IngestEdaResult(ingested, eda)

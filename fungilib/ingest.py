@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import re
 import resource
 import time
 from dataclasses import dataclass
@@ -146,25 +144,24 @@ def _numbers(column: pa.ChunkedArray, dtype: pa.DataType) -> pa.ChunkedArray:
     return pc.cast(pc.utf8_trim_whitespace(clean), dtype)
 
 
-_SAFE_CORE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_SAFE_CORE_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
-def _short_hash(text: str) -> str:
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+def _hashes(values: pa.ChunkedArray) -> pa.Array:
+    """A stable 64-bit hash of each text (SipHash with pandas' fixed key), as decimal text; vectorised."""
+    codes = pd.util.hash_array(values.to_numpy(zero_copy_only=False).astype(object), categorize=True)
+    return pc.cast(pa.array(codes, pa.uint64()), pa.string())
 
 
 def media_ids(core_ids: pa.ChunkedArray, urls: pa.ChunkedArray) -> pa.Array:
     """A photo's identity: its occurrence's core id (the join key; hashed when unfit for a file name) and a hash
     of its URL. Stable when an archive reorders or changes an occurrence's photo list (a new URL is a new file,
     never a stale one credited to it), unique per occurrence and photo."""
-    ids = {}
-    out = []
-    for core, url in zip(core_ids.to_pylist(), urls.to_pylist(), strict=True):
-        prefix = ids.get(core)
-        if prefix is None:
-            prefix = ids[core] = core if _SAFE_CORE_ID.match(core) and ".." not in core else "h" + _short_hash(core)
-        out.append(f"{prefix}-{_short_hash(url)}")
-    return pa.array(out, pa.string())
+    core_ids = core_ids.combine_chunks() if isinstance(core_ids, pa.ChunkedArray) else core_ids
+    safe = pc.and_(pc.match_substring_regex(core_ids, _SAFE_CORE_ID),
+                   pc.invert(pc.match_substring(core_ids, "..")))
+    prefix = pc.if_else(safe, core_ids, pc.binary_join_element_wise("h", _hashes(core_ids), ""))
+    return pc.binary_join_element_wise(prefix, _hashes(urls), "-")
 
 
 def _observation_table(media: pa.Table, occ: pa.Table) -> pa.Table:

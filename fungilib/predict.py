@@ -23,7 +23,7 @@ from fungilib.errors import FungilibError
 from fungilib.litert import litert_runner
 from fungilib.metrics import softmax
 from fungilib.photos import upright_rgb
-from fungilib.rollup import Answer, answer, top_k
+from fungilib.rollup import Answer, RankIndex, answer, top_k
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 DEFAULT_THRESHOLD = 0.6
@@ -135,6 +135,7 @@ def iter_predictions(inputs: Iterable[Path], model: Path, top: int = 5, threshol
     transform = tf.function(lambda pixels: eval_transform(pixels, size),
                             input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
     paths = expand_inputs(inputs)
+    ranks = RankIndex(predictor.labels)
     workers = workers or min(8, (os.cpu_count() or 2) * 2)
     with ThreadPoolExecutor(workers) as pool, tqdm(total=len(paths), unit="photo", desc="predicting",
                                                     disable=progress is False if progress is not None else None,
@@ -151,8 +152,7 @@ def iter_predictions(inputs: Iterable[Path], model: Path, top: int = 5, threshol
                     yield Prediction(str(path), ok=False, error=error)
                     continue
                 p = by_index[i]
-                yield Prediction(str(path), ok=True, top=top_k(p, predictor.labels, top),
-                                 answer=answer(p, predictor.labels, cut))
+                yield Prediction(str(path), ok=True, top=top_k(p, predictor.labels, top), answer=answer(p, ranks, cut))
             bar.update(len(chunk))
 
 

@@ -30,6 +30,9 @@ def test_counts_pareto_and_cut_table() -> None:
     assert pareto["image_share"].tolist() == [8 / 15, 12 / 15, 14 / 15, 1.0]
     cuts = cut_table(counts, [1, 2, 5, 10])
     assert cuts[["classes", "images"]].values.tolist() == [[4, 15], [3, 14], [1, 8], [0, 0]]
+    photo = 512 * 384 * 0.3  # one 4:3 photo saved at max_side 512, ~0.3 bytes a pixel at JPEG quality 90
+    assert cuts["disk_gb_at_512px"].tolist() == [round(n * photo / 1e9, 3) for n in (15, 14, 8, 0)]
+    assert cut_table(counts, [1], max_side=96)["disk_gb_at_96px"].iloc[0] == round(15 * 96 * 72 * 0.3 / 1e9, 3)
     assert license_counts(_obs()).to_dict() == {"CC-BY": 16}
 
 

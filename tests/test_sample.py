@@ -8,6 +8,7 @@ import zipfile
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from PIL import Image
 
 from fungilib.sample import FAULTS, TAXA, SampleSpec, generate_sample, species_observation_counts
@@ -63,3 +64,35 @@ def test_species_counts_follow_a_power_law() -> None:
     counts = list(species_observation_counts(1200, 1.0).values())
     assert counts == sorted(counts, reverse=True)
     assert abs(counts[0] / counts[1] - 2.0) < 0.1
+
+
+def test_scale_sample_has_a_gbif_like_long_tail_and_draws_photos_on_request(tmp_path: Path) -> None:
+    """The rehearsal archive: many species with a steep head, a median of a few dozen and a tail of 1–5, genera and
+    families, coordinates and dates; the server draws each photo on request, distinct bytes for every photo."""
+    import urllib.request
+
+    import numpy as np
+
+    from fungilib.ingest import IngestParams, ingest, load_observations
+    from fungilib.sample_scale import ScaleSpec, generate_scale_sample
+    from fungilib.sample_server import SampleServer
+
+    with SampleServer(tmp_path / "scale", port=0) as server:
+        sample = generate_scale_sample(ScaleSpec(out=tmp_path / "scale", species=300, photos=12_000,
+                                                 base_url=server.base_url, image_size=64))
+        server.load_faults()
+        ingest(IngestParams(archive=sample.archive, out=tmp_path / "ingest"))
+        obs = load_observations(tmp_path / "ingest")
+        per_species = obs.groupby("species").size().sort_values(ascending=False).to_numpy()
+        assert len(per_species) == 300 and abs(len(obs) - 12_000) < 600
+        assert per_species[0] > 10 * np.median(per_species) and (per_species <= 5).sum() >= 30  # head and tail
+        assert 15 <= np.median(per_species) <= 60
+        per_observation = obs.groupby("gbifID").size()
+        assert set(per_observation.unique()) <= {1, 2, 3, 4} and per_observation.max() == 4
+        assert obs["genus"].nunique() == 60 and obs["family"].nunique() == 8  # five species a genus, eight genera a family
+        assert obs["decimalLatitude"].between(20, 85).all() and obs["eventDate"].str.len().eq(10).all()
+        first, second = obs[obs["species"] == obs["species"].iloc[0]]["url"].head(2)
+        bodies = [urllib.request.urlopen(url, timeout=10).read() for url in (first, second, first)]
+        assert bodies[0] == bodies[2] and bodies[0] != bodies[1] and bodies[0][:2] == b"\xff\xd8"
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(f"{server.base_url}/scale/999999/1.jpg", timeout=10)
