@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import errno
 import http.client
 import json
 import random
@@ -88,6 +89,13 @@ class DownloadResult:
     images_per_second: float
 
 
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+class _DiskFull(Exception):
+    """No room left for photos: the stage stops (every later photo would fail the same way)."""
+
+
 class _Fetch(Exception):
     def __init__(self, reason: str, transient: bool, status: int = 0, retry_after: float = 0.0) -> None:
         super().__init__(reason)
@@ -150,7 +158,8 @@ class _Fetcher:
             with self._slot(netloc):
                 conn = self._connection(parts.scheme, netloc)
                 remaining = self.p.deadline - (time.monotonic() - started)
-                watchdog = threading.Timer(max(remaining, 0.0), _cut_off, [conn])
+                expired = threading.Event()
+                watchdog = threading.Timer(max(remaining, 0.0), _cut_off, [conn, expired])
                 watchdog.daemon = True
                 watchdog.start()
                 try:
@@ -191,7 +200,7 @@ class _Fetcher:
                     raise _Fetch(str(exc), transient=False) from None
                 except Exception as exc:  # any socket, HTTP or parsing failure of this attempt
                     self._drop(parts.scheme, netloc)
-                    if not watchdog.is_alive() and time.monotonic() - started >= self.p.deadline:
+                    if expired.is_set():
                         raise _Fetch(f"deadline: no complete response in {self.p.deadline:g} s", transient=True) from None
                     if isinstance(exc, http.client.IncompleteRead):
                         raise _Fetch(f"truncated body ({len(exc.partial)} bytes received)", transient=True) from None
@@ -221,8 +230,9 @@ class _Fetcher:
                 time.sleep(delay * random.uniform(0.75, 1.25))
 
 
-def _cut_off(conn: http.client.HTTPConnection) -> None:
+def _cut_off(conn: http.client.HTTPConnection, expired: threading.Event) -> None:
     """The deadline passed: shut the socket so the blocked read returns at once."""
+    expired.set()
     sock = conn.sock
     if sock is not None:
         try:
@@ -360,12 +370,18 @@ def _download_claimed(params: DownloadParams, out: Path) -> DownloadResult:
         except _Fetch as exc:
             rec.setdefault("attempts", exc.attempts)
             rec.update(status="failed", reason=exc.reason, path="")
+        except OSError as exc:
+            if exc.errno in DISK_FULL:  # not this photo's fault: the stage stops, what is saved stays saved
+                raise _DiskFull(exc.strerror or "disk full") from None
+            rec.update(status="failed", reason=f"error ({type(exc).__name__}: {_plain(str(exc))})", path="")
         except Exception as exc:  # anything else about this one URL is its row, never the stage's end
             rec.update(status="failed", reason=f"error ({type(exc).__name__}: {_plain(str(exc))})", path="")
         rec["seconds"] = round(time.perf_counter() - t0, 3)
         return rec
 
-    with open(log_path, "a", encoding="utf-8") as log, ThreadPoolExecutor(params.workers) as pool, tqdm(
+    # unbuffered: a record is on disk once written, and a write that fails (a full disk) leaves nothing behind
+    # to fail again when the file is closed
+    with open(log_path, "ab", buffering=0) as log, ThreadPoolExecutor(params.workers) as pool, tqdm(
         total=len(urls), initial=len(results), desc="downloading", unit="img", smoothing=0.05
     ) as bar:
         futures = [pool.submit(work, url, target) for url, target in todo]
@@ -373,13 +389,18 @@ def _download_claimed(params: DownloadParams, out: Path) -> DownloadResult:
             for future in as_completed(futures):
                 rec = future.result()
                 results[rec["url"]] = rec
-                log.write(json.dumps(rec) + "\n")
-                log.flush()
+                log.write((json.dumps(rec) + "\n").encode())
                 bar.update(1)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, _DiskFull, OSError) as exc:
             for f in futures:
                 f.cancel()
-            raise
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            if isinstance(exc, OSError) and exc.errno not in DISK_FULL:
+                raise
+            saved = sum(1 for r in results.values() if r.get("status") == "ok")
+            raise FungilibError(f"{out}: the disk is full ({exc}); {saved} photos are saved and kept — free some "
+                                "space and rerun the same command to go on") from None
     table = _results_table(obs, results)
     write_hdf(out / DOWNLOADS_FILE, {"downloads": table})
     table.to_csv(out / "downloads.csv", index=False)

@@ -152,3 +152,34 @@ def test_the_download_command_finishes_on_hostile_input(server: HostileServer, t
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     summary = json.loads((tmp_path / "dl" / "download_summary.json").read_text())
     assert summary["ok"] == 2 and summary["failed"] == 1 and summary["reasons"] == {"malformed URL": 1}
+
+
+def test_a_full_disk_stops_the_download_with_one_line_and_keeps_what_is_saved(server: HostileServer,
+                                                                              tmp_path: Path) -> None:
+    """A file-size limit (RLIMIT_FSIZE) makes writes fail as a full disk does (EFBIG, as ENOSPC): one line, exit 2,
+    the photos saved before it stay, and a rerun without the limit finishes the rest without fetching them again."""
+    import resource
+    import signal
+
+    photos = [(f"o{i}", f"{server.base}/ok-disk-{i}.jpg") for i in range(12)]
+    archive = write_archive(tmp_path / "a.zip", photos)
+    ingest(IngestParams(archive=archive, out=tmp_path / "ingest"))
+    size = len(server.photo("/ok-disk-0.jpg"))
+
+    def limited() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))  # photos fit; the download log soon does not
+
+    cmd = [sys.executable, "-m", "fungilib.cli", "download", str(tmp_path / "ingest"), "--out", str(tmp_path / "dl"),
+           "--workers", "1", "--set", "allow_hosts=[127.0.0.1]"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, preexec_fn=limited)
+    last = proc.stderr.strip().splitlines()[-1]  # (the progress bar's lines come before it)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert last.startswith("fungilib: error: ") and "the disk is full" in last and "rerun the same command" in last
+    saved = list((tmp_path / "dl" / "images").rglob("*.jpg"))
+    assert 0 < len(saved) < 12 and size > 0
+    before = sum(server.requests[f"/ok-disk-{i}.jpg"] for i in range(12))
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert len(list((tmp_path / "dl" / "images").rglob("*.jpg"))) == 12
+    assert sum(server.requests[f"/ok-disk-{i}.jpg"] for i in range(12)) - before == 12 - len(saved)
