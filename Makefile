@@ -22,7 +22,7 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml jupyter/overri
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-nodeps.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
-	$(BIN)/python -m ipykernel install --sys-prefix --name fungilib --display-name "Python (fungilib)" >/dev/null
+	$(BIN)/python -c "from fungilib.notebooks import ensure_kernel; ensure_kernel(force=True)"
 	@mkdir -p $(VENV)/share/jupyter/lab/settings && cp jupyter/overrides.json $(VENV)/share/jupyter/lab/settings/
 	@touch $(STAMP)
 	@echo "fungilib is set up: $(BIN)/fungilib"

@@ -42,18 +42,33 @@ def check_parameters(notebook: Path, parameters: dict[str, Any], source: str = "
         )
 
 
-def ensure_kernel() -> str:
-    """Install the project's kernel spec into this environment once (``make setup`` does it too)."""
+# C libraries (TensorFlow's absl logging, CUDA probing) write to the process's stderr before Python can filter
+# them; captured, they became red boxes in every executed notebook (the report of a run). The kernel leaves
+# file-descriptor output to its own stderr (the terminal or log of whoever runs it); Python's stderr (warnings,
+# progress bars) still appears in the notebook.
+KERNEL_ARGS = ["--IPKernelApp.capture_fd_output=False"]
+
+
+def ensure_kernel(force: bool = False) -> str:
+    """Install the project's kernel spec into this environment (``make setup`` does it too); returns its name."""
+    import json
+    import sys
+
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
     try:
-        KernelSpecManager().get_kernel_spec(KERNEL_NAME)
+        spec = KernelSpecManager().get_kernel_spec(KERNEL_NAME)
+        if not force and spec.argv[-len(KERNEL_ARGS):] == KERNEL_ARGS:
+            return KERNEL_NAME
     except NoSuchKernel:
-        import sys
+        pass
+    from ipykernel.kernelspec import install
 
-        from ipykernel.kernelspec import install
-
-        install(kernel_name=KERNEL_NAME, display_name=KERNEL_DISPLAY_NAME, prefix=sys.prefix)
+    folder = Path(install(kernel_name=KERNEL_NAME, display_name=KERNEL_DISPLAY_NAME, prefix=sys.prefix))
+    spec_file = folder / "kernel.json"
+    data = json.loads(spec_file.read_text())
+    data["argv"] = [a for a in data["argv"] if a not in KERNEL_ARGS] + KERNEL_ARGS
+    spec_file.write_text(json.dumps(data, indent=1))
     return KERNEL_NAME
 
 

@@ -323,7 +323,7 @@ def _submit_all(runs: list[StageRun], workers: int, scheduler: str | None, local
         from dask.distributed import Client, LocalCluster, as_completed
 
         cluster = LocalCluster(n_workers=local_cluster, threads_per_worker=1, processes=True,
-                               dashboard_address=None) if local_cluster else None
+                               dashboard_address=":0") if local_cluster else None
         threads = max(1, cores // max(1, local_cluster)) if local_cluster else 0
         with contextlib.ExitStack() as stack:
             if cluster is not None:

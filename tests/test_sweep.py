@@ -143,6 +143,7 @@ def test_training_sweep_on_a_dask_local_cluster_then_the_comparison_notebook(pip
         assert executed["metadata"]["kernelspec"]["name"] == "fungilib"
         text = json.dumps(executed)
         assert "IProgress not found" not in text and "TqdmWarning" not in text
+        assert "InitializeLog" not in text and "cuInit" not in text  # C libraries' chatter stays out of the report
         images = [o for c in executed["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
         assert len(images) >= 5  # learning curves, confusion, reliability, per-class F1, confidently wrong
         history = pd.read_csv(folder / "output" / "history.csv")
