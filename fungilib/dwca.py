@@ -276,16 +276,25 @@ class Archive:
     def _read_csv(self, spec: TableSpec, read_opts: pacsv.ReadOptions, parse_opts: pacsv.ParseOptions,
                   convert_opts: pacsv.ConvertOptions, issues: RowIssues) -> pa.Table:
         """pyarrow's reader at full speed; a file with bytes invalid in its encoding is read again through a
-        repairing stream (each bad byte replaced and counted), never failed whole for one byte."""
+        repairing stream (each bad byte replaced and counted), never failed whole for one byte.
+
+        A file on disk (folder or extracted tgz) is opened by pyarrow itself, with its threads. A zip member is a
+        Python stream: pyarrow then reads it on the calling thread, because its read-ahead threads would call
+        into Python during interpreter shutdown after an error (a fatal crash seen under load)."""
         for repair in (False, True):
             try:
+                if not repair and self._zip is None:
+                    return pacsv.read_csv(str(self._root / self._contained(spec.location)), read_opts, parse_opts,
+                                          convert_opts)
                 with self.open_binary(spec.location) as handle:
+                    serial = {"column_names": read_opts.column_names, "skip_rows": read_opts.skip_rows,
+                              "block_size": read_opts.block_size, "use_threads": False}
                     if not repair:
-                        return pacsv.read_csv(handle, read_opts, parse_opts, convert_opts)
+                        return pacsv.read_csv(handle, pacsv.ReadOptions(encoding=read_opts.encoding, **serial),
+                                              parse_opts, convert_opts)
                     stream = io.BufferedReader(_Utf8Repair(handle, _py_encoding(spec.encoding), issues), 1 << 20)
-                    utf8 = pacsv.ReadOptions(column_names=read_opts.column_names, skip_rows=read_opts.skip_rows,
-                                             encoding="utf8", block_size=read_opts.block_size)
-                    return pacsv.read_csv(stream, utf8, parse_opts, convert_opts)
+                    return pacsv.read_csv(stream, pacsv.ReadOptions(encoding="utf8", **serial), parse_opts,
+                                          convert_opts)
             except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
                 message = str(exc).splitlines()[0]
                 if not repair and (isinstance(exc, UnicodeDecodeError) or "UTF8" in message or "utf-8" in message.lower() or "decode" in message.lower()):
