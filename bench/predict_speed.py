@@ -10,7 +10,10 @@ import argparse
 import json
 import os
 import platform
+import subprocess
+import sys
 import time
+import types
 from datetime import date
 from pathlib import Path
 
@@ -18,23 +21,31 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 HERE = Path(__file__).resolve().parent
 
 
+BEFORE = "74c20b7"  # the last commit with the one-photo-at-a-time predictor
+
+
+def _module_from_git(name: str, path: str, replace: dict[str, str]) -> types.ModuleType:
+    """A module as it was at BEFORE (read with git), with its imports pointed at the other old modules."""
+    source = subprocess.run(["git", "show", f"{BEFORE}:{path}"], capture_output=True, text=True, check=True,
+                            cwd=HERE.parent).stdout
+    for old, new in replace.items():
+        source = source.replace(old, new)
+    module = types.ModuleType(name)
+    sys.modules[name] = module
+    exec(compile(source, f"{BEFORE}:{path}", "exec"), module.__dict__)  # noqa: S102 — the project's own code
+    return module
+
+
 def one_at_a_time(paths: list[Path], model: Path) -> float:
-    """The previous loop: decode, eager resize and crop, and a batch-of-one interpreter call, per photo."""
-    import numpy as np
-    import tensorflow as tf
-
-    from fungilib.input_pipeline import eval_transform
-    from fungilib.litert import litert_runner
-    from fungilib.predict import read_photo
-
-    prep = json.loads((model / "preprocessing.json").read_text())
-    size = int(prep["input_size"])
-    run = litert_runner((model / "model_f32.tflite").read_bytes(), size)
+    """The previous `fungilib predict` (its code at BEFORE): decode, an eager resize and crop, a batch-of-one
+    interpreter call and a Python loop over the labels for the genus/family verdict, per photo."""
+    _module_from_git("old_rollup", "fungilib/rollup.py", {})
+    _module_from_git("old_litert", "fungilib/litert.py", {})
+    old = _module_from_git("old_predict", "fungilib/predict.py", {
+        "from fungilib.rollup import": "from old_rollup import", "from fungilib.litert import": "from old_litert import"})
     start = time.perf_counter()
-    for path in paths:
-        x = eval_transform(tf.constant(read_photo(path)), size).numpy()
-        np.asarray(run(x[None]))
-    return len(paths) / (time.perf_counter() - start)
+    count = len(old.predict_files(paths, model))
+    return count / (time.perf_counter() - start)
 
 
 def streamed(paths: list[Path], model: Path) -> float:
