@@ -182,8 +182,12 @@ def _print_runs_table(runs_root: Path, sweep: str | None, sort: str) -> None:
         print("no runs yet")
         return
     swept = [c for c in table.columns if c.startswith("param.") and table[c].astype(str).nunique() > 1]
-    columns = ["run_id", "sweep", "status", "duration_s", "data", *swept, *[m for m in HEADLINE if m in table]]
-    if sort in table:
+    trials = [c for c in ("trial", "trial_state", "value", "pruned_at_epoch") if c in table]
+    columns = ["run_id", "sweep", "status", "duration_s", "data", *trials, *swept, *[m for m in HEADLINE if m in table]]
+    if "value" in table and table["value"].notna().any():  # an Optuna study: the best trial first
+        minimize = "direction" in table and (table["direction"] == "minimize").all()
+        table = table.sort_values("value", ascending=bool(minimize), na_position="last")
+    elif sort in table:
         table = table.sort_values(sort, ascending=False)
     print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"(index: {Path(runs_root) / 'index.h5'}, {Path(runs_root) / 'index.csv'})")

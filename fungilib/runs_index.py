@@ -47,6 +47,9 @@ def collect_runs(runs_root: Path, sweep: str | None = None) -> pd.DataFrame:
                                "duration_s": status.get("duration_s"), "start": status.get("start", ""),
                                "data": status.get("data", ""), "host": status.get("host", ""),
                                "error": status.get("error", "")}
+        if "trial" in status:  # an Optuna trial: its number, how it ended, its objective value
+            row.update(trial=status["trial"], trial_state=status.get("trial_state", ""), value=status.get("value"),
+                       pruned_at_epoch=status.get("pruned_at_epoch", 0), direction=status.get("direction", ""))
         params_file = folder / "params.yaml"
         if params_file.exists():
             row.update({f"param.{k}": v for k, v in _flatten(yaml.safe_load(params_file.read_text()) or {}).items()})

@@ -43,6 +43,7 @@ class Sweep:
     sample_dir: str | None
     base: dict[str, dict[str, Any]]
     runs: list[dict[str, dict[str, Any]]] = field(default_factory=list)  # per run: stage → overrides
+    optuna: Any = None  # a fungilib.search.OptunaSearch: trials asked from a study instead of expanded runs
     sample_port: int = 8765
     folder_import: dict[str, Any] | None = None  # `folder:` source: import-folder parameters, run before the plan
 
@@ -70,8 +71,11 @@ def expand_search(search: dict[str, Any] | None, source: str) -> list[dict[str, 
     """The runs of a search as lists of dotted-key values: a cartesian grid, or n seeded random draws."""
     if not search:
         return [{}]
-    if set(search) - {"grid", "random"} or len(search) != 1:
-        raise FungilibError(f"{source}: search: expected exactly one of 'grid' or 'random', got {sorted(search)}")
+    if set(search) - {"grid", "random", "optuna"} or len(search) != 1:
+        raise FungilibError(f"{source}: search: expected exactly one of 'grid', 'random' or 'optuna', "
+                            f"got {sorted(search)}")
+    if "optuna" in search:
+        return [{}]  # trials come from the study (fungilib.search); the base run validates the stages
     if "grid" in search:
         grid = search["grid"] or {}
         if not isinstance(grid, dict):
@@ -125,6 +129,15 @@ def load_sweep(path: Path) -> Sweep:
     for name in base:
         if name not in pipeline:
             raise FungilibError(f"{path}: base.{name}: not a stage of this pipeline ({', '.join(pipeline)})")
+    optuna_search = None
+    if isinstance(data.get("search"), dict) and "optuna" in data["search"]:
+        from fungilib.search import first_point, parse_optuna
+
+        optuna_search = parse_optuna(data["search"]["optuna"], str(path))
+        for key in optuna_search.params:
+            if key.partition(".")[0] != pipeline[-1]:
+                raise FungilibError(f"{path}: search.optuna.params.{key}: an Optuna search varies the last stage "
+                                    f"only; keys start with {pipeline[-1]}.")
     runs = []
     for values in expand_search(data.get("search"), str(path)):
         overrides: dict[str, dict[str, Any]] = {}
@@ -141,8 +154,14 @@ def load_sweep(path: Path) -> Sweep:
     except FungilibError:
         raise FungilibError(f"{path}: name {name!r}: a sweep's name is one folder name under the runs root "
                             "(letters, digits, '_', '.', '-'); set `name:` in the file") from None
-    sweep = Sweep(name, path, pipeline, str(data[source_key]), data.get("sample_dir"),
-                  base, runs, int(data.get("sample_port", 8765)), folder_import)
+    sweep = Sweep(name, path, pipeline, str(data[source_key]), data.get("sample_dir"), base, runs,
+                  sample_port=int(data.get("sample_port", 8765)), folder_import=folder_import, optuna=optuna_search)
+    if optuna_search is not None:  # a point of the space, checked against the notebook and the params class
+        point: dict[str, dict[str, Any]] = {}
+        for dotted, value in first_point(optuna_search).items():
+            stage_name, _, rest = dotted.partition(".")
+            set_dotted(point.setdefault(stage_name, {}), rest, value, f"{path}: search.optuna")
+        check_notebook_parameters(pipeline[-1], stage_values(sweep, pipeline[-1], point), str(path))
     for overrides in runs:
         for name in pipeline:
             check_notebook_parameters(name, stage_values(sweep, name, overrides), str(path))
@@ -167,9 +186,10 @@ class StageRun:
 
     @property
     def done(self) -> bool:
-        """Finished with these very inputs and parameters (a folder reused with other inputs is not done)."""
+        """Finished with these very inputs and parameters (a folder reused with other inputs is not done); a
+        pruned Optuna trial is finished too."""
         status = read_status(self.folder)
-        return status.get("state") == "done" and status.get("key") == self.key
+        return status.get("state") in ("done", "pruned") and status.get("key") == self.key
 
 
 def prepare_source(sweep: Sweep, runs_root: Path) -> None:
@@ -295,7 +315,8 @@ class SweepResult:
 
     @property
     def failed(self) -> list[dict[str, Any]]:
-        return [s for s in self.statuses if s.get("state") not in ("done", "running", "claimed", "queued")]
+        return [s for s in self.statuses
+                if s.get("state") not in ("done", "pruned", "running", "claimed", "queued")]
 
     @property
     def elsewhere(self) -> list[dict[str, Any]]:
@@ -396,6 +417,15 @@ def run_sweep(path: Path, runs_root: Path = Path("runs"), workers: int = 0, sche
                 bar.close()
                 raise FungilibError(f"stage {run.stage} failed ({status['error']}); its notebook is "
                                     f"{run.folder / stage(run.stage).notebook_path.name}")
+        if sweep.optuna is not None:  # trials asked from the study, run as ordinary run folders
+            from fungilib.search import run_optuna
+
+            outs = {SOURCE: str(Path(sweep.archive).resolve()), **{r.stage: r.parameters["out"] for r in shared}}
+            last = sweep.pipeline[-1]
+            trials = run_optuna(sweep, runs_root, stage_values(sweep, last, {}), outs, per_run[0].data, workers,
+                                scheduler, local_cluster, report)
+            bar.close()
+            return SweepResult(sweep, trials, skipped, trials)
         todo = [r for r in per_run if not r.done]
         skipped += len(per_run) - len(todo)
         bar.update(len(per_run) - len(todo))

@@ -83,6 +83,17 @@ class FitParams:
 
 
 @dataclass
+class TrialParams:
+    """Set by an Optuna sweep (never by hand): the study this run is a trial of, where it reports each epoch."""
+
+    storage: str = ""  # empty: not a trial
+    study: str = ""
+    number: int = -1
+    metric: str = "val_accuracy"  # the history column reported after each epoch
+    pruner: Literal["median", "hyperband", "none"] = "median"
+
+
+@dataclass
 class TrainParams:
     """One training run: grouped like the params file (dataset, model, optimizer, schedule, augmentation, …)."""
 
@@ -95,6 +106,7 @@ class TrainParams:
     regularization: RegularizationParams = field(default_factory=RegularizationParams)
     fit: FitParams = field(default_factory=FitParams)
     evaluate: bool = True  # evaluate on the test split after training (metrics.json, plots)
+    trial: TrialParams = field(default_factory=TrialParams)  # an Optuna sweep's trial (see fungilib.search)
 
     def __post_init__(self) -> None:
         if self.dataset.cache_budget_mb < 0:
@@ -118,6 +130,7 @@ class TrainResult:
     train_images_per_second: float
     best_val_loss: float | None
     skipped: bool = False
+    pruned_at_epoch: int = 0  # an Optuna trial stopped by its pruner after this epoch (0: not pruned)
 
 
 def configure_threads() -> None:
@@ -197,6 +210,7 @@ def _callbacks(out: Path, phase: str, params: TrainParams, has_val: bool) -> lis
 
     callbacks = [
         LearningRateLog(),
+        *([trial_reporter(params.trial, out)] if params.trial.storage else []),
         keras.callbacks.BackupAndRestore(str(out / "backup" / phase), save_freq="epoch", delete_checkpoint=True),
         keras.callbacks.ModelCheckpoint(str(out / "best.weights.h5"), monitor=monitor, save_best_only=True,
                                         save_weights_only=True),
@@ -208,6 +222,36 @@ def _callbacks(out: Path, phase: str, params: TrainParams, has_val: bool) -> lis
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.1,
                                                            patience=params.schedule.plateau_patience))
     return callbacks
+
+
+PRUNED_FILE = "pruned.json"
+
+
+def trial_reporter(trial: TrialParams, out: Path) -> Any:
+    """A Keras callback that reports ``trial.metric`` after each epoch to the Optuna study and stops training when
+    the study's pruner prunes the trial (recorded in ``pruned.json``; the run then ends as a pruned trial)."""
+    import keras
+    import optuna
+
+    from fungilib.search import make_pruner, open_storage
+
+    study = optuna.load_study(study_name=trial.study, storage=open_storage(trial.storage),
+                              pruner=make_pruner(trial.pruner))
+    trial_id = next(t._trial_id for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+    live = optuna.trial.Trial(study, trial_id)
+
+    class TrialReport(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            value = (logs or {}).get(trial.metric)
+            if value is None:
+                return
+            live.report(float(value), epoch)
+            if live.should_prune():
+                write_json(out / PRUNED_FILE, {"epoch": epoch + 1, "value": float(value), "trial": trial.number})
+                # (epochs counted from 1 here and in status.json; the study's steps count from 0)
+                self.model.stop_training = True
+
+    return TrialReport()
 
 
 def _completed_epochs(out: Path) -> int:
@@ -239,7 +283,8 @@ def train(params: TrainParams) -> TrainResult:
     if summary_path.exists() and (out / MODEL_FILE).exists():
         done = json.loads(summary_path.read_text())
         return TrainResult(out / MODEL_FILE, done["epochs_run"], done["resumed_from_epoch"], done["seconds"],
-                           done["train_images_per_second"], done["best_val_loss"], skipped=True)
+                           done["train_images_per_second"], done["best_val_loss"], skipped=True,
+                           pruned_at_epoch=done.get("pruned_at_epoch", 0))
     configure_threads()
     import keras
 
@@ -282,6 +327,8 @@ def train(params: TrainParams) -> TrainResult:
     for phase, freeze, lr, first_epoch, last_epoch in phases:
         if (out / "backup" / f"{phase}.done").exists():
             continue
+        if (out / PRUNED_FILE).exists():  # an Optuna trial its study pruned: no further phase
+            break
         apply_freeze(base, freeze, params.model.top_k, pretrained)
         schedule = make_schedule(params.schedule, lr, steps, last_epoch - first_epoch)
         model.compile(make_optimizer(params.optimizer, schedule), loss=loss, metrics=metrics)
@@ -300,8 +347,9 @@ def train(params: TrainParams) -> TrainResult:
         tmp_model.replace(tmp)
     history = pd.read_csv(out / "history.csv") if (out / "history.csv").exists() else pd.DataFrame()
     best = float(history["val_loss"].min()) if "val_loss" in history else None
+    pruned = json.loads((out / PRUNED_FILE).read_text())["epoch"] if (out / PRUNED_FILE).exists() else 0
     result = TrainResult(out / MODEL_FILE, len(history), resumed, round(seconds, 1),
-                         round(images / seconds, 1) if seconds else 0.0, best)
+                         round(images / seconds, 1) if seconds else 0.0, best, pruned_at_epoch=pruned)
     shutil.rmtree(out / "backup", ignore_errors=True)
     write_json(summary_path, {**result.__dict__, "model": str(result.model), "seed": params.fit.seed,
                               "params": params_to_dict(params), "train_images": len(train_rows),
@@ -334,7 +382,7 @@ class TrainRunResult:
 def train_and_evaluate(params: TrainParams) -> TrainRunResult:
     """Stage train: train into ``params.out``, then (``params.evaluate``) evaluate on the test split."""
     result = train(params)
-    if not params.evaluate:
+    if not params.evaluate or result.pruned_at_epoch:  # a pruned trial is not worth a test-split evaluation
         return TrainRunResult(result)
     from fungilib.evaluate import EvaluateParams, evaluate_run
 
