@@ -14,7 +14,9 @@ STAGE_NOTEBOOKS := $(sort $(wildcard notebooks/0[1-3]_*.ipynb))
 NPM_STAMP := node_modules/.fungilib-installed
 CHROMIUM := /usr/bin/chromium
 
-setup: $(STAMP) $(NPM_STAMP) $(CHROMIUM)
+POSTGRES := /usr/lib/postgresql
+
+setup: $(STAMP) $(NPM_STAMP) $(CHROMIUM) $(POSTGRES)
 
 # The venv is (re)built when missing or older than the pinned requirements or the package metadata.
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml jupyter/overrides.json
@@ -37,6 +39,12 @@ $(CHROMIUM):
 	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium chromium-driver; \
 	elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq chromium chromium-driver; \
 	else echo "install Debian's chromium (apt-get install chromium chromium-driver) as root, then rerun"; exit 1; fi
+
+# Debian's PostgreSQL for the Optuna storage tests (a test starts its own server with initdb + pg_ctl on loopback).
+$(POSTGRES):
+	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq postgresql; \
+	elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq postgresql; \
+	else echo "install Debian's postgresql (apt-get install postgresql) as root, then rerun"; exit 1; fi
 
 demo: setup
 	$(BIN)/fungilib demo --out runs/demo --sweep params/sweeps/demo.yaml

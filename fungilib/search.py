@@ -148,9 +148,12 @@ def open_storage(url: str) -> Any:
 
         Path(url[len("journal:"):]).parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(url[len("journal:"):]))
+    if url.startswith(("postgresql://", "postgres://")):  # psycopg 3 is the driver fungilib installs
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
     _check_reachable(url)
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True},
+                                          heartbeat_interval=None)
     except ModuleNotFoundError as exc:
         raise FungilibError(f"storage {url.split('://')[0]}://…: its database driver is not installed "
                             f"({exc.name}); pip install it (PostgreSQL: psycopg)") from None

@@ -150,3 +150,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         uses_model = {"killed_run", "trained_run", "bundle"} & set(getattr(item, "fixturenames", ()))
         group = "trained-model" if uses_model else Path(str(item.path)).name
         item.add_marker(pytest.mark.xdist_group(group))
+
+
+@pytest.fixture(scope="session")
+def postgres_url():  # noqa: ANN201 — a SQLAlchemy URL
+    """A real PostgreSQL server on a loopback port for this test session (skipped where Debian's postgresql
+    package is not installed: `make setup` installs it)."""
+    from .postgres import postgres_bin, postgres_server
+
+    if postgres_bin() is None:
+        pytest.skip("Debian's postgresql is not installed here (make setup installs it)")
+    with postgres_server() as url:
+        yield url

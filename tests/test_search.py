@@ -51,21 +51,25 @@ def test_an_unreachable_storage_is_one_line_within_its_timeout(tmp_path: Path, f
     from fungilib.search import open_storage
 
     t0 = time.monotonic()
-    with pytest.raises(FungilibError, match=rf"storage postgresql://127.0.0.1:{free_port}: not reachable"):
+    with pytest.raises(FungilibError, match=rf"storage postgresql\+psycopg://127.0.0.1:{free_port}: not reachable"):
         open_storage(f"postgresql://fungilib@127.0.0.1:{free_port}/studies")
     assert time.monotonic() - t0 < 15
 
 
-def test_a_trial_is_pruned_inside_its_training_run(pipeline, tmp_path: Path) -> None:  # noqa: ANN001
-    """The training run reports val_accuracy after each epoch to the study; with better trials already recorded,
-    the median pruner stops it after its first epoch: pruned.json, train_summary.json and no evaluation."""
+@pytest.mark.parametrize("backend", ["journal", "postgresql"])
+def test_a_trial_is_pruned_inside_its_training_run(pipeline, tmp_path: Path, backend: str,
+                                                   request: pytest.FixtureRequest) -> None:  # noqa: ANN001
+    """The training run reports val_accuracy after each epoch to the study — in a journal file, and on a real
+    PostgreSQL server — and with better trials already recorded the median pruner stops it: pruned.json,
+    train_summary.json and no evaluation."""
     import optuna
 
     from fungilib.params import build_params
     from fungilib.search import open_storage
     from fungilib.train import TrainParams, train_and_evaluate
 
-    storage = f"journal:{tmp_path / 'study.journal'}"
+    storage = (f"journal:{tmp_path / 'study.journal'}" if backend == "journal"
+               else request.getfixturevalue("postgres_url"))
     study = optuna.create_study(study_name="prune-me", storage=open_storage(storage), direction="maximize")
     for value in (0.9, 0.95, 0.97):  # earlier trials that did far better at every epoch
         study.add_trial(optuna.trial.create_trial(value=value, intermediate_values={0: value, 1: value, 2: value}))
