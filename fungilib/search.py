@@ -311,3 +311,37 @@ def run_optuna(sweep: Any, runs_root: Path, base_values: dict[str, Any], input_o
         for number, run in batch:
             statuses.append(tell_result(study, search, number, run.folder, by_folder.get(run.run_id, {})))
     return statuses
+
+
+STUDY_PLOTS = ("optimization_history", "param_importances", "slice", "parallel_coordinate")
+
+
+def study_plots(runs_root: Path, sweep: str, out: Path, storage: str | None = None) -> dict[str, Path | str]:
+    """Optuna's plots of a sweep's study, saved as PNGs in ``out``: optimisation history, parameter importances,
+    slice and parallel coordinates. A plot Optuna cannot draw yet (too few finished trials) maps to the reason.
+    An empty dict when the sweep is not an Optuna study."""
+    import warnings
+
+    import optuna
+
+    from fungilib.plotting import plt, save_figure
+
+    journal = Path(runs_root) / sweep / JOURNAL_FILE
+    if storage is None and not journal.exists():
+        return {}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=sweep, storage=open_storage(storage or f"journal:{journal}"))
+    plots: dict[str, Path | str] = {}
+    for name in STUDY_PLOTS:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
+                ax = getattr(optuna.visualization.matplotlib, f"plot_{name}")(study)
+            axes = ax if hasattr(ax, "flat") else [ax]
+            fig = next(iter(getattr(axes, "flat", axes))).figure
+            fig.set_size_inches(max(fig.get_size_inches()[0], 7), max(fig.get_size_inches()[1], 4.5))
+            plots[name] = save_figure(fig, Path(out) / f"optuna_{name}.png")
+            plt.close(fig)
+        except Exception as exc:  # e.g. importances need two finished trials
+            plots[name] = f"not drawn: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return plots

@@ -118,6 +118,12 @@ def test_an_optuna_sweep_runs_trials_as_run_folders_and_a_rerun_only_reports(pip
     study = optuna.load_study(study_name="opt", storage=open_storage(f"journal:{runs / 'opt' / 'optuna.journal'}"))
     finished = [t for t in study.trials if t.state.is_finished()]
     assert len(finished) == 3 and all(len(t.intermediate_values) >= 1 for t in finished)
+    from fungilib.search import study_plots
+
+    plots = study_plots(runs, "opt", tmp_path / "plots")
+    assert set(plots) == {"optimization_history", "param_importances", "slice", "parallel_coordinate"}
+    assert Path(plots["optimization_history"]).stat().st_size > 10_000  # the others may need more trials
+    assert study_plots(runs, "not-a-study", tmp_path / "plots") == {}
     assert main(["sweep", str(path), "--runs-root", str(runs)]) == 0  # the study is complete: nothing more runs
     out = capsys.readouterr().out
     assert "0 executed" in out
