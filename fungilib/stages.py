@@ -38,14 +38,13 @@ class Flag:
 
 
 @dataclass(frozen=True)
-class Command:
-    """A ``fungilib`` sub-command that runs a stage (or one half of it) on its parameters object."""
+class Runnable:
+    """What the registry runs: a parameters class and an entry function, both imported only when used (data
+    stages never import TensorFlow)."""
 
     name: str
-    params: str  # "module:Class", imported only when used (data stages never import TensorFlow)
+    params: str  # "module:Class"
     entry: str  # "module:function" taking the parameters object
-    help: str
-    flags: tuple[Flag, ...] = ()
 
     @property
     def params_class(self) -> type:
@@ -57,27 +56,23 @@ class Command:
 
 
 @dataclass(frozen=True)
-class Stage:
+class Command(Runnable):
+    """A ``fungilib`` sub-command that runs a stage (or one half of it) on its parameters object."""
+
+    help: str = ""
+    flags: tuple[Flag, ...] = ()
+
+
+@dataclass(frozen=True)
+class Stage(Runnable):
     """One stage of the pipeline: a module's entry function, its notebook and its defaults file."""
 
-    name: str
-    params: str
-    entry: str
-    notebook: str | None  # under notebooks/; None for command-only stages
-    reads: Mapping[str, str]  # dotted parameter → the stage whose ``out`` it reads (or SOURCE)
-    folder: str  # its folder under a pipeline's root (runs/demo/<folder>)
+    notebook: str | None = None  # under notebooks/; None for command-only stages
+    reads: Mapping[str, str] = field(default_factory=dict)  # dotted parameter → the stage whose ``out`` it reads
+    folder: str = ""  # its folder under a pipeline's root (runs/demo/<folder>)
     commands: tuple[Command, ...] = ()
     runner_parameters: tuple[str, ...] = ()  # notebook parameters that are not stage parameters (sample_dir)
     sweepable: bool = True  # may be a stage of a sweep's pipeline
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-    @property
-    def params_class(self) -> type:
-        return _load(self.params)
-
-    @property
-    def entry_function(self) -> Callable[..., Any]:
-        return _load(self.entry)
 
     @property
     def defaults_file(self) -> Path:
