@@ -167,3 +167,18 @@ def test_a_study_killed_mid_trial_goes_on_where_it_was(pipeline, tmp_path: Path)
     states = [t.state.name for t in study.trials]
     assert states[0] == "FAIL" and states.count("COMPLETE") == 2, states
     assert all(s["trial_state"] == "complete" for s in result.statuses)
+
+
+@pytest.mark.slow
+def test_optuna_trials_run_on_a_dask_local_cluster(pipeline, tmp_path: Path) -> None:  # noqa: ANN001
+    """The same flags as grid and random sweeps: trials asked from the shared study, run on Dask workers (two
+    processes), told back; the journal file is shared through the file system as `runs/` is."""
+    path = _write(tmp_path / "dask.yaml", {
+        "name": "dask-optuna", "manifest": str(pipeline.root / "clean"), "pipeline": ["train"],
+        "base": {"train": {"dataset": {"image_size": 32, "batch_size": 64}, "fit": {"epochs": 1},
+                           "evaluate": False}},
+        "search": {"optuna": {"n_trials": 2, "params": SPACE, "pruner": "none", "sampler": "random", "seed": 2}}})
+    result = run_sweep(path, tmp_path / "runs", workers=2, local_cluster=2)
+    assert sorted(s["trial"] for s in result.statuses) == [0, 1]
+    assert all(s["trial_state"] == "complete" for s in result.statuses)
+    assert len({s["pid"] for s in result.statuses}) == 2  # two Dask worker processes
