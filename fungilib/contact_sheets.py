@@ -83,11 +83,28 @@ def _wrap(text: str, width: int, lines: int = 3) -> str:
     return "\n".join(out[:lines])
 
 
+MAX_SPECIES_ROWS = 40
+
+
+def sheet_species(manifest: pd.DataFrame, seed: int = 0, rows: int = MAX_SPECIES_ROWS) -> tuple[list[str], str]:
+    """Which species a sheet shows, largest first: all of them, or (thousands of classes) the largest half of
+    ``rows`` and a seeded sample of the rest — the long tail is where labels go wrong. And what the title says."""
+    sizes = manifest["species"].value_counts()
+    if len(sizes) <= rows:
+        return list(sizes.index), ""
+    head = list(sizes.index[: rows // 2])
+    tail = pd.Series(sizes.index[rows // 2:]).sample(rows - len(head), random_state=seed).tolist()
+    chosen = head + sorted(tail, key=lambda name: (-sizes[name], name))
+    return chosen, f" — the {len(head)} largest and {len(tail)} sampled of the other {len(sizes) - len(head):,}"
+
+
 def class_sheets(manifest: pd.DataFrame, out: Path, per_row: int = 6, seed: int = 0) -> dict[str, Path]:
-    """One row per species (largest classes first) and one per licence, from a manifest with absolute paths."""
+    """One row per species (largest classes first; a sample of them beyond 40) and one per licence, from a
+    manifest with absolute paths."""
     picked = manifest.sample(frac=1.0, random_state=seed)  # a random few per row, not the first files
-    by_size = manifest["species"].value_counts().index
-    species = picked.assign(row=pd.Categorical(picked["species"], categories=by_size, ordered=True))
+    chosen, note = sheet_species(manifest, seed)
+    species = picked[picked["species"].isin(chosen)]
+    species = species.assign(row=pd.Categorical(species["species"], categories=chosen, ordered=True))
     species = species.sort_values("row", kind="stable").assign(row=lambda f: f["row"].astype(str),
                                                                caption=lambda f: f["license"].astype(str))
     licences = picked.assign(row=picked["license"].astype(str).replace("", "(no licence stated)"),
@@ -96,7 +113,7 @@ def class_sheets(manifest: pd.DataFrame, out: Path, per_row: int = 6, seed: int 
     licences = licences.assign(row=pd.Categorical(licences["row"], categories=order, ordered=True)).sort_values(
         "row", kind="stable").assign(row=lambda f: f["row"].astype(str))
     return {"species_sheet": contact_sheet(species, out / "contact_sheet_species.png",
-                                           "A few images of each species (caption: licence)", per_row),
+                                           "A few images of each species (caption: licence)" + note, per_row),
             "licence_sheet": contact_sheet(licences, out / "contact_sheet_licences.png",
                                            "Images per licence (caption: species)", per_row)}
 

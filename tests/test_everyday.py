@@ -168,3 +168,18 @@ def test_make_lab_serves_jupyterlab_on_loopback_with_the_project_kernel(free_por
                 assert s.connect_ex((lan, port)) != 0
     finally:
         _stop(proc)
+
+
+def test_species_sheets_sample_thousands_of_classes(tmp_path: Path) -> None:
+    """At 2,451 species a sheet shows the 20 largest and a seeded sample of 20 from the long tail, not 2,451 rows."""
+    from fungilib.contact_sheets import MAX_SPECIES_ROWS, THUMB, class_sheets, sheet_species
+
+    rows = [{"species": f"Species {i:04d}", "path": str(tmp_path / "gone.jpg"), "license": "CC-BY"}
+            for i in range(2451) for _ in range(1 + (2451 - i) // 400)]
+    manifest = pd.DataFrame(rows)
+    chosen, note = sheet_species(manifest, seed=0)
+    assert len(chosen) == MAX_SPECIES_ROWS and chosen[:20] == [f"Species {i:04d}" for i in range(20)]
+    assert all(int(name.split()[1]) >= 20 for name in chosen[20:]) and "sampled of the other 2,431" in note
+    assert sheet_species(manifest, seed=0) == (chosen, note) and sheet_species(manifest, seed=1)[0] != chosen
+    sheet = Image.open(class_sheets(manifest, tmp_path)["species_sheet"])
+    assert sheet.height == 40 + MAX_SPECIES_ROWS * (THUMB + 28 + 6) + 6  # 40 rows of thumbnails and captions
