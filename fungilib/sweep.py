@@ -381,7 +381,8 @@ def run_sweep(path: Path, runs_root: Path = Path("runs"), workers: int = 0, sche
     skipped = 0
     cores = os.cpu_count() or 2
     workers = workers or max(1, min(len(per_run), cores // 2 or 1))
-    bar = tqdm(total=len(shared) + len(per_run), desc=f"sweep {sweep.name}", unit="stage")
+    trials = sweep.optuna.n_trials if sweep.optuna is not None else len(per_run)
+    bar = tqdm(total=len(shared) + trials, desc=f"sweep {sweep.name}", unit="stage")
 
     def report(status: dict[str, Any]) -> None:
         bar.update(1)
