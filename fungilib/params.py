@@ -218,14 +218,6 @@ def set_dotted(target: dict[str, Any], dotted: str, value: Any, source: str = "p
     node[leaf] = value
 
 
-def dotted_to_nested(values: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"model.base": "X"}`` → ``{"model": {"base": "X"}}``."""
-    nested: dict[str, Any] = {}
-    for key, value in values.items():
-        set_dotted(nested, key, value)
-    return nested
-
-
 class ParamLayers:
     """Parameter values laid over each other in order — a defaults file, a ``--params`` file, then each
     command-line flag or ``--set`` as given — remembering where every value came from."""
@@ -282,12 +274,6 @@ def load_params(cls: type[P], path: Path | None = None, **overrides: Any) -> P:
     for key, value in overrides.items():
         layers.set(key, value, "parameters")
     return layers.build(cls)
-
-
-def params_from_namespace(cls: type[P], namespace: Mapping[str, Any]) -> P:
-    """Build ``cls`` from the variables of a notebook's parameters cell (the names of ``cls``'s fields)."""
-    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-    return build_params(cls, {n: namespace[n] for n in names if n in namespace}, "notebook parameters")
 
 
 def params_to_dict(params: Any) -> dict[str, Any]:

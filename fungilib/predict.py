@@ -183,7 +183,3 @@ def as_json(p: Prediction) -> dict:
 
 def format_table(predictions: list[Prediction], top: int) -> str:
     return "\n".join(format_one(p, top) for p in predictions)
-
-
-def to_json(predictions: list[Prediction]) -> list[dict]:
-    return [as_json(p) for p in predictions]
