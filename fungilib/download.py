@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from fungilib import __version__
 from fungilib.claims import claim, holder
-from fungilib.errors import FungilibError
+from fungilib.errors import FungilibError, plain_message
 from fungilib.fsutil import (
     join_inside,
     read_stage_table,
@@ -373,9 +373,9 @@ def _download_claimed(params: DownloadParams, out: Path) -> DownloadResult:
         except OSError as exc:
             if exc.errno in DISK_FULL:  # not this photo's fault: the stage stops, what is saved stays saved
                 raise _DiskFull(exc.strerror or "disk full") from None
-            rec.update(status="failed", reason=f"error ({type(exc).__name__}: {_plain(str(exc))})", path="")
+            rec.update(status="failed", reason=f"error ({type(exc).__name__}: {plain_message(str(exc))})", path="")
         except Exception as exc:  # anything else about this one URL is its row, never the stage's end
-            rec.update(status="failed", reason=f"error ({type(exc).__name__}: {_plain(str(exc))})", path="")
+            rec.update(status="failed", reason=f"error ({type(exc).__name__}: {plain_message(str(exc))})", path="")
         rec["seconds"] = round(time.perf_counter() - t0, 3)
         return rec
 
@@ -420,12 +420,6 @@ def _download_claimed(params: DownloadParams, out: Path) -> DownloadResult:
     write_json(out / "download_summary.json", {**result.__dict__, "downloads": str(result.downloads)})
     write_params(out / "params.yaml", params)
     return result
-
-
-def _plain(text: str) -> str:
-    """A message without object addresses (``<… object at 0x7f…>``), on one line, short."""
-    text = re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "the data", text.splitlines()[0] if text else "")
-    return text[:120]
 
 
 def reason_kind(reason: str) -> str:

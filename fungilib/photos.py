@@ -4,12 +4,12 @@ and predictions see: fully decoded, pixel-limited, upright, RGB, saved as a JPEG
 from __future__ import annotations
 
 import io
-import re
 import warnings
 from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from fungilib.errors import plain_message
 from fungilib.fsutil import atomic_path
 
 ORIENTATION = 0x0112
@@ -58,7 +58,7 @@ def decode_photo(source: bytes | Path, max_pixels: int, max_side: int | None = N
     except PhotoError:
         raise
     except Exception as exc:  # Pillow raises many types for broken data
-        detail = re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "the data", str(exc))[:80]  # no object addresses
+        detail = plain_message(str(exc), 80)
         raise PhotoError(f"undecodable ({type(exc).__name__}{': ' + detail if detail else ''})") from None
 
 
