@@ -199,5 +199,5 @@ def build_classifier(base_name: str, weights: str, image_size: int, num_classes:
     if len(x.shape) == 4:
         x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
-    outputs = keras.layers.Dense(num_classes, name="logits")(x)
+    outputs = keras.layers.Dense(num_classes, name="logits", dtype="float32")(x)  # float32 under mixed precision
     return keras.Model(inputs, outputs, name=f"fungilib_{spec.name.replace('/', '_')}"), base

@@ -80,6 +80,14 @@ class FitParams:
     patience: int = 5  # early stopping on validation loss
     seed: int = 0
     temperature_scaling: bool = True  # fit a softmax temperature on the validation split
+    mixed_precision: bool = False  # Keras mixed_float16 (the logits and softmax in float32); the saved model is float32
+    jit_compile: bool = False  # XLA; explicit, since Keras' "auto" turns it off under any distribution strategy
+    # one device; MirroredStrategy over local devices; MultiWorkerMirroredStrategy across hosts from TF_CONFIG
+    # (dataset.batch_size is the global batch: see fungilib.distribution for the batch-size and learning-rate rule)
+    distribution: Literal["none", "mirrored", "multi_worker"] = "none"
+    devices: Literal["gpu", "cpu"] = "gpu"  # mirrored: the local GPUs, or logical CPU devices (tests, CPU hosts)
+    replicas: int = 0  # mirrored: how many devices (0: every GPU; with devices: cpu, 2)
+    worker_timeout_s: float = 120.0  # multi_worker: how long to wait for the other workers (and for each collective)
 
 
 @dataclass
@@ -119,6 +127,10 @@ class TrainParams:
             raise FungilibError("schedule.head_epochs must be below fit.epochs for freeze=two_phase")
         if self.optimizer.learning_rate <= 0:
             raise FungilibError("optimizer.learning_rate must be > 0")
+        if self.fit.replicas < 0 or self.fit.worker_timeout_s <= 0:
+            raise FungilibError("fit.replicas must be >= 0 and fit.worker_timeout_s > 0")
+        if self.fit.distribution == "multi_worker" and self.trial.storage:
+            raise FungilibError("fit.distribution=multi_worker: an Optuna trial trains on one host (use mirrored)")
 
 
 @dataclass
@@ -276,7 +288,10 @@ def preprocessing_spec(params: TrainParams) -> dict[str, Any]:
 
 
 def train(params: TrainParams) -> TrainResult:
-    """Train ``params`` into ``params.out``; a rerun with the same folder resumes from the last finished epoch."""
+    """Train ``params`` into ``params.out``; a rerun with the same folder resumes from the last finished epoch.
+
+    Under ``fit.distribution: multi_worker`` every worker runs this with its own TF_CONFIG; only the chief
+    (worker 0) writes the run folder, the others return after the last epoch."""
     out = Path(params.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     summary_path = out / "train_summary.json"
@@ -286,42 +301,67 @@ def train(params: TrainParams) -> TrainResult:
                            done["train_images_per_second"], done["best_val_loss"], skipped=True,
                            pruned_at_epoch=done.get("pruned_at_epoch", 0))
     configure_threads()
+    from fungilib.distribution import make_placement
+
+    fit, d = params.fit, params.dataset
+    placement = make_placement(fit.distribution, fit.devices, fit.replicas, d.batch_size, fit.worker_timeout_s)
+    import keras
+
+    keras.utils.set_random_seed(fit.seed)
+    if fit.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        return _train(params, out, placement)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def _train(params: TrainParams, out: Path, placement: Any) -> TrainResult:
     import keras
 
     from fungilib.models import build_classifier
 
-    keras.utils.set_random_seed(params.fit.seed)
     manifest_path = Path(params.dataset.manifest)
     manifest, labels = load_manifest(manifest_path)
-    write_params(out / "params.yaml", params)
-    labels.to_csv(out / "labels.csv", index=False)
-    write_json(out / "labels.json", labels.to_dict(orient="records"))
-    write_json(out / "preprocessing.json", preprocessing_spec(params))
+    if placement.chief:
+        write_params(out / "params.yaml", params)
+        labels.to_csv(out / "labels.csv", index=False)
+        write_json(out / "labels.json", labels.to_dict(orient="records"))
+        write_json(out / "preprocessing.json", preprocessing_spec(params))
     train_rows, val_rows = manifest[manifest["split"] == "train"], manifest[manifest["split"] == "val"]
     if train_rows.empty:
         raise FungilibError(f"{manifest_path}: no training images")
-    n, d = len(labels), params.dataset
+    n, d, fit = len(labels), params.dataset, params.fit
+    multi_worker = placement.distribution == "multi_worker"
     cache = plan_cache([train_rows, val_rows], d.cache, d.cache_budget_mb)
-    train_ds = make_dataset(train_rows, n, d.image_size, d.batch_size, True, params.augmentation, params.fit.seed,
-                            cache.in_memory, d.balance)
-    val_ds = (make_dataset(val_rows, n, d.image_size, d.batch_size, False, cache=cache.in_memory)
-              if len(val_rows) else None)
+
+    def make_ds(frame: pd.DataFrame, batch_size: int, training: bool) -> Any:
+        if training:
+            return make_dataset(frame, n, d.image_size, batch_size, True, params.augmentation, fit.seed,
+                                cache.in_memory, d.balance)
+        return make_dataset(frame, n, d.image_size, batch_size, False, cache=cache.in_memory)
+
+    if not multi_worker:
+        train_ds = make_ds(train_rows, d.batch_size, True)
+        val_ds = make_ds(val_rows, d.batch_size, False) if len(val_rows) else None
     weights = class_weights(train_rows["label"].to_numpy(), n) if d.balance == "class_weights" else None
     pretrained = params.model.weights != "none"
-    model, base = build_classifier(params.model.base, params.model.weights, d.image_size, n, params.model.dropout,
-                                   bn_inference=pretrained)
+    with placement.scope():
+        model, base = build_classifier(params.model.base, params.model.weights, d.image_size, n, params.model.dropout,
+                                       bn_inference=pretrained)
     steps = int(np.ceil(len(train_rows) / d.batch_size))
-    loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=params.regularization.label_smoothing)
+    loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=params.regularization.label_smoothing,
+                                               reduction=None if multi_worker else "sum_over_batch_size")
     metrics = ["accuracy", keras.metrics.TopKCategoricalAccuracy(3, name="top3")]
     resumed = _completed_epochs(out) if (out / "backup").exists() else 0
-    if not resumed and (out / "history.csv").exists():
+    if not resumed and (out / "history.csv").exists() and placement.chief:
         (out / "history.csv").unlink()  # a fresh start: no stale rows from an unfinished earlier attempt
-    phases = [("main", params.model.freeze, params.optimizer.learning_rate, 0, params.fit.epochs)]
+    phases = [("main", params.model.freeze, params.optimizer.learning_rate, 0, fit.epochs)]
     if params.model.freeze == "two_phase":
         head = params.schedule.head_epochs
         phases = [("head", "head_only", params.optimizer.learning_rate, 0, head),
                   ("finetune", "train_all", params.optimizer.learning_rate * params.schedule.finetune_lr_factor, head,
-                   params.fit.epochs)]
+                   fit.epochs)]
     start = time.perf_counter()
     images = 0
     for phase, freeze, lr, first_epoch, last_epoch in phases:
@@ -331,16 +371,36 @@ def train(params: TrainParams) -> TrainResult:
             break
         apply_freeze(base, freeze, params.model.top_k, pretrained)
         schedule = make_schedule(params.schedule, lr, steps, last_epoch - first_epoch)
-        model.compile(make_optimizer(params.optimizer, schedule), loss=loss, metrics=metrics)
-        before = _completed_epochs(out)
-        model.fit(train_ds, validation_data=val_ds, epochs=last_epoch, initial_epoch=first_epoch, shuffle=False,
-                  class_weight=weights, callbacks=_callbacks(out, phase, params, val_ds is not None), verbose=2)
-        images += (_completed_epochs(out) - before) * len(train_rows)
-        (out / "backup").mkdir(exist_ok=True)
-        (out / "backup" / f"{phase}.done").touch()
+        with placement.scope():
+            optimizer = make_optimizer(params.optimizer, schedule)
+            if multi_worker:
+                if fit.mixed_precision:
+                    optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+                from fungilib.multi_worker_fit import fit_multi_worker
+
+                ran = fit_multi_worker(model, optimizer, loss, train_rows, val_rows, make_ds, placement, out, phase,
+                                       first_epoch, last_epoch, d.batch_size, weights,
+                                       _multi_worker_callbacks(out, params, len(val_rows) > 0, placement.chief),
+                                       fit.jit_compile)
+                images += ran * len(train_rows)
+            else:
+                model.compile(optimizer, loss=loss, metrics=metrics, jit_compile=fit.jit_compile)
+                before = _completed_epochs(out)
+                model.fit(train_ds, validation_data=val_ds, epochs=last_epoch, initial_epoch=first_epoch,
+                          shuffle=False, class_weight=weights, callbacks=_callbacks(out, phase, params, val_ds is not None),
+                          verbose=2)
+                images += (_completed_epochs(out) - before) * len(train_rows)
+        if placement.chief:
+            (out / "backup").mkdir(exist_ok=True)
+            (out / "backup" / f"{phase}.done").touch()
     seconds = time.perf_counter() - start
+    if not placement.chief:  # a multi-worker run's other workers: the chief writes the model and the summary
+        return TrainResult(out / MODEL_FILE, 0, resumed, round(seconds, 1), round(images / seconds, 1) if seconds
+                           else 0.0, None)
     if (out / "best.weights.h5").exists():
         model.load_weights(str(out / "best.weights.h5"))
+    if fit.mixed_precision:  # the saved model computes in float32: exports and parity as without mixed precision
+        model = float32_copy(model, params, n, pretrained)
     with atomic_path(out / MODEL_FILE) as tmp:
         tmp_model = tmp.with_suffix(".keras")
         model.save(tmp_model)
@@ -351,11 +411,41 @@ def train(params: TrainParams) -> TrainResult:
     result = TrainResult(out / MODEL_FILE, len(history), resumed, round(seconds, 1),
                          round(images / seconds, 1) if seconds else 0.0, best, pruned_at_epoch=pruned)
     shutil.rmtree(out / "backup", ignore_errors=True)
-    write_json(summary_path, {**result.__dict__, "model": str(result.model), "seed": params.fit.seed,
+    write_json(out / "train_summary.json", {**result.__dict__, "model": str(result.model), "seed": fit.seed,
                               "params": params_to_dict(params), "train_images": len(train_rows),
-                              "cache": cache.__dict__,
+                              "cache": cache.__dict__, "replicas": placement.replicas, "workers": placement.workers,
                               "val_images": len(val_rows), "classes": n})
     return result
+
+
+def float32_copy(model: Any, params: TrainParams, num_classes: int, pretrained: bool) -> Any:
+    """The same network built under the float32 policy, holding ``model``'s weights (mixed precision keeps its
+    variables in float32, so nothing is rounded)."""
+    import keras
+
+    from fungilib.models import build_classifier
+
+    keras.mixed_precision.set_global_policy("float32")
+    copy, _ = build_classifier(params.model.base, "none", params.dataset.image_size, num_classes,
+                               params.model.dropout, bn_inference=pretrained)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _multi_worker_callbacks(out: Path, params: TrainParams, has_val: bool, chief: bool) -> list[Any]:
+    """The Keras callbacks the multi-worker loop drives: every worker stops early and cuts the rate alike (they
+    share the validation loss); only the chief writes the best weights."""
+    import keras
+
+    monitor = "val_loss" if has_val else "loss"
+    callbacks: list[Any] = [keras.callbacks.EarlyStopping(monitor=monitor, patience=params.fit.patience)]
+    if chief:
+        callbacks.append(keras.callbacks.ModelCheckpoint(str(out / "best.weights.h5"), monitor=monitor,
+                                                         save_best_only=True, save_weights_only=True))
+    if params.schedule.name == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.1,
+                                                           patience=params.schedule.plateau_patience))
+    return callbacks
 
 
 def load_trained(run_dir: Path) -> tuple[Any, pd.DataFrame, dict[str, Any]]:
@@ -382,7 +472,8 @@ class TrainRunResult:
 def train_and_evaluate(params: TrainParams) -> TrainRunResult:
     """Stage train: train into ``params.out``, then (``params.evaluate``) evaluate on the test split."""
     result = train(params)
-    if not params.evaluate or result.pruned_at_epoch:  # a pruned trial is not worth a test-split evaluation
+    if not params.evaluate or result.pruned_at_epoch or not (Path(params.out) / "train_summary.json").exists():
+        # (no summary: a multi-worker run's other worker, which leaves evaluation to the chief)  # a pruned trial is not worth a test-split evaluation
         return TrainRunResult(result)
     from fungilib.evaluate import EvaluateParams, evaluate_run
 
