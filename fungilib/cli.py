@@ -138,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--scheduler", help="submit the runs to an existing Dask cluster, e.g. tcp://host:8786")
     group.add_argument("--local-cluster", type=int, default=0, metavar="N", help="start a Dask LocalCluster of N workers")
+    p.add_argument("--gpus", default="", metavar="IDS",
+                   help="local pool: place runs on these GPUs (e.g. 0,1,2,3), each run seeing only its own")
+    p.add_argument("--runs-per-gpu", type=int, default=1, metavar="K", help="with --gpus: runs sharing one GPU")
+    p.add_argument("--gpu-resource", action="store_true",
+                   help='Dask: each run holds one "GPU" resource (workers started with --resources GPU=1)')
 
     p = sub.add_parser("runs", help="the runs table (rebuilds runs/index.h5 and runs/index.csv)")
     p.add_argument("sweep", nargs="?")
@@ -247,7 +252,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "sweep":
         from fungilib.sweep import run_sweep
 
-        result = run_sweep(args.sweep_file, args.runs_root, args.workers, args.scheduler, args.local_cluster)
+        from fungilib.gpus import parse_gpus
+
+        gpus = parse_gpus(args.gpus, args.runs_per_gpu) if args.gpus else None  # checked before anything runs
+        result = run_sweep(args.sweep_file, args.runs_root, args.workers, args.scheduler, args.local_cluster, gpus,
+                           args.runs_per_gpu, args.gpu_resource)
         _print_runs_table(args.runs_root, result.sweep.name, "top1")
         print(f"\n{len(result.executed)} executed, {result.skipped} already done (cached), "
               f"{len(result.failed)} failed" + (f", {len(result.elsewhere)} being run by another process"

@@ -277,7 +277,7 @@ def tell_result(study: Any, search: OptunaSearch, number: int, folder: Path, sta
 
 
 def run_optuna(sweep: Any, runs_root: Path, base_values: dict[str, Any], input_outs: dict[str, str], data: str,
-               workers: int, scheduler: str | None, local_cluster: int, report: Any) -> list[dict[str, Any]]:
+               place: Any, report: Any) -> list[dict[str, Any]]:
     """Trials until the study holds ``n_trials`` finished (complete or pruned) ones: ask a trial per free worker,
     run each as an ordinary run folder (``runs/<sweep>/trial-NNNN/``), tell the study how it ended."""
     from fungilib.data_version import content_key
@@ -293,7 +293,7 @@ def run_optuna(sweep: Any, runs_root: Path, base_values: dict[str, Any], input_o
     statuses: list[dict[str, Any]] = []
     while _finished(study) < search.n_trials:
         batch = []
-        for _ in range(min(workers, search.n_trials - _finished(study))):
+        for _ in range(min(place.workers, search.n_trials - _finished(study))):
             trial = study.ask(space)
             values: dict[str, Any] = {}
             for key, value in trial.params.items():
@@ -306,7 +306,7 @@ def run_optuna(sweep: Any, runs_root: Path, base_values: dict[str, Any], input_o
                            stage_parameters(last, values, folder / "output", input_outs), trial_run_id(trial.number),
                            data)
             batch.append((trial.number, run))
-        results = _submit_all([run for _, run in batch], workers, scheduler, local_cluster, report)
+        results = _submit_all([run for _, run in batch], place, report)
         by_folder = {str(r.get("run_id")): r for r in results}
         for number, run in batch:
             statuses.append(tell_result(study, search, number, run.folder, by_folder.get(run.run_id, {})))

@@ -289,7 +289,8 @@ def _execute_claimed(run: StageRun, threads: int) -> dict[str, Any]:
         os.environ["OMP_NUM_THREADS"] = str(threads)
     notebook = stage(run.stage).notebook_path
     status = {"stage": run.stage, "run_id": run.run_id, "key": run.key, "data": run.data, "state": "running",
-              "start": _now(), "host": socket.gethostname(), "pid": os.getpid(), "notebook": notebook.name}
+              "start": _now(), "host": socket.gethostname(), "pid": os.getpid(), "notebook": notebook.name,
+              **({"gpu": os.environ["FUNGILIB_GPU"]} if os.environ.get("FUNGILIB_GPU") else {})}
     write_json(folder / "status.json", status)
     with atomic_open(folder / "params.yaml", "w", encoding="utf-8") as handle:
         yaml.safe_dump(run.parameters, handle, sort_keys=False)
@@ -334,37 +335,73 @@ def _collect(finished: Any, on_done: Callable[[dict[str, Any]], None]) -> list[d
     return results
 
 
-def _submit_all(runs: list[StageRun], workers: int, scheduler: str | None, local_cluster: int,
+@dataclass
+class Placement:
+    """Where a sweep's runs execute: a local process pool (optionally one GPU per worker process), or a Dask
+    cluster (optionally each run holding the workers' ``GPU`` resource)."""
+
+    workers: int = 0  # local pool size (0: cores / 2); with gpus: len(gpus) x runs_per_gpu
+    scheduler: str | None = None
+    local_cluster: int = 0
+    gpus: list[str] = field(default_factory=list)  # local pool: ids checked by fungilib.gpus.parse_gpus
+    runs_per_gpu: int = 1
+    gpu_resource: bool = False  # Dask: submit each run with resources={"GPU": 1}
+
+    def __post_init__(self) -> None:
+        if self.gpus and (self.scheduler or self.local_cluster):
+            raise FungilibError("--gpus places runs in the local pool; on Dask each worker owns its GPU: start one "
+                                "`CUDA_VISIBLE_DEVICES=<id> dask worker <scheduler> --resources GPU=1` per GPU and "
+                                "pass --gpu-resource")
+        if self.gpu_resource and not (self.scheduler or self.local_cluster):
+            raise FungilibError("--gpu-resource is for Dask (--scheduler or --local-cluster); locally use --gpus")
+        if self.gpus:
+            self.workers = len(self.gpus) * self.runs_per_gpu
+
+
+def _submit_all(runs: list[StageRun], place: Placement,
                 on_done: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
     """Run ``runs`` in parallel: a local process pool, or tasks on a Dask distributed cluster."""
     if not runs:
         return []
     cores = os.cpu_count() or 2
-    if scheduler or local_cluster:
+    if place.scheduler or place.local_cluster:
         from dask.distributed import Client, LocalCluster, as_completed
 
-        cluster = LocalCluster(n_workers=local_cluster, threads_per_worker=1, processes=True,
-                               dashboard_address=":0") if local_cluster else None
-        threads = max(1, cores // max(1, local_cluster)) if local_cluster else 0
+        gpu = {"GPU": 1} if place.gpu_resource else None
+        cluster = LocalCluster(n_workers=place.local_cluster, threads_per_worker=2 if gpu else 1, processes=True,
+                               dashboard_address=":0", resources=gpu) if place.local_cluster else None
+        threads = max(1, cores // max(1, place.local_cluster)) if place.local_cluster else 0
         with contextlib.ExitStack() as stack:
             if cluster is not None:
                 stack.enter_context(cluster)
-            client = stack.enter_context(Client(cluster if cluster is not None else scheduler))
-            futures = [client.submit(execute, run, threads, pure=False, key=f"fungilib-{run.run_id or run.key}")
-                       for run in runs]
+            client = stack.enter_context(Client(cluster if cluster is not None else place.scheduler))
+            futures = [client.submit(execute, run, threads, pure=False, key=f"fungilib-{run.run_id or run.key}",
+                                     resources=gpu) for run in runs]
             return _collect(as_completed(futures), on_done)
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures import as_completed as done_in_order
     from multiprocessing import get_context
 
+    context = get_context("spawn")
+    workers = place.workers or max(1, cores // 2)
     threads = max(1, cores // workers)
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+    pool_args: dict[str, Any] = {}
+    if place.gpus:  # one GPU slot per worker process: a run waits in the pool's queue until a GPU is free
+        from fungilib.gpus import bind_worker_gpu
+
+        slots = context.Queue()
+        for gpu in place.gpus:
+            for _ in range(place.runs_per_gpu):
+                slots.put(gpu)
+        pool_args = {"initializer": bind_worker_gpu, "initargs": (slots,)}
+    with ProcessPoolExecutor(workers, mp_context=context, **pool_args) as pool:
         futures = [pool.submit(execute, run, threads) for run in runs]
         return _collect(done_in_order(futures), on_done)
 
 
 def run_sweep(path: Path, runs_root: Path = Path("runs"), workers: int = 0, scheduler: str | None = None,
-              local_cluster: int = 0) -> SweepResult:
+              local_cluster: int = 0, gpus: list[str] | None = None, runs_per_gpu: int = 1,
+              gpu_resource: bool = False) -> SweepResult:
     """Validate the sweep, run the shared data stages once (cached by key), then every run in parallel.
 
     Finished stages and runs (status.json 'done') are skipped, so a rerun of a finished sweep only reports,
@@ -374,13 +411,14 @@ def run_sweep(path: Path, runs_root: Path = Path("runs"), workers: int = 0, sche
 
     from fungilib.sample_server import serving
 
+    place = Placement(workers, scheduler, local_cluster, list(gpus or []), runs_per_gpu, gpu_resource)
     sweep = load_sweep(path)
     prepare_source(sweep, runs_root)
     shared, per_run = plan(sweep, runs_root)
     executed: list[dict[str, Any]] = []
     skipped = 0
     cores = os.cpu_count() or 2
-    workers = workers or max(1, min(len(per_run), cores // 2 or 1))
+    place.workers = place.workers or max(1, min(len(per_run), cores // 2 or 1))
     trials = sweep.optuna.n_trials if sweep.optuna is not None else len(per_run)
     bar = tqdm(total=len(shared) + trials, desc=f"sweep {sweep.name}", unit="stage")
 
@@ -423,8 +461,8 @@ def run_sweep(path: Path, runs_root: Path = Path("runs"), workers: int = 0, sche
 
             outs = {SOURCE: str(Path(sweep.archive).resolve()), **{r.stage: r.parameters["out"] for r in shared}}
             last = sweep.pipeline[-1]
-            trials = run_optuna(sweep, runs_root, stage_values(sweep, last, {}), outs, per_run[0].data, workers,
-                                scheduler, local_cluster, report)
+            trials = run_optuna(sweep, runs_root, stage_values(sweep, last, {}), outs, per_run[0].data, place,
+                                report)
             bar.close()
             return SweepResult(sweep, trials, skipped, trials)
         todo = [r for r in per_run if not r.done]
@@ -434,7 +472,7 @@ def run_sweep(path: Path, runs_root: Path = Path("runs"), workers: int = 0, sche
             if not read_status(run.folder):
                 write_json(run.folder / "status.json", {"stage": run.stage, "run_id": run.run_id, "state": "queued",
                                                         "queued": _now()})
-        for status in _submit_all(todo, workers, scheduler, local_cluster, report):
+        for status in _submit_all(todo, place, report):
             if status.get("skipped") or status.get("state") == "claimed":  # another process ran (or runs) it
                 skipped += bool(status.get("skipped"))
             else:

@@ -203,3 +203,40 @@ def test_run_keys_follow_what_the_data_contains_not_when_it_was_written(pipeline
     _, changed = plan(load_sweep(path), tmp_path / "runs")
     assert not {r.run_id for r in changed} & {r.run_id for r in first}
     assert len({r.data for r in changed}) == 1 and changed[0].data != first[0].data
+
+
+def _spans_never_overlap(statuses: list[dict], holder: str) -> None:
+    by_holder: dict[str, list[tuple[str, str]]] = {}
+    for status in statuses:
+        by_holder.setdefault(str(status[holder]), []).append((status["start"], status["end"]))
+    for spans in by_holder.values():
+        spans.sort()
+        assert all(before[1] <= after[0] for before, after in zip(spans, spans[1:])), spans
+
+
+@pytest.mark.slow
+def test_gpu_sweep_gives_each_run_one_gpu_and_never_two_runs_one_gpu(pipeline, sweep_root: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FUNGILIB_GPU_IDS", "0,1")  # fake ids: this machine has no GPU, the placement is the same
+    path = _data_sweep(pipeline, tmp_path, "gpus", {"clean.seed": [20, 21, 22, 23]})
+    _, runs = plan(load_sweep(path), sweep_root)
+    assert main(["sweep", str(path), "--runs-root", str(sweep_root), "--gpus", "0,7"]) == 2  # no GPU 7: nothing runs
+    assert not any(r.folder.exists() for r in runs)
+    assert main(["sweep", str(path), "--runs-root", str(sweep_root), "--gpus", "0,1", "--local-cluster", "2"]) == 2
+    assert main(["sweep", str(path), "--runs-root", str(sweep_root), "--gpus", "0,1"]) == 0
+    statuses = [read_status(r.folder) for r in runs]
+    assert [s["state"] for s in statuses] == ["done"] * 4
+    assert sorted({s["gpu"] for s in statuses}) == ["0", "1"]  # both GPUs used, each run on one
+    for gpu in ("0", "1"):  # one worker process owns each GPU for the whole sweep
+        assert len({s["pid"] for s in statuses if s["gpu"] == gpu}) == 1
+    _spans_never_overlap(statuses, "gpu")
+
+
+@pytest.mark.slow
+def test_dask_runs_hold_the_gpu_resource_one_at_a_time_per_worker(pipeline, sweep_root: Path, tmp_path: Path) -> None:
+    path = _data_sweep(pipeline, tmp_path, "gpu-resource", {"clean.seed": [30, 31, 32, 33]})
+    # two workers, two threads each, one GPU each: the resource, not the threads, allows one run at a time
+    result = run_sweep(path, sweep_root, local_cluster=2, gpu_resource=True)
+    assert [s["state"] for s in result.statuses] == ["done"] * 4
+    assert len({s["pid"] for s in result.statuses}) == 2
+    _spans_never_overlap(result.statuses, "pid")
