@@ -250,9 +250,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"\nOpen it all: .venv/bin/jupyter lab {root.parent}")
         return 1 if result.sweep is not None and result.sweep.failed else 0
     if args.command == "sweep":
-        from fungilib.sweep import run_sweep
-
         from fungilib.gpus import parse_gpus
+        from fungilib.sweep import run_sweep
 
         gpus = parse_gpus(args.gpus, args.runs_per_gpu) if args.gpus else None  # checked before anything runs
         result = run_sweep(args.sweep_file, args.runs_root, args.workers, args.scheduler, args.local_cluster, gpus,

@@ -211,7 +211,7 @@ def _spans_never_overlap(statuses: list[dict], holder: str) -> None:
         by_holder.setdefault(str(status[holder]), []).append((status["start"], status["end"]))
     for spans in by_holder.values():
         spans.sort()
-        assert all(before[1] <= after[0] for before, after in zip(spans, spans[1:])), spans
+        assert all(before[1] <= after[0] for before, after in zip(spans, spans[1:], strict=False)), spans
 
 
 @pytest.mark.slow
