@@ -16,7 +16,16 @@ CHROMIUM := /usr/bin/chromium
 
 POSTGRES := /usr/lib/postgresql
 
-setup: $(STAMP) $(NPM_STAMP) $(CHROMIUM) $(POSTGRES)
+# GPU=1 (make setup GPU=1) adds CUDA TensorFlow (requirements-gpu.txt) on a GPU machine.
+GPU ?= 0
+GPU_STAMP := $(VENV)/.fungilib-gpu-installed
+
+setup: $(STAMP) $(NPM_STAMP) $(CHROMIUM) $(POSTGRES) $(if $(filter 1,$(GPU)),$(GPU_STAMP))
+
+$(GPU_STAMP): $(STAMP) requirements-gpu.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-gpu.txt
+	$(BIN)/python -c "import tensorflow as tf; print('GPUs visible to TensorFlow:', tf.config.list_physical_devices('GPU'))"
+	@touch $(GPU_STAMP)
 
 # The venv is (re)built when missing or older than the pinned requirements or the package metadata.
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml jupyter/overrides.json

@@ -1,6 +1,7 @@
 """Download throughput on loopback: `download_images` at its default settings against the sample's server.
 
 Usage: .venv/bin/python bench/download_loopback.py [--observations 700] [--image-size 256] [--latency 0]
+       [--local-cluster N]   (the same download in shards on a Dask LocalCluster of N workers, cluster start included)
 The server runs in its own process (as a remote host would), with the planted faults switched off.
 """
 
@@ -43,7 +44,9 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds the server waits before each response")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out-name", default="download_loopback", help="results file name (without .json)")
+    parser.add_argument("--out-name", default="", help="results file name (without .json)")
+    parser.add_argument("--local-cluster", type=int, default=0, help="Dask LocalCluster workers (0: one process)")
+    parser.add_argument("--shard-size", type=int, default=250)
     args = parser.parse_args()
     from fungilib.download import DownloadParams, download_images
     from fungilib.ingest import IngestParams, ingest
@@ -63,7 +66,8 @@ def main() -> None:
         _wait_for(port)
         for i in range(args.repeats):
             result = download_images(DownloadParams(observations=work / "ingest", out=work / f"download-{i}",
-                                                           allow_hosts=["127.0.0.1"]))
+                                                    allow_hosts=["127.0.0.1"], local_cluster=args.local_cluster,
+                                                    shard_size=args.shard_size))
             rows.append({"seconds": result.seconds, "images": result.ok, "images_per_second": result.images_per_second})
     finally:
         server.terminate()
@@ -74,14 +78,16 @@ def main() -> None:
         1, len(list(sample.media_dir.rglob("*.jpg"))))
     result = {"benchmark": "download_loopback", "date": str(date.today()), "machine": f"{platform.machine()}, 2 cores",
               "images": rows[0]["images"], "source_kb": round(avg_kb, 1), "latency_s": args.latency,
-              "workers": defaults.workers, "per_host": defaults.per_host, "max_side": defaults.max_side,
+              "local_cluster": args.local_cluster, "workers": defaults.workers, "per_host": defaults.per_host, "max_side": defaults.max_side,
               "median_images_per_second": median, "runs": rows}
     (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / f"{args.out_name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\n| images | source KB | latency s | workers / per host | max_side | median img/s ({args.repeats} runs) |")
-    print("|---|---|---|---|---|---|")
-    print(f"| {result['images']} | {result['source_kb']} | {args.latency} | {defaults.workers} / {defaults.per_host} | "
-          f"{defaults.max_side} | {median} |")
+    name = args.out_name or ("download_loopback" + (f"_cluster{args.local_cluster}" if args.local_cluster else ""))
+    (HERE / "results" / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    where = f"Dask LocalCluster x{args.local_cluster}" if args.local_cluster else "one process"
+    print(f"\n| where | images | source KB | latency s | workers / per host | max_side | median img/s ({args.repeats} runs) |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| {where} | {result['images']} | {result['source_kb']} | {args.latency} | {defaults.workers} / "
+          f"{defaults.per_host} | {defaults.max_side} | {median} |")
 
 
 if __name__ == "__main__":

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import errno
 import http.client
 import json
+import os
 import random
 import re
 import socket
 import threading
 import time
+import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -38,6 +41,7 @@ from fungilib.photos import PhotoError, decode_photo, save_photo
 
 DOWNLOADS_FILE = "downloads.h5"
 LOG_FILE = "download_log.jsonl"
+SHARD_LOGS = "download_log.shard-*.jsonl"  # one per Dask task: no two processes append to one file
 DOWNLOAD_CLAIM = ".download-claim"
 # failures that a retry will not mend; a rerun skips them unless asked to retry failed items
 PERMANENT = ("http 4", "not an image", "undecodable", "too large", "too many pixels", "unsupported URL",
@@ -63,8 +67,17 @@ class DownloadParams:
     retry_failed: bool = False
     deadline: float = 60.0  # seconds one attempt at a photo may take in all (a server trickling bytes is cut off)
     allow_hosts: list[str] = field(default_factory=list)  # non-public hosts that may be fetched (see host_policy)
+    # several machines: the photos in shards of shard_size, each a task on a Dask cluster writing into the same
+    # (shared) folder; `workers` is then the concurrency of each task
+    scheduler: str = ""  # an existing Dask scheduler, e.g. tcp://host:8786
+    local_cluster: int = 0  # or a Dask LocalCluster of this many worker processes
+    shard_size: int = 1000
 
     def __post_init__(self) -> None:
+        if self.scheduler and self.local_cluster:
+            raise FungilibError("scheduler and local_cluster: choose one (an existing Dask cluster, or a local one)")
+        if self.local_cluster < 0 or self.shard_size < 1:
+            raise FungilibError("local_cluster must be >= 0 and shard_size >= 1")
         for name in ("max_side", "workers", "per_host", "max_bytes", "max_pixels"):
             if getattr(self, name) < 1:
                 raise FungilibError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -304,9 +317,11 @@ def image_path(out: Path, taxon_key: str, media_id: str) -> Path:
 
 
 def _read_log(path: Path) -> dict[str, dict]:
+    """Records of ``download_log.jsonl`` and of the shard logs beside it (a cluster's tasks), oldest first."""
     records: dict[str, dict] = {}
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
+    logs = [*([path] if path.exists() else []), *path.parent.glob(SHARD_LOGS)]
+    for log in sorted(logs, key=lambda p: p.stat().st_mtime):
+        for line in log.read_text(encoding="utf-8").splitlines():
             try:
                 rec = json.loads(line)
                 records[rec["url"]] = rec
@@ -339,7 +354,6 @@ def _download_claimed(params: DownloadParams, out: Path) -> DownloadResult:
     urls = obs.drop_duplicates("url")[["url", "media_id", "taxonKey"]]
     log_path = out / LOG_FILE
     previous = _read_log(log_path)
-    fetcher = _Fetcher(params)
     results: dict[str, dict] = {}
     todo: list[tuple[str, Path]] = []
     for url, media_id, taxon_key in urls.itertuples(index=False):
@@ -357,27 +371,13 @@ def _download_claimed(params: DownloadParams, out: Path) -> DownloadResult:
         else:
             todo.append((url, target))
 
+    if params.scheduler or params.local_cluster:
+        fetched_by = _download_on_cluster(params, out, todo, results, len(urls))
+        return _finish(params, out, obs, results, todo, fetched_by, start)
+    fetcher = _Fetcher(params)
+
     def work(url: str, target: Path) -> dict:
-        t0 = time.perf_counter()
-        rec: dict = {"url": url, "path": str(target.relative_to(out)), "cached": False}
-        try:
-            body, ctype, attempts = fetcher.get(url)
-            rec.update(attempts=attempts, bytes=len(body), content_type=ctype)
-            if ctype.startswith(("text/", "application/json", "application/xml")):
-                raise _Fetch(f"not an image ({ctype})", transient=False)
-            rec.update(save_image(body, target, params.max_side, params.jpeg_quality, params.max_pixels))
-            rec.update(status="ok", reason="")
-        except _Fetch as exc:
-            rec.setdefault("attempts", exc.attempts)
-            rec.update(status="failed", reason=exc.reason, path="")
-        except OSError as exc:
-            if exc.errno in DISK_FULL:  # not this photo's fault: the stage stops, what is saved stays saved
-                raise _DiskFull(exc.strerror or "disk full") from None
-            rec.update(status="failed", reason=f"error ({type(exc).__name__}: {plain_message(str(exc))})", path="")
-        except Exception as exc:  # anything else about this one URL is its row, never the stage's end
-            rec.update(status="failed", reason=f"error ({type(exc).__name__}: {plain_message(str(exc))})", path="")
-        rec["seconds"] = round(time.perf_counter() - t0, 3)
-        return rec
+        return fetch_one(fetcher, params, out, url, target)
 
     # unbuffered: a record is on disk once written, and a write that fails (a full disk) leaves nothing behind
     # to fail again when the file is closed
@@ -398,9 +398,18 @@ def _download_claimed(params: DownloadParams, out: Path) -> DownloadResult:
                 raise
             if isinstance(exc, OSError) and exc.errno not in DISK_FULL:
                 raise
-            saved = sum(1 for r in results.values() if r.get("status") == "ok")
-            raise FungilibError(f"{out}: the disk is full ({exc}); {saved} photos are saved and kept — free some "
-                                "space and rerun the same command to go on") from None
+            raise _disk_full(out, results, exc) from None
+    return _finish(params, out, obs, results, todo, fetcher.requests, start)
+
+
+def _disk_full(out: Path, results: dict[str, dict], exc: BaseException) -> FungilibError:
+    saved = sum(1 for r in results.values() if r.get("status") == "ok")
+    return FungilibError(f"{out}: the disk is full ({exc}); {saved} photos are saved and kept — free some "
+                         "space and rerun the same command to go on")
+
+
+def _finish(params: DownloadParams, out: Path, obs: pd.DataFrame, results: dict[str, dict],
+            todo: list[tuple[str, Path]], requests: int, start: float) -> DownloadResult:
     table = _results_table(obs, results)
     write_hdf(out / DOWNLOADS_FILE, {"downloads": table})
     table.to_csv(out / "downloads.csv", index=False)
@@ -412,7 +421,7 @@ def _download_claimed(params: DownloadParams, out: Path) -> DownloadResult:
         ok=int((table["status"] == "ok").sum()),
         failed=int((table["status"] != "ok").sum()),
         cached=int(table["cached"].sum()),
-        requested=fetcher.requests,
+        requested=requests,
         reasons=dict(reasons.most_common()),
         seconds=round(seconds, 2),
         images_per_second=round(fetched / seconds, 1) if fetched else 0.0,
@@ -420,6 +429,93 @@ def _download_claimed(params: DownloadParams, out: Path) -> DownloadResult:
     write_json(out / "download_summary.json", {**result.__dict__, "downloads": str(result.downloads)})
     write_params(out / "params.yaml", params)
     return result
+
+
+def fetch_one(fetcher: _Fetcher, params: DownloadParams, out: Path, url: str, target: Path) -> dict:
+    """Fetch, check and save one photo: its record (status, reason, sizes), never an exception — except a full
+    disk, which is not this photo's fault and stops the stage."""
+    t0 = time.perf_counter()
+    rec: dict = {"url": url, "path": str(target.relative_to(out)), "cached": False}
+    try:
+        body, ctype, attempts = fetcher.get(url)
+        rec.update(attempts=attempts, bytes=len(body), content_type=ctype)
+        if ctype.startswith(("text/", "application/json", "application/xml")):
+            raise _Fetch(f"not an image ({ctype})", transient=False)
+        rec.update(save_image(body, target, params.max_side, params.jpeg_quality, params.max_pixels))
+        rec.update(status="ok", reason="")
+    except _Fetch as exc:
+        rec.setdefault("attempts", exc.attempts)
+        rec.update(status="failed", reason=exc.reason, path="")
+    except OSError as exc:
+        if exc.errno in DISK_FULL:  # not this photo's fault: the stage stops, what is saved stays saved
+            raise _DiskFull(exc.strerror or "disk full") from None
+        rec.update(status="failed", reason=f"error ({type(exc).__name__}: {plain_message(str(exc))})", path="")
+    except Exception as exc:  # anything else about this one URL is its row, never the stage's end
+        rec.update(status="failed", reason=f"error ({type(exc).__name__}: {plain_message(str(exc))})", path="")
+    rec["seconds"] = round(time.perf_counter() - t0, 3)
+    return rec
+
+
+def download_shard(params: DownloadParams, out: Path, items: list[tuple[str, str]]) -> dict[str, int]:
+    """One Dask task: fetch ``items`` (url, path inside ``out``) with ``params.workers`` threads, each record
+    appended to this task's own log. A photo already saved whole (by an earlier attempt of this task, on a worker
+    that died) is not fetched again."""
+    fetcher = _Fetcher(params)
+    log_path = out / SHARD_LOGS.replace("*", f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    saved = {url for url, rel in items if (out / rel).exists() and _is_complete_jpeg(out / rel)}
+    with open(log_path, "ab", buffering=0) as log, ThreadPoolExecutor(params.workers) as pool:
+        for url, rel in items:
+            if url in saved:
+                log.write((json.dumps({"url": url, "path": rel, "status": "ok", "reason": "", "cached": True})
+                           + "\n").encode())
+        futures = [pool.submit(fetch_one, fetcher, params, out, url, out / rel) for url, rel in items if url not in saved]
+        for future in as_completed(futures):
+            log.write((json.dumps(future.result()) + "\n").encode())
+    return {"requests": fetcher.requests, "items": len(items)}
+
+
+def _download_on_cluster(params: DownloadParams, out: Path, todo: list[tuple[str, Path]], results: dict[str, dict],
+                         total: int) -> int:
+    """``todo`` in shards on a Dask cluster (``params.scheduler`` or a LocalCluster); each shard's records are
+    merged into ``results`` as it lands. Returns the requests made. The images folder must be one every worker
+    writes to (a shared file system, as sweeps require); each file is written atomically."""
+    from dask.distributed import Client, LocalCluster
+    from dask.distributed import as_completed as landed
+
+    items = [(url, str(target.relative_to(out))) for url, target in todo]
+    shards = [items[i:i + params.shard_size] for i in range(0, len(items), params.shard_size)]
+    requests = 0
+    with contextlib.ExitStack() as stack:
+        if params.local_cluster:
+            cluster = stack.enter_context(LocalCluster(n_workers=params.local_cluster, threads_per_worker=1,
+                                                       processes=True, dashboard_address=":0"))
+            client = stack.enter_context(Client(cluster))
+        else:
+            try:
+                client = stack.enter_context(Client(params.scheduler, timeout=30))
+            except OSError as exc:
+                raise FungilibError(f"scheduler {params.scheduler}: no Dask scheduler answers there ({exc}); start "
+                                    "`dask scheduler` and `dask worker` on the hosts, or use local_cluster") from None
+        bar = stack.enter_context(tqdm(total=total, initial=len(results), desc="downloading", unit="img",
+                                       smoothing=0.05))
+        futures = {client.submit(download_shard, params, out, shard, pure=False): shard for shard in shards}
+        broken: dict[str, str] = {}
+        for future in landed(futures):
+            try:
+                requests += future.result()["requests"]
+            except _DiskFull as exc:
+                client.cancel(list(futures))
+                raise _disk_full(out, results, exc) from None
+            except Exception as exc:  # a task that failed: its photos are recorded as such, the others go on
+                reason = f"error (shard task: {type(exc).__name__}: {plain_message(str(exc))})"
+                broken.update({url: reason for url, _ in futures[future]})
+            bar.update(len(futures[future]))
+    merged = _read_log(out / LOG_FILE)
+    for url, _ in items:
+        failed = {"url": url, "path": "", "status": "failed", "cached": False,
+                  "reason": broken.get(url, "error (its shard task did not finish)")}
+        results[url] = failed if url in broken else merged.get(url, failed)
+    return requests
 
 
 def reason_kind(reason: str) -> str:

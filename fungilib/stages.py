@@ -116,7 +116,10 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in [
                       (Flag("observations", help="folder of observations.h5", **_PATH),
                        Flag("out", "--out", "the output folder", **_PATH),
                        Flag("workers", "--workers", "concurrent downloads"),
-                       Flag("max_side", "--max-side", "resize-on-save: longest side in pixels"))),)),
+                       Flag("max_side", "--max-side", "resize-on-save: longest side in pixels"),
+                       Flag("scheduler", "--scheduler", "run the photos in shards on this Dask scheduler "
+                            "(tcp://host:8786); every worker must see the output folder", path=True),
+                       Flag("local_cluster", "--local-cluster", "or on a Dask LocalCluster of N worker processes"))),)),
     Stage("clean", "fungilib.clean:CleanParams", "fungilib.clean:clean_dataset", "03_clean.ipynb",
           {"observations": "ingest_eda", "downloads": "download"}, "clean", commands=(
               Command("clean", "fungilib.clean:CleanParams", "fungilib.clean:clean_dataset",

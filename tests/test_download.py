@@ -175,3 +175,48 @@ def test_keyboard_interrupt_in_cli_exits_cleanly_without_traceback(pipeline, tmp
     assert "rerun the same command to resume" in err
     assert "Traceback" not in err
     assert (out / "download_log.jsonl").read_text().count("\n") >= 10
+
+
+@pytest.mark.slow
+def test_dask_local_cluster_downloads_in_shards_then_resumes_after_the_client_is_killed(pipeline,
+                                                                                       tmp_path: Path) -> None:
+    """Two Dask worker processes write into one folder; the client (and with it its cluster) is SIGKILLed mid-way;
+    the rerun keeps every finished photo, requests none of them again and leaves no partial file."""
+    out = tmp_path / "dl"
+    state = pipeline.server.state
+    state.latency = 0.03
+    cmd = [sys.executable, "-m", "fungilib.cli", "download", str(pipeline.root / "ingest"), "--out", str(out),
+           "--workers", "2", "--max-side", "128", "--local-cluster", "2", "--set", "shard_size=20", "--set",
+           "timeout=1", "--set", "retries=1", "--set", "backoff=0.05", "--set", "allow_hosts=[127.0.0.1]"]
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(list((out / "images").rglob("*.jpg"))) < 40:
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)  # the client, its scheduler and both workers at once
+        proc.wait()
+    finally:
+        state.latency = 0.0
+    time.sleep(0.5)
+    saved = sorted((out / "images").rglob("*.jpg"))
+    total = load_observations(pipeline.root / "ingest")["url"].nunique()
+    assert 40 <= len(saved) < total, "the kill must land mid-way"
+    assert list(out.glob("download_log.shard-*.jsonl")), "each task keeps its own log"
+    before = Counter(pipeline.server.requests)
+    result = download_images(fast_download_params(pipeline.root / "ingest", out, max_side=128, local_cluster=2,
+                                                  shard_size=20))
+    after = pipeline.server.requests
+    assert result.ok == pipeline.download.ok and result.failed == pipeline.download.failed  # as one process got
+    assert not list((out / "images").rglob(".tmp-*"))
+    for f in (out / "images").rglob("*.jpg"):  # no partial file under a final name
+        with Image.open(f) as img:
+            img.load()
+    base = len(pipeline.server.base_url)
+    table = load_downloads(out)
+    saved_rel = {str(f.relative_to(out)) for f in saved}
+    saved_url_paths = set(table.loc[table["path"].isin(saved_rel), "url"].str[base:])
+    assert len(saved_url_paths) == len(saved) and all(after[p] == before[p] for p in saved_url_paths)
+    ok = table[table["status"] == "ok"].drop_duplicates("url")  # (a photo of several observations: one file)
+    assert ok["path"].is_unique and len(ok) == len(list((out / "images").rglob("*.jpg")))  # one file per photo
+    rest = set(ok.loc[~ok["path"].isin(saved_rel), "url"].str[base:])
+    assert rest and all(after[p] - before[p] == 1 for p in rest if p in after)  # fetched once each by the rerun

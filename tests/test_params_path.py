@@ -15,7 +15,7 @@ import yaml
 from fungilib.cli import build_parser, command_params, main
 from fungilib.stages import COMMANDS, Flag
 
-EXAMPLES = {int: 7, float: 0.25, bool: False}
+EXAMPLES = {int: 7, float: 0.25, bool: False, str: "tcp://127.0.0.1:8786"}
 
 
 def _dotted(params: Any, key: str) -> Any:
