@@ -49,25 +49,34 @@ def main() -> None:
     paths = tf.data.Dataset.from_tensor_slices(train["path"].astype(str).to_numpy())
     decode_only = paths.map(lambda p: (tf.image.resize(decode_file(p), (args.size, args.size)), 0),
                             num_parallel_calls=tf.data.AUTOTUNE).batch(args.batch)  # the same JPEG decoder settings
-    pipeline = make_dataset(train, n, args.size, args.batch, True, Augmentation(), cache=False)
-    images_per_second(decode_only, 1), images_per_second(pipeline, 1)  # warm: traced, files in the page cache
-    limits, pipes = [], []
+    in_pipeline = make_dataset(train, n, args.size, args.batch, True, Augmentation(jitter_in="pipeline"), cache=False)
+    in_model = make_dataset(train, n, args.size, args.batch, True, Augmentation(jitter_in="model"), cache=False)
+    for ds in (decode_only, in_pipeline, in_model):  # warm: traced, files in the page cache
+        images_per_second(ds, 1)
+    limits, before, after = [], [], []
     for _ in range(5):  # alternating, medians: this machine is noisy
         limits.append(images_per_second(decode_only))
-        pipes.append(images_per_second(pipeline))
-    limit, piped = statistics.median(limits), statistics.median(pipes)
+        before.append(images_per_second(in_pipeline))
+        after.append(images_per_second(in_model))
+    limit = statistics.median(limits)
     rows.append({"what": "decode + resize only (all cores)", "images_per_second": round(limit)})
-    rows.append({"what": "training pipeline (decode, random crop, flip, jitter)", "images_per_second": round(piped),
-                 "share_of_decode_limit": round(piped / limit, 3)})
+    for label, runs in (("jitter in the pipeline (before)", before), ("jitter in the model (after)", after)):
+        piped = statistics.median(runs)
+        rows.append({"what": f"training pipeline: decode, random crop, flip; {label}", "images_per_second":
+                     round(piped), "share_of_decode_limit": round(piped / limit, 3)})
     for base in ("MobileNetV3Small", "EfficientNetB0"):
         keras.utils.set_random_seed(0)
-        model, _ = build_classifier(base, "none", args.size, n, 0.2, bn_inference=False)
-        model.compile("adam", keras.losses.CategoricalCrossentropy(from_logits=True))
+        plain, _ = build_classifier(base, "none", args.size, n, 0.2, bn_inference=False)
+        model, _ = build_classifier(base, "none", args.size, n, 0.2, bn_inference=False,
+                                    colour_jitter=Augmentation().color_jitter)  # the default: jitter in the model
+        for m in (plain, model):
+            m.compile("adam", keras.losses.CategoricalCrossentropy(from_logits=True))
         x = np.random.default_rng(0).uniform(0, 255, (args.batch * 4, args.size, args.size, 3)).astype("float32")
         y = keras.utils.to_categorical(np.arange(len(x)) % n, n)
         memory = tf.data.Dataset.from_tensor_slices((x, y)).batch(args.batch).repeat()
         real = make_dataset(train, n, args.size, args.batch, True, Augmentation(), cache=True).repeat()
         model.fit(memory, steps_per_epoch=3, epochs=1, verbose=0)  # trace and warm up
+        plain.fit(memory, steps_per_epoch=3, epochs=1, verbose=0)
         model.fit(real, steps_per_epoch=len(train) // args.batch + 1, epochs=1, verbose=0)  # fills the cache
 
         def rate(ds, model=model) -> float:  # noqa: ANN001
@@ -75,10 +84,13 @@ def main() -> None:
             model.fit(ds, steps_per_epoch=args.steps, epochs=1, verbose=0)
             return args.steps * args.batch / (time.perf_counter() - start)
 
-        pairs = [(rate(memory), rate(real)) for _ in range(3)]  # alternating, medians
-        from_memory = statistics.median(m for m, _ in pairs)
-        through_pipeline = statistics.median(r for _, r in pairs)
-        rows.append({"what": f"train {base} from memory", "images_per_second": round(from_memory)})
+        triples = [(rate(memory, plain), rate(memory), rate(real)) for _ in range(3)]  # alternating, medians
+        without = statistics.median(t[0] for t in triples)
+        from_memory = statistics.median(t[1] for t in triples)
+        through_pipeline = statistics.median(t[2] for t in triples)
+        rows.append({"what": f"train {base} from memory, no jitter layer", "images_per_second": round(without)})
+        rows.append({"what": f"train {base} from memory, jitter layer", "images_per_second": round(from_memory),
+                     "share_of_memory_speed": round(from_memory / without, 3)})
         rows.append({"what": f"train {base} through the pipeline", "images_per_second": round(through_pipeline),
                      "share_of_memory_speed": round(through_pipeline / from_memory, 3)})
     result = {"benchmark": "train_speed", "date": str(date.today()), "machine": f"{platform.machine()}, 2 cores",

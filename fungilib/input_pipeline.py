@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -23,6 +23,9 @@ class Augmentation:
     min_crop: float = 0.35  # random-resized-crop: smallest share of the image area kept
     flip: bool = True
     color_jitter: float = 0.15  # brightness, contrast and saturation strength (0: none)
+    # where the jitter runs: a layer of the model (training only; on the accelerator of a GPU machine, and off the
+    # input pipeline's CPU threads), or the input pipeline
+    jitter_in: Literal["model", "pipeline"] = "model"
 
 
 def decode_file(path: Any) -> Any:
@@ -94,7 +97,7 @@ def _augment(crop: Any, size: int, aug: Augmentation) -> Any:
     image = tf.image.resize(crop, (size, size), method="area")
     if aug.flip:
         image = tf.image.random_flip_left_right(image)
-    if aug.color_jitter > 0:
+    if aug.color_jitter > 0 and aug.jitter_in == "pipeline":
         image = colour_jitter(image[None], aug.color_jitter)[0]
     return image
 

@@ -180,9 +180,44 @@ def rescale_layer(scaling: str) -> Any:
     raise FungilibError(f"unknown scaling {scaling!r}")
 
 
+_JITTER_LAYER: Any = None
+
+
+def colour_jitter_layer_class() -> Any:
+    """A Keras layer applying ``input_pipeline.colour_jitter`` to each training batch, and nothing at inference.
+
+    In the model, photometric augmentation runs where the model runs (the accelerator, on a GPU machine) instead of
+    on the input pipeline's CPU threads; exported models call it in inference mode, where it is the identity."""
+    global _JITTER_LAYER
+    if _JITTER_LAYER is None:
+        import keras
+
+        from fungilib.input_pipeline import colour_jitter
+
+        @keras.saving.register_keras_serializable(package="fungilib")
+        class ColourJitter(keras.layers.Layer):
+            def __init__(self, strength: float = 0.0, **kwargs: Any) -> None:
+                kwargs.setdefault("dtype", "float32")  # the random factors are float32, also under mixed precision
+                super().__init__(**kwargs)
+                self.strength = float(strength)
+
+            def call(self, images: Any, training: bool | None = None) -> Any:
+                return colour_jitter(images, self.strength) if training and self.strength > 0 else images
+
+            def compute_output_shape(self, input_shape: Any) -> Any:
+                return input_shape
+
+            def get_config(self) -> dict[str, Any]:
+                return {**super().get_config(), "strength": self.strength}
+
+        _JITTER_LAYER = ColourJitter
+    return _JITTER_LAYER
+
+
 def build_classifier(base_name: str, weights: str, image_size: int, num_classes: int, dropout: float,
-                     bn_inference: bool) -> tuple[Any, Any]:
-    """(model, base): [0, 255] RGB → preprocess → base → global average pool → dropout → dense logits.
+                     bn_inference: bool, colour_jitter: float = 0.0) -> tuple[Any, Any]:
+    """(model, base): [0, 255] RGB → [colour jitter, training only] → preprocess → base → global average pool →
+    dropout → dense logits.
 
     Dropout sits before the logits, never after; softmax is added at export time. With ``bn_inference`` the base
     runs with ``training=False`` so its BatchNorm statistics stay as pretrained while fine-tuning.
@@ -192,7 +227,8 @@ def build_classifier(base_name: str, weights: str, image_size: int, num_classes:
     spec = spec_for(base_name)
     base = build_base(spec, weights, image_size)
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = rescale_layer(spec.scaling)(inputs)
+    x = colour_jitter_layer_class()(colour_jitter, name="colour_jitter")(inputs) if colour_jitter > 0 else inputs
+    x = rescale_layer(spec.scaling)(x)
     x = base(x, training=False) if bn_inference else base(x)
     if isinstance(x, dict):  # a SavedModel signature returns a dict of outputs
         x = next(iter(x.values()))

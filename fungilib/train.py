@@ -348,7 +348,7 @@ def _train(params: TrainParams, out: Path, placement: Any) -> TrainResult:
     pretrained = params.model.weights != "none"
     with placement.scope():
         model, base = build_classifier(params.model.base, params.model.weights, d.image_size, n, params.model.dropout,
-                                       bn_inference=pretrained)
+                                       bn_inference=pretrained, colour_jitter=model_jitter(params.augmentation))
     steps = int(np.ceil(len(train_rows) / d.batch_size))
     loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=params.regularization.label_smoothing,
                                                reduction=None if multi_worker else "sum_over_batch_size")
@@ -418,6 +418,11 @@ def _train(params: TrainParams, out: Path, placement: Any) -> TrainResult:
     return result
 
 
+def model_jitter(aug: Augmentation) -> float:
+    """The colour-jitter strength the model's own layer applies (0 when the input pipeline does it, or none)."""
+    return aug.color_jitter if aug.enabled and aug.jitter_in == "model" else 0.0
+
+
 def float32_copy(model: Any, params: TrainParams, num_classes: int, pretrained: bool) -> Any:
     """The same network built under the float32 policy, holding ``model``'s weights (mixed precision keeps its
     variables in float32, so nothing is rounded)."""
@@ -427,7 +432,8 @@ def float32_copy(model: Any, params: TrainParams, num_classes: int, pretrained: 
 
     keras.mixed_precision.set_global_policy("float32")
     copy, _ = build_classifier(params.model.base, "none", params.dataset.image_size, num_classes,
-                               params.model.dropout, bn_inference=pretrained)
+                               params.model.dropout, bn_inference=pretrained,
+                               colour_jitter=model_jitter(params.augmentation))
     copy.set_weights(model.get_weights())
     return copy
 
@@ -455,9 +461,10 @@ def load_trained(run_dir: Path) -> tuple[Any, pd.DataFrame, dict[str, Any]]:
     run_dir = Path(run_dir)
     if not (run_dir / MODEL_FILE).exists():
         raise FungilibError(f"{run_dir}: no {MODEL_FILE}; train first (or the run did not finish)")
-    from fungilib.models import hub_layer_class
+    from fungilib.models import colour_jitter_layer_class, hub_layer_class
 
-    model = keras.models.load_model(run_dir / MODEL_FILE, custom_objects={"HubModuleLayer": hub_layer_class()},
+    model = keras.models.load_model(run_dir / MODEL_FILE, custom_objects={"HubModuleLayer": hub_layer_class(),
+                                                                          "ColourJitter": colour_jitter_layer_class()},
                                     safe_mode=False)
     labels = pd.read_csv(run_dir / "labels.csv", dtype={"class_key": str, "speciesKey": str}, keep_default_na=False)
     return model, labels, json.loads((run_dir / "preprocessing.json").read_text())

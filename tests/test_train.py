@@ -177,6 +177,24 @@ def test_colour_jitter_is_per_image_within_a_batch() -> None:
     np.testing.assert_allclose(colour_jitter(batch, 0.0).numpy(), np.clip(batch.numpy(), 0, 255), atol=1e-3)
 
 
+def test_the_models_colour_jitter_acts_in_training_only_and_survives_save_and_load(tmp_path: Path) -> None:
+    from fungilib.models import build_classifier, colour_jitter_layer_class
+
+    model, _ = build_classifier("MobileNetV3Small", "none", 32, 3, 0.0, bn_inference=False, colour_jitter=0.3)
+    layer = model.get_layer("colour_jitter")
+    x = tf.fill([4, 32, 32, 3], 120.0) + tf.random.stateless_uniform([4, 32, 32, 3], [3, 4], 0, 40)
+    np.testing.assert_array_equal(layer(x, training=False).numpy(), x.numpy())  # inference (and exports): identity
+    jittered = layer(x, training=True).numpy()
+    assert not np.allclose(jittered, x.numpy()) and np.std(jittered.reshape(4, -1).mean(axis=1)) > 1
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras",
+                                     custom_objects={"ColourJitter": colour_jitter_layer_class()})
+    assert loaded.get_layer("colour_jitter").strength == pytest.approx(0.3)
+    np.testing.assert_allclose(loaded(x, training=False).numpy(), model(x, training=False).numpy(), atol=1e-5)
+    plain, _ = build_classifier("MobileNetV3Small", "none", 32, 3, 0.0, bn_inference=False)
+    assert "colour_jitter" not in [layer.name for layer in plain.layers]
+
+
 def test_schedules_follow_their_shape() -> None:
     from fungilib.train import ScheduleParams, make_schedule
 
