@@ -1,7 +1,7 @@
 """Serve an export bundle's web classifier on loopback (``fungilib serve EXPORT_DIR``).
 
 Plain static files from the bundle folder only (no directory listings, nothing outside it), with the same
-Content-Security-Policy as the page's own: nothing but this origin may be contacted.
+Content-Security-Policy as the page's own (nothing but this origin may be contacted) and cross-origin isolation.
 """
 
 from __future__ import annotations
@@ -16,9 +16,13 @@ from typing import Any
 
 from fungilib.errors import FungilibError
 
-CSP = ("default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; connect-src 'self'; "
-       "worker-src 'self'; manifest-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; "
-       "frame-ancestors 'none'")
+CSP = ("default-src 'self'; img-src 'self' blob: data:; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; "
+       "connect-src 'self'; worker-src 'self' blob:; manifest-src 'self'; object-src 'none'; base-uri 'none'; "
+       "form-action 'none'; frame-ancestors 'none'")
+# Cross-origin isolation: SharedArrayBuffer, hence WebAssembly threads for LiteRT.js (the service worker adds the
+# same headers to what it serves, for static hosts that send none).
+ISOLATION = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp",
+             "Cross-Origin-Resource-Policy": "same-origin"}
 
 
 def bundle_dir(path: Path) -> Path:
@@ -34,11 +38,13 @@ def bundle_dir(path: Path) -> Path:
 class BundleHandler(SimpleHTTPRequestHandler):
     extensions_map = {**SimpleHTTPRequestHandler.extensions_map, ".webmanifest": "application/manifest+json",
                       ".js": "text/javascript", ".json": "application/json", ".bin": "application/octet-stream",
-                      ".svg": "image/svg+xml", ".tflite": "application/octet-stream"}
+                      ".svg": "image/svg+xml", ".tflite": "application/octet-stream", ".wasm": "application/wasm"}
     quiet = False
 
     def end_headers(self) -> None:
         self.send_header("Content-Security-Policy", CSP)
+        for name, value in ISOLATION.items():
+            self.send_header(name, value)
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Cache-Control", "no-cache")  # revalidate online; the service worker serves offline
         super().end_headers()

@@ -23,8 +23,13 @@ from fungilib.stages import PROJECT_ROOT
 
 WEB_DIR = PROJECT_ROOT / "web"
 NODE_PREDICT = Path(__file__).resolve().parent / "js" / "tfjs_predict.cjs"
-WEB_FILES = ("index.html", "tf-globals.js", "app.js", "preprocess.js", "rollup.js", "style.css", "manifest.webmanifest", "icon.svg")
+WEB_FILES = ("index.html", "tf-globals.js", "app.js", "runtime.js", "preprocess.js", "rollup.js", "style.css",
+             "manifest.webmanifest", "icon.svg")
 TFJS_PACKAGE = "@tensorflow/tfjs"
+LITERT_PACKAGE = "@litertjs/core"
+# LiteRT.js builds the page may load (the loader picks one by the browser's features); JSPI (WebNN, partial
+# WebGPU) is not used. Only the one a browser fetches is kept offline by the service worker.
+LITERT_WASM = ("litert_wasm_internal", "litert_wasm_threaded_internal", "litert_wasm_compat_internal")
 
 
 def node_modules() -> Path:
@@ -70,6 +75,28 @@ def _digest(paths: list[Path]) -> str:
     return sha.hexdigest()[:16]
 
 
+def copy_litert(folder: Path) -> list[str]:
+    """LiteRT.js into ``folder``: its module (its one bare import pointed at the copy beside it, so the page needs
+    no import map) and its WebAssembly builds. Returns the bundle-relative module files the page always loads."""
+    package = node_modules() / LITERT_PACKAGE
+    if not (package / "dist" / "index.js").is_file():
+        raise FungilibError(f"{package} is missing: run `make setup` (npm ci installs LiteRT.js for the page)")
+    (folder / "wasm").mkdir(parents=True, exist_ok=True)
+    module = (package / "dist" / "index.js").read_text(encoding="utf-8")
+    bare = 'from "@litertjs/wasm-utils"'
+    if bare not in module:
+        raise FungilibError(f"{package}/dist/index.js no longer imports @litertjs/wasm-utils as expected; "
+                            "check the pinned version in package.json")
+    (folder / "litert.js").write_text(module.replace(bare, 'from "./wasm-utils.js"').replace(
+        "//# sourceMappingURL=index.js.map", ""), encoding="utf-8")
+    utils = (node_modules() / "@litertjs" / "wasm-utils" / "dist" / "index.js").read_text(encoding="utf-8")
+    (folder / "wasm-utils.js").write_text(utils.replace("//# sourceMappingURL=index.js.map", ""), encoding="utf-8")
+    for name in LITERT_WASM:
+        for suffix in (".js", ".wasm"):
+            shutil.copyfile(package / "wasm" / f"{name}{suffix}", folder / "wasm" / f"{name}{suffix}")
+    return ["litert/litert.js", "litert/wasm-utils.js"]
+
+
 def write_web_app(bundle: Path, config: dict, model_files: list[str]) -> list[str]:
     """Copy the page and ``tf.min.js`` into ``bundle``, write ``config.json`` and the service worker.
 
@@ -81,8 +108,10 @@ def write_web_app(bundle: Path, config: dict, model_files: list[str]) -> list[st
     for name in WEB_FILES:
         shutil.copyfile(WEB_DIR / name, bundle / name)
     shutil.copyfile(node_modules() / TFJS_PACKAGE / "dist" / "tf.min.js", bundle / "tf.min.js")
+    runtime = copy_litert(bundle / "litert")
     write_json(bundle / "config.json", config)
-    precache = ["./", *WEB_FILES, "tf.min.js", "config.json", "labels.json", "preprocessing.json", *model_files]
+    precache = ["./", *WEB_FILES, "tf.min.js", *runtime, "config.json", "labels.json", "preprocessing.json",
+                *model_files]
     version = _digest([bundle / name for name in precache[1:]])
     template = (WEB_DIR / "sw.js").read_text()
     worker = template.replace('"__BUNDLE_VERSION__"', json.dumps(version))

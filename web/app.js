@@ -1,9 +1,11 @@
-// The offline identifier: load the bundle's TF.js model once, then classify each photo the user picks.
-// Everything it reads comes from this origin (config.json, labels.json, preprocessing.json, the model).
-"use strict";
-(function () {
+// The offline identifier: load the bundle's model once (runtime.js: LiteRT.js, or TF.js where it cannot start),
+// then classify each photo the user picks. Everything it reads comes from this origin (config.json, labels.json,
+// preprocessing.json, the model, the runtimes).
+import { createRuntime } from "./runtime.js";
+
+{
   const $ = (id) => document.getElementById(id);
-  const state = { model: null, labels: null, spec: null, config: null, threshold: 0.6, last: null, millis: 0 };
+  const state = { runtime: null, labels: null, spec: null, config: null, threshold: 0.6, last: null, millis: 0 };
 
   function setStatus(text, kind) {
     $("status").textContent = text;
@@ -42,11 +44,6 @@
     return { data: pixels.data, width: canvas.width, height: canvas.height };
   }
 
-  function predict(input) {
-    const size = state.spec.input_size;
-    return tf.tidy(() => state.model.predict(tf.tensor4d(input, [1, size, size, 3]))).data();
-  }
-
   function render(probabilities, millis) {
     const top = FungiRollup.topK(Array.from(probabilities), state.labels, state.config.top_k || 5);
     const verdict = FungiRollup.answer(Array.from(probabilities), state.labels, state.threshold);
@@ -74,7 +71,7 @@
       item.append(name, group, bar);
       return item;
     }));
-    $("timing").textContent = `Answered in ${millis.toFixed(0)} ms on this device (${tf.getBackend()}), offline-capable.`;
+    $("timing").textContent = `Answered in ${millis.toFixed(0)} ms on this device (${state.runtime.name}), offline-capable.`;
     $("answer").hidden = false;
     $("error").hidden = true;
     document.body.dataset.result = "done";
@@ -83,7 +80,7 @@
   async function classify(file) {
     document.body.dataset.result = "working";
     $("error").hidden = true;
-    if (!state.model) { showError("The model is still loading; try again in a moment."); return; }
+    if (!state.runtime) { showError("The model is still loading; try again in a moment."); return; }
     const preview = $("preview");
     if (preview.src) URL.revokeObjectURL(preview.src);
     try {
@@ -92,7 +89,7 @@
       $("figure").hidden = false;
       const start = performance.now();
       const input = FungiPreprocess.preprocessRGBA(image.data, image.width, image.height, state.spec);
-      const probabilities = await predict(input);
+      const probabilities = await state.runtime.predict(input);
       state.last = probabilities;
       state.millis = performance.now() - start;
       render(probabilities, state.millis);
@@ -106,7 +103,23 @@
     if (!("serviceWorker" in navigator)) return "this browser cannot keep the page offline";
     await navigator.serviceWorker.register("sw.js");
     await navigator.serviceWorker.ready;
+    // A static host sends no cross-origin isolation headers; the service worker adds them to what it serves, so
+    // one reload under its control gives WebAssembly threads (once per session, never a loop).
+    if (!self.crossOriginIsolated && !sessionStorage.getItem("fungilib.isolation-reload")) {
+      sessionStorage.setItem("fungilib.isolation-reload", "1");
+      location.reload();
+      return new Promise(() => {});
+    }
     return "works offline";
+  }
+
+  // The runtime's files this page actually fetched (one WebAssembly build of several): the service worker keeps
+  // them, so a phone downloads the build it runs, once.
+  function keepRuntimeFiles() {
+    const worker = navigator.serviceWorker && navigator.serviceWorker.controller;
+    const files = performance.getEntriesByType("resource").map((e) => e.name)
+      .filter((url) => url.startsWith(new URL("litert/wasm/", location.href).href));
+    if (worker && files.length) worker.postMessage({ keep: files });
   }
 
   async function start() {
@@ -114,12 +127,8 @@
     try {
       [state.config, state.labels, state.spec] = await Promise.all(
         ["config.json", "labels.json", "preprocessing.json"].map(getJSON));
-      const wanted = new URLSearchParams(location.search).get("backend") || state.config.backend;
-      if (wanted) await tf.setBackend(wanted);
-      await tf.ready();
-      state.model = await tf.loadGraphModel(state.config.model);
-      const size = state.spec.input_size;
-      tf.tidy(() => state.model.predict(tf.zeros([1, size, size, 3])));
+      const wanted = new URLSearchParams(location.search).get("runtime") || state.config.runtime || "";
+      state.runtime = await createRuntime(state.config, state.spec, wanted);
     } catch (err) {
       setStatus(`The model could not be loaded: ${err.message}`, "failed");
       return;
@@ -129,7 +138,11 @@
     $("threshold-value").textContent = `${Math.round(100 * state.threshold)} %`;
     $("about").textContent = `${state.labels.length} species · model ${state.config.run} (${state.config.created}) · ` +
       `input ${state.spec.input_size} px · ${state.config.metrics || ""}`;
-    setStatus(`Ready (${await offline}).`, "ready");
+    const keeping = await offline;
+    keepRuntimeFiles();
+    setStatus(`Ready (${keeping}; ${state.runtime.name}).`, "ready");
+    document.body.dataset.runtime = state.runtime.name;
+    document.body.dataset.isolated = String(self.crossOriginIsolated === true);
     document.body.dataset.ready = "true";
   }
 
@@ -146,4 +159,4 @@
     if (state.last) render(state.last, state.millis);
   });
   start();
-})();
+}
