@@ -1,5 +1,7 @@
-"""Inference latency per image and model size: Keras, LiteRT (TFLite float and dynamic-range) and TF.js in
-headless Chromium (CPU and WebGL-on-SwiftShader backends), for the demo model and MobileNetV3Small at 224 px.
+"""Inference latency per image and model size: Keras, native LiteRT (TFLite float and dynamic-range; the page's
+batch-1 model at 1 and all threads), LiteRT.js in headless Chromium (WebAssembly, 1 and all threads, cross-origin
+isolated) and TF.js there (CPU and WebGL-on-SwiftShader), for the demo model and MobileNetV3Small and
+EfficientNetB0 at 224 px; and the page's first-load bytes and cold / warm time to its first answer.
 
 One image at a time, as the person on the trail uses it: median of --repeats calls after a warm-up.
 Usage: .venv/bin/python bench/inference.py [--run runs/demo/train] [--repeats 30]
@@ -50,10 +52,10 @@ def _median_ms(call, repeats: int) -> float:  # noqa: ANN001
     return statistics.median(times)
 
 
-def _litert_ms(path: Path, x, repeats: int) -> float:  # noqa: ANN001
+def _litert_ms(path: Path, x, repeats: int, threads: int | None = None) -> float:  # noqa: ANN001
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_path=str(path))
+    interpreter = Interpreter(model_path=str(path), num_threads=threads)
     inp = interpreter.get_input_details()[0]
     interpreter.resize_tensor_input(inp["index"], list(x.shape))
     interpreter.allocate_tensors()
@@ -65,15 +67,16 @@ def _litert_ms(path: Path, x, repeats: int) -> float:  # noqa: ANN001
     return _median_ms(call, repeats)
 
 
-def _mobilenet_224(folder: Path, classes: int) -> tuple:  # noqa: ANN001
-    """MobileNetV3Small at 224 px (random weights: latency does not depend on them), exported like a bundle."""
+def _model_224(base: str, folder: Path, classes: int) -> tuple:  # noqa: ANN001
+    """``base`` at 224 px (random weights: latency does not depend on them), exported like a bundle."""
     import keras
     import tensorflow as tf
 
+    from fungilib.export import WEB_TFLITE, web_tflite
     from fungilib.models import build_classifier
     from fungilib.tfjs_convert import convert_saved_model
 
-    model, _ = build_classifier("MobileNetV3Small", "none", 224, classes, 0.2, bn_inference=False)
+    model, _ = build_classifier(base, "none", 224, classes, 0.2, bn_inference=False)
     inputs = keras.Input((224, 224, 3))
     with_softmax = keras.Model(inputs, keras.layers.Softmax()(model(inputs)))
     if not (folder / "tfjs" / "float32" / "model.json").exists():
@@ -86,6 +89,8 @@ def _mobilenet_224(folder: Path, classes: int) -> tuple:  # noqa: ANN001
         convert_saved_model(folder / "saved_model", {"none": folder / "tfjs" / "float32",
                                                      "float16": folder / "tfjs" / "float16",
                                                      "uint8": folder / "tfjs" / "uint8"})
+    if not (folder / WEB_TFLITE).exists():
+        (folder / WEB_TFLITE).write_bytes(web_tflite(folder / "saved_model", 224))
     return with_softmax, folder
 
 
@@ -94,24 +99,76 @@ def _size_mb(path: Path) -> float:
     return round(sum(p.stat().st_size for p in files) / 1e6, 2)
 
 
-def _browser(site: Path, models: dict[str, tuple[str, int]], repeats: int) -> dict[tuple[str, str], float]:
+def _browser(site: Path, models: dict[str, tuple[str, str, int]], repeats: int) -> dict[tuple[str, str], float]:
     from playwright.sync_api import sync_playwright
 
     from fungilib.serve import serving
 
     results = {}
+    threads = os.cpu_count() or 2
     with serving(site) as url, sync_playwright() as pw:
         for backend, flags in BACKEND_FLAGS.items():
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=COMMON_FLAGS + flags)
             page = browser.new_page()
             page.goto(url)
-            for name, (model_url, size) in models.items():
+            for name, (model_url, _, size) in models.items():
                 out = page.evaluate(BROWSER_TIMING, [model_url, size, repeats, backend])
-                results[(name, backend)] = out["median"]
+                results[(name, f"TF.js float32, Chromium {backend}")] = out["median"]
                 if out["backend"] != backend:
-                    results[(name, backend)] = float("nan")
+                    results[(name, f"TF.js float32, Chromium {backend}")] = float("nan")
             browser.close()
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=COMMON_FLAGS + BACKEND_FLAGS["cpu"])
+        page = browser.new_page()
+        page.goto(url + "litert.html")
+        page.wait_for_function("window.timingReady === true")
+        assert page.evaluate("self.crossOriginIsolated"), "fungilib serve must isolate the page (COOP/COEP)"
+        for name, (_, tflite_url, size) in models.items():
+            for count in (1, threads):
+                ms = page.evaluate("([u, s, r, n]) => window.timeLiteRt(u, s, r, n, true)", [tflite_url, size, repeats,
+                                                                                         count])
+                results[(name, f"LiteRT.js WASM, Chromium, {count} thread{'s' if count > 1 else ''}")] = ms
+        browser.close()
     return results
+
+
+def _page_load(bundle: Path) -> dict[str, float]:
+    """The identifier itself, served by fungilib serve: bytes a first visit downloads, and the time from opening
+    the page to its first answer, cold (a new browser profile) and warm (a reload, from the service worker)."""
+    from playwright.sync_api import sync_playwright
+
+    from fungilib.serve import serving
+
+    photo = WORK / "photo.jpg"
+    from PIL import Image
+
+    Image.new("RGB", (640, 480), (120, 90, 60)).save(photo)
+    out: dict[str, float] = {}
+    with serving(bundle) as url, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=COMMON_FLAGS + BACKEND_FLAGS["cpu"])
+        page = browser.new_context().new_page()
+        sizes: dict[str, int] = {}
+
+        def record(response) -> None:  # noqa: ANN001
+            if response.request.method == "GET" and not response.from_service_worker:
+                try:
+                    sizes[response.url] = len(response.body())
+                except Exception:  # a redirect or an aborted request has no body
+                    pass
+
+        page.on("response", record)
+        for label in ("cold", "warm"):
+            start = time.perf_counter()
+            page.goto(url) if label == "cold" else page.reload()
+            page.wait_for_selector("body[data-ready=true]", state="attached", timeout=120_000)
+            page.set_input_files("#photo", str(photo))
+            page.wait_for_selector("body[data-result=done]", state="attached", timeout=60_000)
+            out[f"{label}_seconds_to_first_answer"] = round(time.perf_counter() - start, 2)
+            if label == "cold":
+                page.wait_for_timeout(2000)  # the service worker's precache and the runtime it keeps
+                out["first_load_mb"] = round(sum(sizes.values()) / 1e6, 2)
+        out["runtime"] = page.get_attribute("body", "data-runtime")
+        browser.close()
+    return out
 
 
 def main() -> None:
@@ -121,20 +178,21 @@ def main() -> None:
     args = parser.parse_args()
     import numpy as np
 
-    from fungilib.export import ExportParams, export_run
+    from fungilib.export import WEB_TFLITE, ExportParams, export_run
     from fungilib.train import load_trained
-    from fungilib.webapp import WEB_DIR, node_modules
+    from fungilib.webapp import WEB_DIR, copy_litert, node_modules
 
     WORK.mkdir(parents=True, exist_ok=True)
     demo_bundle = WORK / "demo-bundle"
-    if not (demo_bundle / "config.json").exists():
+    if not (demo_bundle / WEB_TFLITE).exists():
         export_run(ExportParams(run=args.run, out=demo_bundle, parity_images=4))
     model, labels, prep = load_trained(args.run)
     size = int(prep["input_size"])
-    big_model, big = _mobilenet_224(WORK / "mobilenetv3small-224", len(labels))
     rng = np.random.default_rng(0)
-    cases = {f"demo model ({size} px)": (model, demo_bundle, size),
-             "MobileNetV3Small 224 px": (big_model, big, 224)}
+    cases = {f"demo model ({size} px)": (model, demo_bundle, size)}
+    for base in ("MobileNetV3Small", "EfficientNetB0"):
+        big_model, big = _model_224(base, WORK / f"{base.lower()}-224", len(labels))
+        cases[f"{base} 224 px"] = (big_model, big, 224)
     rows = []
     site = WORK / "site"
     shutil.rmtree(site, ignore_errors=True)
@@ -144,6 +202,11 @@ def main() -> None:
     (site / "config.json").write_text("{}")
     shutil.copy(WEB_DIR / "tf-globals.js", site)
     shutil.copy(node_modules() / "@tensorflow" / "tfjs" / "dist" / "tf.min.js", site)
+    copy_litert(site / "litert")
+    shutil.copy(HERE / "litert_timing.js", site)
+    (site / "litert.html").write_text('<!doctype html><script type="module" src="litert_timing.js"></script>'
+                                      "<p>fungilib LiteRT.js benchmark</p>")
+    threads = os.cpu_count() or 2
     browser_models = {}
     for name, (keras_model, folder, px) in cases.items():
         x = rng.uniform(0, 255, (1, px, px, 3)).astype(np.float32)
@@ -152,23 +215,30 @@ def main() -> None:
         for tfl in ("model_f32.tflite", "model_dynamic.tflite"):
             rows.append({"model": name, "format": f"LiteRT {tfl}", "size_mb": _size_mb(folder / tfl),
                          "ms": _litert_ms(folder / tfl, x, args.repeats)})
-        slug = "demo" if name.startswith("demo") else "mnv3s224"
+        for count in (1, threads):
+            rows.append({"model": name, "format": f"LiteRT native, batch-1 web model, {count} thread"
+                         + ("s" if count > 1 else ""), "size_mb": _size_mb(folder / WEB_TFLITE),
+                         "ms": _litert_ms(folder / WEB_TFLITE, x, args.repeats, count)})
+        slug = name.split()[0].lower()
         shutil.copytree(folder / "tfjs", site / slug)
-        browser_models[name] = (f"{slug}/float32/model.json", px)
+        shutil.copy(folder / WEB_TFLITE, site / f"{slug}.tflite")
+        browser_models[name] = (f"{slug}/float32/model.json", f"{slug}.tflite", px)
         for q in ("float32", "float16", "uint8"):
             rows.append({"model": name, "format": f"TF.js {q} (size only)", "size_mb": _size_mb(folder / "tfjs" / q),
                          "ms": None})
-    for (name, backend), ms in _browser(site, browser_models, args.repeats).items():
-        rows.append({"model": name, "format": f"TF.js float32, Chromium {backend}", "size_mb": None, "ms": ms})
+    for (name, what), ms in _browser(site, browser_models, args.repeats).items():
+        rows.append({"model": name, "format": what, "size_mb": None, "ms": ms})
+    page = _page_load(demo_bundle)
+    print("\nThe identifier page (demo bundle, fungilib serve):", json.dumps(page))
     rows.sort(key=lambda r: (r["model"], r["format"]))
     print(f"\nInference, one image per call, median of {args.repeats} (ms)")
-    print(f"{'model':26} {'format':38} {'size MB':>8} {'ms/image':>9}")
+    print(f"{'model':26} {'format':48} {'size MB':>8} {'ms/image':>9}")
     for r in rows:
         size_text = f"{r['size_mb']:.2f}" if r["size_mb"] is not None else ""
         ms_text = f"{r['ms']:.2f}" if r["ms"] is not None else ""
-        print(f"{r['model']:26} {r['format']:38} {size_text:>8} {ms_text:>9}")
+        print(f"{r['model']:26} {r['format']:48} {size_text:>8} {ms_text:>9}")
     result = {"date": str(date.today()), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-              "repeats": args.repeats, "rows": rows}
+              "repeats": args.repeats, "rows": rows, "page": page}
     (HERE / "results" / "inference.json").write_text(json.dumps(result, indent=2))
 
 

@@ -248,13 +248,12 @@ def export_run(params: ExportParams) -> ExportResult:
     sizes |= {f"tfjs_{TFJS_FOLDERS[q]}": _folder_bytes(work / "tfjs" / TFJS_FOLDERS[q]) for q in params.tfjs_quantization}
     (work / "MODEL_CARD.md").write_text(_model_card(run_dir, labels, size, parity, sizes))
 
-    web_folder = Path("tfjs") / TFJS_FOLDERS[params.web_model]
-    model_files = [str(p.relative_to(work)) for p in sorted((work / web_folder).iterdir())]
+    web_folder = Path("tfjs") / TFJS_FOLDERS[params.web_model]  # the TF.js fallback's model (loaded only if needed)
     config = {"model": str(web_folder / "model.json"), "litert_model": WEB_TFLITE, "threshold": params.threshold,
               "top_k": params.top_k,
               "run": run_dir.name, "created": str(date.today()), "fungilib": __version__,
               "metrics": ", ".join(f"test {k} {metrics[k]:.2f}" for k in ("top1", "macro_f1") if k in metrics)}
-    write_web_app(work, config, [WEB_TFLITE, *model_files])
+    write_web_app(work, config, [WEB_TFLITE])
 
     old = bundle.with_name(f".{bundle.name}.old")
     shutil.rmtree(old, ignore_errors=True)

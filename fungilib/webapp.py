@@ -100,8 +100,8 @@ def copy_litert(folder: Path) -> list[str]:
 def write_web_app(bundle: Path, config: dict, model_files: list[str]) -> list[str]:
     """Copy the page and ``tf.min.js`` into ``bundle``, write ``config.json`` and the service worker.
 
-    ``model_files`` are the bundle-relative files of the TF.js model the page loads; the service worker
-    caches them with the page. Returns the precached file list.
+    ``model_files`` are the bundle-relative files of the model the page loads; the service worker caches them
+    with the page. Returns the precached file list.
     """
     if not (WEB_DIR / "index.html").is_file():
         raise FungilibError(f"the web page sources are missing ({WEB_DIR}); fungilib must run from its checkout")
@@ -110,8 +110,9 @@ def write_web_app(bundle: Path, config: dict, model_files: list[str]) -> list[st
     shutil.copyfile(node_modules() / TFJS_PACKAGE / "dist" / "tf.min.js", bundle / "tf.min.js")
     runtime = copy_litert(bundle / "litert")
     write_json(bundle / "config.json", config)
-    precache = ["./", *WEB_FILES, "tf.min.js", *runtime, "config.json", "labels.json", "preprocessing.json",
-                *model_files]
+    # the TF.js fallback (tf.min.js, its model) is not precached: a browser that needs it keeps what it fetched
+    precache = ["./", *[name for name in WEB_FILES if name != "tf-globals.js"], *runtime, "config.json",
+                "labels.json", "preprocessing.json", *model_files]
     version = _digest([bundle / name for name in precache[1:]])
     template = (WEB_DIR / "sw.js").read_text()
     worker = template.replace('"__BUNDLE_VERSION__"', json.dumps(version))

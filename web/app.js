@@ -113,12 +113,13 @@ import { createRuntime } from "./runtime.js";
     return "works offline";
   }
 
-  // The runtime's files this page actually fetched (one WebAssembly build of several): the service worker keeps
-  // them, so a phone downloads the build it runs, once.
+  // The runtime's files this page actually fetched (one WebAssembly build of several, or the TF.js fallback): the
+  // service worker keeps them, so a phone downloads what it runs, once.
   function keepRuntimeFiles() {
     const worker = navigator.serviceWorker && navigator.serviceWorker.controller;
+    const kept = ["litert/wasm/", "tfjs/", "tf.min.js", "tf-globals.js"].map((p) => new URL(p, location.href).href);
     const files = performance.getEntriesByType("resource").map((e) => e.name)
-      .filter((url) => url.startsWith(new URL("litert/wasm/", location.href).href));
+      .filter((url) => kept.some((prefix) => url.startsWith(prefix)));
     if (worker && files.length) worker.postMessage({ keep: files });
   }
 

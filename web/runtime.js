@@ -23,7 +23,9 @@ async function liteRt(config, spec, wanted) {
   const threaded = await loadWasm();
   const accelerator = wanted === "webgpu" || (!wanted && config.accelerator === "webgpu" && isWebGPUSupported())
     ? "webgpu" : "wasm";
-  const cores = threaded ? Math.max(1, Math.min(navigator.hardwareConcurrency || 1, 8)) : 1;
+  // Threads pay from about 128 px: at 224 px two threads took 2.3 ms instead of 4.0 (MobileNetV3Small), at 96 px
+  // 1.2 ms instead of 1.0 (bench/inference.py) — the work per call is too small to share.
+  const cores = threaded && spec.input_size >= 128 ? Math.max(1, Math.min(navigator.hardwareConcurrency || 1, 8)) : 1;
   const model = await loadAndCompile(config.litert_model, { accelerator, cpuOptions: { numThreads: cores } });
   const size = spec.input_size;
   const shape = [1, size, size, 3];
