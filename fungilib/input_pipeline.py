@@ -23,8 +23,8 @@ class Augmentation:
     min_crop: float = 0.35  # random-resized-crop: smallest share of the image area kept
     flip: bool = True
     color_jitter: float = 0.15  # brightness, contrast and saturation strength (0: none)
-    # where the jitter runs: a layer of the model (training only; on the accelerator of a GPU machine, and off the
-    # input pipeline's CPU threads), or the input pipeline
+    # where colour jitter and flip run: layers of the model (training only; on the accelerator of a GPU machine,
+    # and off the input pipeline's CPU threads), or the input pipeline
     jitter_in: Literal["model", "pipeline"] = "model"
 
 
@@ -95,7 +95,7 @@ def _augment(crop: Any, size: int, aug: Augmentation) -> Any:
 
     # area averaging: antialiased like eval's triangle filter at these shrink factors, several times cheaper
     image = tf.image.resize(crop, (size, size), method="area")
-    if aug.flip:
+    if aug.flip and aug.jitter_in == "pipeline":
         image = tf.image.random_flip_left_right(image)
     if aug.color_jitter > 0 and aug.jitter_in == "pipeline":
         image = colour_jitter(image[None], aug.color_jitter)[0]

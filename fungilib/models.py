@@ -215,9 +215,9 @@ def colour_jitter_layer_class() -> Any:
 
 
 def build_classifier(base_name: str, weights: str, image_size: int, num_classes: int, dropout: float,
-                     bn_inference: bool, colour_jitter: float = 0.0) -> tuple[Any, Any]:
-    """(model, base): [0, 255] RGB → [colour jitter, training only] → preprocess → base → global average pool →
-    dropout → dense logits.
+                     bn_inference: bool, colour_jitter: float = 0.0, flip: bool = False) -> tuple[Any, Any]:
+    """(model, base): [0, 255] RGB → [horizontal flip, colour jitter: training only] → preprocess → base → global
+    average pool → dropout → dense logits.
 
     Dropout sits before the logits, never after; softmax is added at export time. With ``bn_inference`` the base
     runs with ``training=False`` so its BatchNorm statistics stay as pretrained while fine-tuning.
@@ -227,7 +227,8 @@ def build_classifier(base_name: str, weights: str, image_size: int, num_classes:
     spec = spec_for(base_name)
     base = build_base(spec, weights, image_size)
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = colour_jitter_layer_class()(colour_jitter, name="colour_jitter")(inputs) if colour_jitter > 0 else inputs
+    x = keras.layers.RandomFlip("horizontal", name="flip")(inputs) if flip else inputs
+    x = colour_jitter_layer_class()(colour_jitter, name="colour_jitter")(x) if colour_jitter > 0 else x
     x = rescale_layer(spec.scaling)(x)
     x = base(x, training=False) if bn_inference else base(x)
     if isinstance(x, dict):  # a SavedModel signature returns a dict of outputs

@@ -348,7 +348,8 @@ def _train(params: TrainParams, out: Path, placement: Any) -> TrainResult:
     pretrained = params.model.weights != "none"
     with placement.scope():
         model, base = build_classifier(params.model.base, params.model.weights, d.image_size, n, params.model.dropout,
-                                       bn_inference=pretrained, colour_jitter=model_jitter(params.augmentation))
+                                       bn_inference=pretrained, colour_jitter=model_jitter(params.augmentation),
+                                       flip=model_flip(params.augmentation))
     steps = int(np.ceil(len(train_rows) / d.batch_size))
     loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=params.regularization.label_smoothing,
                                                reduction=None if multi_worker else "sum_over_batch_size")
@@ -423,6 +424,11 @@ def model_jitter(aug: Augmentation) -> float:
     return aug.color_jitter if aug.enabled and aug.jitter_in == "model" else 0.0
 
 
+def model_flip(aug: Augmentation) -> bool:
+    """Whether the model's own layer flips training photos (else the input pipeline does, or nothing)."""
+    return aug.enabled and aug.flip and aug.jitter_in == "model"
+
+
 def float32_copy(model: Any, params: TrainParams, num_classes: int, pretrained: bool) -> Any:
     """The same network built under the float32 policy, holding ``model``'s weights (mixed precision keeps its
     variables in float32, so nothing is rounded)."""
@@ -433,7 +439,7 @@ def float32_copy(model: Any, params: TrainParams, num_classes: int, pretrained: 
     keras.mixed_precision.set_global_policy("float32")
     copy, _ = build_classifier(params.model.base, "none", params.dataset.image_size, num_classes,
                                params.model.dropout, bn_inference=pretrained,
-                               colour_jitter=model_jitter(params.augmentation))
+                               colour_jitter=model_jitter(params.augmentation), flip=model_flip(params.augmentation))
     copy.set_weights(model.get_weights())
     return copy
 
