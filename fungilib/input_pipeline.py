@@ -44,10 +44,12 @@ def _decode_example(path: Any, label: Any) -> tuple[Any, Any]:
 
 
 def eval_transform(image: Any, size: int) -> Any:
-    """Resize so the shorter side is size / 0.875 and crop the central size x size square, as float [0, 255]."""
+    """Resize so the shorter side is size / 0.875 and crop the central size x size square, as float [0, 255].
+
+    ``image`` is one photo (H×W×3) or a batch of photos of one size (N×H×W×3), each transformed alike."""
     import tensorflow as tf
 
-    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    shape = tf.cast(tf.shape(image)[-3:-1], tf.float32)
     scale = (size / EVAL_CROP) / tf.reduce_min(shape)
     new = tf.cast(tf.round(shape * scale), tf.int32)
     image = tf.image.resize(image, new, method="bilinear", antialias=True)

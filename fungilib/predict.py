@@ -105,23 +105,37 @@ def expand_inputs(inputs: Iterable[Path]) -> list[Path]:
     return found
 
 
-def _prepared(path: Path, size: int, transform: Any) -> tuple[np.ndarray | None, str]:
-    """(the model's input for one photo, error): decoded as shown, resized and centre-cropped as in evaluation."""
+def _decoded(path: Path) -> tuple[np.ndarray | None, str]:
+    """(the photo as shown, error)."""
     try:
-        pixels = read_photo(path)
+        return read_photo(path), ""
     except FileNotFoundError:
         return None, "no such file"
     except Exception as exc:  # Pillow raises many types for what is not a readable picture
         return None, f"not a readable image ({type(exc).__name__})"
-    return transform(pixels).numpy(), ""
+
+
+def prepare_batch(pixels: list[np.ndarray], transform: Any) -> np.ndarray:
+    """The model's inputs for decoded photos, in order: photos of one size go through ``eval_transform`` together
+    (a download resized to one max_side holds few distinct sizes), which costs a fraction of one call per photo."""
+    out: list[np.ndarray | None] = [None] * len(pixels)
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, x in enumerate(pixels):
+        by_shape.setdefault(x.shape, []).append(i)
+    for indices in by_shape.values():
+        batch = transform(np.stack([pixels[i] for i in indices])).numpy()
+        for i, prepared in zip(indices, batch, strict=True):
+            out[i] = prepared
+    return np.stack(out)  # type: ignore[arg-type]
 
 
 def iter_predictions(inputs: Iterable[Path], model: Path, top: int = 5, threshold: float | None = None,
-                     batch_size: int = 64, workers: int | None = None, progress: bool | None = False
+                     batch_size: int = 256, workers: int | None = None, progress: bool | None = False
                      ) -> Iterator[Prediction]:
     """Predictions for photos and folders of photos, in input order, as they are ready (a stream: nothing is held
-    back until the end). Photos are decoded and prepared in parallel threads (Pillow and TensorFlow release the
-    GIL) and run through the model a batch at a time. ``progress=None`` shows a bar on a terminal only."""
+    back until the end). Photos are decoded in parallel threads (Pillow releases the GIL) while the previous batch
+    is prepared and run through the model; photos of one size are resized and cropped together.
+    ``progress=None`` shows a bar on a terminal only."""
     import os
 
     import tensorflow as tf
@@ -133,23 +147,25 @@ def iter_predictions(inputs: Iterable[Path], model: Path, top: int = 5, threshol
     size = int(predictor.preprocessing["input_size"])
     cut = predictor.threshold if threshold is None else threshold
     transform = tf.function(lambda pixels: eval_transform(pixels, size),
-                            input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+                            input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
     paths = expand_inputs(inputs)
     ranks = RankIndex(predictor.labels)
     workers = workers or min(8, (os.cpu_count() or 2) * 2)
+    chunks = [paths[start:start + batch_size] for start in range(0, len(paths), batch_size)]
     with ThreadPoolExecutor(workers) as pool, tqdm(total=len(paths), unit="photo", desc="predicting",
                                                     disable=progress is False if progress is not None else None,
                                                     file=sys.stderr) as bar:
-        for start in range(0, len(paths), batch_size):
-            chunk = paths[start:start + batch_size]
-            prepared = list(pool.map(lambda p: _prepared(p, size, transform), chunk))
-            good = [i for i, (x, _) in enumerate(prepared) if x is not None]
-            probs = predictor.probabilities(np.stack([prepared[i][0] for i in good])) if good else []
+        ahead = [pool.submit(_decoded, p) for p in chunks[0]] if chunks else []
+        for n, chunk in enumerate(chunks):
+            decoded = [f.result() for f in ahead]
+            ahead = [pool.submit(_decoded, p) for p in chunks[n + 1]] if n + 1 < len(chunks) else []  # overlap
+            good = [i for i, (x, _) in enumerate(decoded) if x is not None]
+            probs = (predictor.probabilities(prepare_batch([decoded[i][0] for i in good], transform))  # type: ignore[misc]
+                     if good else [])
             by_index = dict(zip(good, probs, strict=True))
             for i, path in enumerate(chunk):
-                x, error = prepared[i]
-                if x is None:
-                    yield Prediction(str(path), ok=False, error=error)
+                if i not in by_index:
+                    yield Prediction(str(path), ok=False, error=decoded[i][1])
                     continue
                 p = by_index[i]
                 yield Prediction(str(path), ok=True, top=top_k(p, predictor.labels, top), answer=answer(p, ranks, cut))
@@ -157,7 +173,7 @@ def iter_predictions(inputs: Iterable[Path], model: Path, top: int = 5, threshol
 
 
 def predict_files(inputs: Iterable[Path], model: Path, top: int = 5, threshold: float | None = None,
-                  batch_size: int = 64) -> list[Prediction]:
+                  batch_size: int = 256) -> list[Prediction]:
     """All predictions at once (see ``iter_predictions`` for the stream the command prints)."""
     return list(iter_predictions(inputs, model, top, threshold, batch_size))
 
