@@ -183,3 +183,21 @@ def test_species_sheets_sample_thousands_of_classes(tmp_path: Path) -> None:
     assert sheet_species(manifest, seed=0) == (chosen, note) and sheet_species(manifest, seed=1)[0] != chosen
     sheet = Image.open(class_sheets(manifest, tmp_path)["species_sheet"])
     assert sheet.height == 40 + MAX_SPECIES_ROWS * (THUMB + 28 + 6) + 6  # 40 rows of thumbnails and captions
+
+
+def test_photos_prepared_together_are_prepared_exactly_as_one_by_one() -> None:
+    """predict groups photos by size into one eval_transform call: the same pixels as one call per photo."""
+    import tensorflow as tf
+
+    from fungilib.input_pipeline import eval_transform
+    from fungilib.predict import prepare_batch
+
+    rng = np.random.default_rng(3)
+    photos = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in
+              [(90, 120, 3), (120, 90, 3), (90, 120, 3), (40, 41, 3), (300, 200, 3), (90, 120, 3)]]
+    transform = tf.function(lambda pixels: eval_transform(pixels, 48),
+                            input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
+    together = prepare_batch(photos, transform)
+    one_by_one = np.stack([eval_transform(tf.constant(p), 48).numpy() for p in photos])
+    assert together.shape == (6, 48, 48, 3)
+    np.testing.assert_allclose(together, one_by_one, atol=1e-4)
