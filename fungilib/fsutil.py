@@ -78,7 +78,7 @@ def write_json(path: Path, data: Any) -> None:
 def compact_text(frame: Any, min_rows: int = 1000) -> Any:
     """Text columns with few distinct values (species, licence, rank, …) as categoricals, the rest as plain
     objects: at GBIF scale this divides memory, join and HDF write times several-fold."""
-    frame = frame.copy()
+    frame = frame.copy(deep=False)  # new columns replace the old ones here only; the caller's frame is unchanged
     for name in frame.columns:
         column = frame[name]
         if column.dtype.kind in "iufb" or isinstance(column.dtype, pd.CategoricalDtype):
@@ -104,8 +104,22 @@ def write_hdf(path: Path, tables: dict[str, Any]) -> None:
                 frame.astype({c: object for c in frame.columns if frame[c].dtype.kind not in "iufb"}).to_hdf(
                     tmp, key=key, mode="a", format="fixed")
                 continue
-            compact_text(frame).to_hdf(tmp, key=key, mode="a", format="table", index=False, complevel=5,
-                                     complib="blosc:lz4")
+            _write_table(compact_text(frame), tmp, key)
+
+
+HDF_CHUNK_ROWS = 200_000
+
+
+def _write_table(frame: Any, path: Path, key: str) -> None:
+    """One table in chunks of ``HDF_CHUNK_ROWS`` rows: PyTables turns text into fixed-width byte arrays, and at
+    GBIF scale (millions of rows, URLs of 200 characters) doing that for the whole frame at once doubled the peak
+    memory of ingest. Text columns get the width of their longest value up front, so every chunk fits."""
+    widths = {name: max(1, int(frame[name].str.len().max()))
+              for name in frame.columns if frame[name].dtype == object and len(frame)}
+    for start in range(0, len(frame), HDF_CHUNK_ROWS):
+        frame.iloc[start:start + HDF_CHUNK_ROWS].to_hdf(
+            path, key=key, mode="a", format="table", append=start > 0, index=False, complevel=5,
+            complib="blosc:lz4", min_itemsize=widths or None)
 
 
 def remove_stale_temps(folder: Path) -> int:
