@@ -53,11 +53,12 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, label_table: 
     predicted = probs.argmax(axis=1)
     n = len(label_table)
     ece, _ = expected_calibration_error(probs, labels)
+    ranks = {f"{rank}_top1": rollup_accuracy(probs, labels, label_table[rank].fillna("").to_numpy())
+             for rank in ("genus", "family") if rank in label_table}
     return {
         "top1": top_k_accuracy(probs, labels, 1), "top3": top_k_accuracy(probs, labels, 3),
         "top5": top_k_accuracy(probs, labels, 5), "macro_f1": macro_f1(predicted, labels, n),
-        "genus_top1": rollup_accuracy(probs, labels, label_table["genus"].fillna("").to_numpy()),
-        "family_top1": rollup_accuracy(probs, labels, label_table["family"].fillna("").to_numpy()),
+        **{name: value for name, value in ranks.items() if value is not None},  # only ranks the labels know
         "ece": ece,
         "nll": float(-np.mean(np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-12)))) if len(labels) else 0.0,
     }

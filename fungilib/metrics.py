@@ -98,10 +98,18 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return (lo + hi) / 2
 
 
-def rollup_accuracy(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float:
-    """Top-1 at a coarser rank: sum the species probabilities per group (genus, family) and compare groups."""
+def rollup_accuracy(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float | None:
+    """Top-1 at a coarser rank: sum the species probabilities per group (genus, family) and compare groups.
+
+    Only photos whose true class has a known group ("" is unknown) count, and a prediction of the unknown group is
+    wrong; None when no test photo's class has one (a folder import knows no genus or family: a score there
+    would be a perfect score for a rank it does not know)."""
+    groups = np.asarray(groups).astype(str)
+    keep = (groups != "")[labels] if len(labels) else np.zeros(0, bool)
+    if not keep.any():
+        return None
     codes, index = np.unique(groups, return_inverse=True)
     summed = np.zeros((probs.shape[0], len(codes)))
     for j in range(len(codes)):
         summed[:, j] = probs[:, index == j].sum(axis=1)
-    return float(np.mean(summed.argmax(axis=1) == index[labels])) if len(labels) else 0.0
+    return float(np.mean(summed.argmax(axis=1)[keep] == index[labels][keep]))

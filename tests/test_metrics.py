@@ -71,3 +71,19 @@ def test_taxonomic_rollup() -> None:
     # at genus rank; row 3 (true 2 "B", predicted 0 "A") stays wrong: summed A = 0.6 > B = 0.4.
     genus = np.array(["A", "A", "B"])
     assert rollup_accuracy(PROBS, LABELS, genus) == pytest.approx(4 / 5)
+
+
+def test_rank_metrics_only_where_the_rank_is_known() -> None:
+    """A folder import knows no genus: no genus score at all, rather than a perfect score for a rank it lacks."""
+    import pandas as pd
+
+    from fungilib.evaluate import classification_metrics
+
+    assert rollup_accuracy(PROBS, LABELS, np.array(["", "", ""])) is None
+    # class 2's genus unknown: its photos do not count; the others are scored as before (rows of classes 0 and 1)
+    partial = rollup_accuracy(PROBS, LABELS, np.array(["A", "A", ""]))
+    known = np.isin(LABELS, [0, 1])
+    assert partial is not None and 0 <= partial <= 1 and known.sum() < len(LABELS)
+    table = pd.DataFrame({"genus": ["", "", ""], "family": ["F", "F", "G"]})
+    metrics = classification_metrics(np.log(PROBS), LABELS, table)
+    assert "genus_top1" not in metrics and "family_top1" in metrics
