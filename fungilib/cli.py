@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=5)
     p.add_argument("--threshold", type=float, help="verdict threshold (default: the bundle's, else 0.6)")
     p.add_argument("--json", action="store_true", help="print one JSON object per photo (JSON Lines) instead of a table")
-    p.add_argument("--batch-size", type=int, default=256,
+    p.add_argument("--batch-size", type=int, default=512,
                    help="photos decoded and prepared together (photos of one size are resized in one call)")
 
     p = sub.add_parser("tensorboard", help="TensorBoard over a sweep's runs (or all runs), on 127.0.0.1")

@@ -105,22 +105,32 @@ def expand_inputs(inputs: Iterable[Path]) -> list[Path]:
     return found
 
 
-def _decoded(path: Path) -> tuple[np.ndarray | None, str]:
-    """(the photo as shown, error)."""
+GROUP_MAX_PIXELS = 512 * 512  # larger photos are prepared one by one as they are decoded: memory stays bounded
+
+
+def _decoded(path: Path, size: int, transform: Any) -> tuple[np.ndarray | None, str]:
+    """(the photo as shown — or, when it is larger than GROUP_MAX_PIXELS, already the model's input — , error)."""
     try:
-        return read_photo(path), ""
+        pixels = read_photo(path)
     except FileNotFoundError:
         return None, "no such file"
     except Exception as exc:  # Pillow raises many types for what is not a readable picture
         return None, f"not a readable image ({type(exc).__name__})"
+    if pixels.shape[0] * pixels.shape[1] > GROUP_MAX_PIXELS:  # a camera photo: never hold hundreds of them whole
+        return transform(pixels[None]).numpy()[0], ""
+    return pixels, ""
 
 
-def prepare_batch(pixels: list[np.ndarray], transform: Any) -> np.ndarray:
+def prepare_batch(pixels: list[np.ndarray], transform: Any, size: int | None = None) -> np.ndarray:
     """The model's inputs for decoded photos, in order: photos of one size go through ``eval_transform`` together
-    (a download resized to one max_side holds few distinct sizes), which costs a fraction of one call per photo."""
+    (a download resized to one max_side holds few distinct sizes), which costs a fraction of one call per photo.
+    Photos already prepared (``size`` × ``size`` float inputs) are taken as they are."""
     out: list[np.ndarray | None] = [None] * len(pixels)
     by_shape: dict[tuple[int, ...], list[int]] = {}
     for i, x in enumerate(pixels):
+        if size is not None and x.dtype == np.float32 and x.shape == (size, size, 3):
+            out[i] = x
+            continue
         by_shape.setdefault(x.shape, []).append(i)
     for indices in by_shape.values():
         batch = transform(np.stack([pixels[i] for i in indices])).numpy()
@@ -130,7 +140,7 @@ def prepare_batch(pixels: list[np.ndarray], transform: Any) -> np.ndarray:
 
 
 def iter_predictions(inputs: Iterable[Path], model: Path, top: int = 5, threshold: float | None = None,
-                     batch_size: int = 256, workers: int | None = None, progress: bool | None = False
+                     batch_size: int = 512, workers: int | None = None, progress: bool | None = False
                      ) -> Iterator[Prediction]:
     """Predictions for photos and folders of photos, in input order, as they are ready (a stream: nothing is held
     back until the end). Photos are decoded in parallel threads (Pillow releases the GIL) while the previous batch
@@ -155,12 +165,13 @@ def iter_predictions(inputs: Iterable[Path], model: Path, top: int = 5, threshol
     with ThreadPoolExecutor(workers) as pool, tqdm(total=len(paths), unit="photo", desc="predicting",
                                                     disable=progress is False if progress is not None else None,
                                                     file=sys.stderr) as bar:
-        ahead = [pool.submit(_decoded, p) for p in chunks[0]] if chunks else []
+        ahead = [pool.submit(_decoded, p, size, transform) for p in chunks[0]] if chunks else []
         for n, chunk in enumerate(chunks):
             decoded = [f.result() for f in ahead]
-            ahead = [pool.submit(_decoded, p) for p in chunks[n + 1]] if n + 1 < len(chunks) else []  # overlap
+            ahead = ([pool.submit(_decoded, p, size, transform) for p in chunks[n + 1]]  # decoded while this runs
+                     if n + 1 < len(chunks) else [])
             good = [i for i, (x, _) in enumerate(decoded) if x is not None]
-            probs = (predictor.probabilities(prepare_batch([decoded[i][0] for i in good], transform))  # type: ignore[misc]
+            probs = (predictor.probabilities(prepare_batch([decoded[i][0] for i in good], transform, size))  # type: ignore[misc]
                      if good else [])
             by_index = dict(zip(good, probs, strict=True))
             for i, path in enumerate(chunk):
@@ -173,7 +184,7 @@ def iter_predictions(inputs: Iterable[Path], model: Path, top: int = 5, threshol
 
 
 def predict_files(inputs: Iterable[Path], model: Path, top: int = 5, threshold: float | None = None,
-                  batch_size: int = 256) -> list[Prediction]:
+                  batch_size: int = 512) -> list[Prediction]:
     """All predictions at once (see ``iter_predictions`` for the stream the command prints)."""
     return list(iter_predictions(inputs, model, top, threshold, batch_size))
 

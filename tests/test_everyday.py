@@ -185,7 +185,7 @@ def test_species_sheets_sample_thousands_of_classes(tmp_path: Path) -> None:
     assert sheet.height == 40 + MAX_SPECIES_ROWS * (THUMB + 28 + 6) + 6  # 40 rows of thumbnails and captions
 
 
-def test_photos_prepared_together_are_prepared_exactly_as_one_by_one() -> None:
+def test_photos_prepared_together_are_prepared_exactly_as_one_by_one(tmp_path: Path) -> None:
     """predict groups photos by size into one eval_transform call: the same pixels as one call per photo."""
     import tensorflow as tf
 
@@ -201,3 +201,17 @@ def test_photos_prepared_together_are_prepared_exactly_as_one_by_one() -> None:
     one_by_one = np.stack([eval_transform(tf.constant(p), 48).numpy() for p in photos])
     assert together.shape == (6, 48, 48, 3)
     np.testing.assert_allclose(together, one_by_one, atol=1e-4)
+    # a camera-sized photo is prepared as soon as it is decoded (memory stays bounded) and then taken as it is
+    from PIL import Image
+
+    from fungilib.predict import GROUP_MAX_PIXELS, _decoded
+
+    big = rng.integers(0, 256, (600, 800, 3), dtype=np.uint8)
+    assert big.shape[0] * big.shape[1] > GROUP_MAX_PIXELS
+    path = tmp_path / "big.png"
+    Image.fromarray(big).save(path)
+    prepared, error = _decoded(path, 48, transform)
+    assert error == "" and prepared.shape == (48, 48, 3) and prepared.dtype == np.float32
+    mixed = prepare_batch([photos[0], prepared, photos[1]], transform, 48)
+    np.testing.assert_allclose(mixed[1], eval_transform(tf.constant(big), 48).numpy(), atol=1e-4)
+    np.testing.assert_allclose(mixed[[0, 2]], one_by_one[[0, 1]], atol=1e-4)
