@@ -6,6 +6,7 @@ import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -165,10 +166,8 @@ def media_ids(core_ids: pa.ChunkedArray, urls: pa.ChunkedArray) -> pa.Array:
 
 
 def _observation_table(media: pa.Table, occ: pa.Table) -> pa.Table:
-    """Join media rows to their occurrences and shape the stable observations schema, in Arrow."""
-    positions, found = _join_positions(occ.column("_id"), media.column("coreid"))
-    media = media.filter(found)
-    occ = occ.take(positions)
+    """Shape the stable observations schema, in Arrow, from media rows and their occurrences (row i of ``occ``
+    is the occurrence of media row i: see ``_join_positions``)."""
 
     def text(table: pa.Table, name: str) -> pa.ChunkedArray:
         return _column(table, name)
@@ -209,16 +208,22 @@ def _observation_table(media: pa.Table, occ: pa.Table) -> pa.Table:
 
 
 def _to_frame(table: pa.Table) -> pd.DataFrame:
-    """Arrow → pandas with repetitive text columns dictionary-encoded (categoricals) and the rest plain objects."""
-    columns = {}
-    for name in table.column_names:
+    """Arrow → pandas with repetitive text columns dictionary-encoded (categoricals) and the rest plain objects.
+
+    Column by column, each Arrow column released once converted: the table and the frame are never both whole
+    in memory (at GBIF scale each is over a gigabyte)."""
+    columns: dict[str, Any] = {}
+    rows = table.num_rows
+    for name in list(table.column_names):
         column = table.column(name)
-        if pa.types.is_string(column.type) and table.num_rows >= 1000:
+        if pa.types.is_string(column.type) and rows >= 1000:
             encoded = pc.dictionary_encode(column).combine_chunks()
-            if len(encoded.dictionary) < table.num_rows // 4:
+            if len(encoded.dictionary) < rows // 4:
                 column = encoded
-        columns[name] = column
-    return pa.table(columns).to_pandas(types_mapper=None, strings_to_categorical=False)
+        columns[name] = column.to_pandas()
+        del column
+        table = table.drop_columns([name])
+    return pd.DataFrame(columns)
 
 
 def ingest(params: IngestParams) -> IngestResult:
@@ -249,25 +254,31 @@ def ingest(params: IngestParams) -> IngestResult:
         occ = occ.append_column("species", _canonical_species(occ))
     skipped: dict[str, int] = {}
     media = _filter_media(media, skipped)
+    occurrences = occ.num_rows
+    positions, found = _join_positions(occ.column("_id"), media.column("coreid"))
+    skipped["no matching occurrence"] = media.num_rows - len(positions)
+    # aligned copies replace the originals (released here, not at the end): each is about a gigabyte at GBIF scale
+    media = media.filter(found)
+    occ = occ.take(positions)
     table = _observation_table(media, occ)
-    skipped["no matching occurrence"] = media.num_rows - table.num_rows
+    del media, occ, positions, found
     unique = ~pd.Index(table.column("media_id").to_numpy(zero_copy_only=False)).duplicated()
     skipped["same photo listed twice for one occurrence"] = int((~unique).sum())
     table = table.filter(pa.array(unique))
     if table.num_rows == 0:
         raise FungilibError(
-            f"{params.archive}: no downloadable images ({occ.num_rows} occurrences; media rows skipped: "
+            f"{params.archive}: no downloadable images ({occurrences} occurrences; media rows skipped: "
             + ", ".join(f"{k}: {v}" for k, v in skipped.items()) + ")"
         )
     observations = _to_frame(table)
-    del table, media
+    del table
     out.mkdir(parents=True, exist_ok=True)
     write_hdf(out / OBSERVATIONS_FILE, {"observations": observations})
     seconds = time.perf_counter() - start
     result = IngestResult(
         observations=out / OBSERVATIONS_FILE,
         images=len(observations),
-        occurrences=occ.num_rows,
+        occurrences=occurrences,
         occurrences_with_images=int(observations["gbifID"].nunique()),
         skipped_media=skipped,
         malformed_rows=issues.count,
