@@ -219,6 +219,9 @@ def _label_table(frame: pd.DataFrame) -> pd.DataFrame:
     return labels
 
 
+PLACE_AND_TIME = ("decimalLatitude", "decimalLongitude", "eventDate")
+
+
 def _manifest(frame: pd.DataFrame, out: Path) -> pd.DataFrame:
     rel = [os.path.relpath(p, out) for p in frame["abs_path"]]
     manifest = pd.DataFrame({
@@ -228,6 +231,9 @@ def _manifest(frame: pd.DataFrame, out: Path) -> pd.DataFrame:
         "sha256": frame["sha256"], "width": frame["width"].astype("int32"), "height": frame["height"].astype("int32"),
         "license": frame["license"], "rightsHolder": frame["rightsHolder"],
     })
+    for name in PLACE_AND_TIME:  # where and when (GBIF sources): the place-and-season prior counts them
+        if name in frame:
+            manifest[name] = frame[name].to_numpy()
     return manifest.sort_values(["split", "label", "media_id"], ignore_index=True)
 
 

@@ -122,6 +122,35 @@ class EvaluateParams:
             raise FungilibError(f"batch_size must be at least 1, got {self.batch_size}")
 
 
+def _with_place_prior(frame: pd.DataFrame, val_logits: np.ndarray, test_logits: np.ndarray, temperature: float,
+                      labels: pd.DataFrame, run_dir: Path) -> dict[str, Any]:
+    """Test metrics with the place-and-season prior (built from training photos only, its weight fitted on the
+    validation split), when the manifest knows where and when; ``place_prior.npz`` and ``.json`` into the run."""
+    from fungilib.clean import PLACE_AND_TIME
+    from fungilib.place_prior import PlacePrior, combine, fit_weight, place_and_season
+
+    if not set(PLACE_AND_TIME) & set(frame.columns) or not len(val_logits):
+        return {}
+    n = len(labels)
+    prior = PlacePrior.build(frame[frame["split"] == "train"], n)
+    val, test = frame[frame["split"] == "val"], frame[frame["split"] == "test"]
+    weight, curve = fit_weight(np.log(softmax(val_logits, temperature)), prior.log_prior(place_and_season(val)),
+                               val["label"].to_numpy())
+    prior.weight = weight
+    where = place_and_season(test)
+    combined = combine(np.log(softmax(test_logits, temperature)), prior.log_prior(where), weight)
+    y = test["label"].to_numpy()
+    with_prior = classification_metrics(np.log(np.maximum(combined, 1e-30)), y, labels)
+    data = prior.to_bytes()
+    (run_dir / "place_prior.npz").write_bytes(data)
+    write_json(run_dir / "place_prior.json", {"weight": weight, "bytes": len(data), "cell_deg": prior.cell_deg,
+                                              "region_deg": prior.region_deg, "validation_nll_by_weight": curve,
+                                              "training_photos_dropped": prior.dropped,
+                                              "test_photos_dropped": where.dropped})
+    return {"prior_weight": weight, "prior_bytes": len(data),
+            **{f"{k}_with_prior": with_prior[k] for k in ("top1", "top3", "macro_f1") if k in with_prior}}
+
+
 def evaluate_run(params: EvaluateParams) -> EvalResult:
     """Evaluate a finished training run; writes metrics.json, per_class.csv, confusions.csv and plots into it."""
     from fungilib.train import load_trained
@@ -142,13 +171,15 @@ def evaluate_run(params: EvaluateParams) -> EvalResult:
     y = test["label"].to_numpy()
     temperature = 1.0
     val = frame[frame["split"] == "val"]
+    val_logits = predict_logits(model, val, n, size, batch_size) if len(val) else np.zeros((0, n), np.float32)
     if temperature_scaling and len(val):
-        temperature = float(fit_temperature(predict_logits(model, val, n, size, batch_size), val["label"].to_numpy()))
+        temperature = float(fit_temperature(val_logits, val["label"].to_numpy()))
     metrics = classification_metrics(logits, y, labels)
     calibrated = classification_metrics(logits, y, labels, temperature)
     metrics.update(split=split, images=len(test), classes=n, temperature=temperature,
                    ece_after_temperature=calibrated["ece"], nll_after_temperature=calibrated["nll"])
     probs = softmax(logits, temperature)
+    metrics.update(_with_place_prior(frame, val_logits, logits, temperature, labels, run_dir))
     predicted = probs.argmax(axis=1)
     names = labels["species"].astype(str).tolist()
     cm = confusion_matrix(predicted, y, n)

@@ -117,6 +117,10 @@ def _model_card(run_dir: Path, labels: Any, size: int, parity: dict, sizes: dict
         "validation split, so probabilities are calibrated for the page's threshold)",
         "- test split: " + (", ".join(f"{k} {metrics[k]:.3f}" for k in ("top1", "top3", "macro_f1", "ece")
                                        if k in metrics) or "not evaluated"),
+        *([f"- test split with the place-and-season prior (place_prior.npz, {metrics['prior_bytes'] / 1e3:.0f} kB, "
+           f"weight {metrics['prior_weight']:.1f} fitted on validation): "
+           + ", ".join(f"{k} {metrics[k + '_with_prior']:.3f}" for k in ("top1", "top3", "macro_f1"))]
+          if "top1_with_prior" in metrics else []),
         "- formats and sizes: " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sizes.items()),
         f"- parity vs Keras on {int(parity['images']['count'])} test images: " + "; ".join(
             f"{k} agreement {v['top1_agreement']:.0%}, max |Δp| {v['max_abs_diff']:.1e}"
@@ -249,8 +253,11 @@ def export_run(params: ExportParams) -> ExportResult:
     (work / "MODEL_CARD.md").write_text(_model_card(run_dir, labels, size, parity, sizes))
 
     web_folder = Path("tfjs") / TFJS_FOLDERS[params.web_model]  # the TF.js fallback's model (loaded only if needed)
+    prior = run_dir / "place_prior.npz"  # where and when (fungilib.place_prior), with its fitted weight
+    if prior.exists():
+        shutil.copyfile(prior, work / prior.name)
     config = {"model": str(web_folder / "model.json"), "litert_model": WEB_TFLITE, "threshold": params.threshold,
-              "top_k": params.top_k,
+              "top_k": params.top_k, **({"place_prior": prior.name} if prior.exists() else {}),
               "run": run_dir.name, "created": str(date.today()), "fungilib": __version__,
               "metrics": ", ".join(f"test {k} {metrics[k]:.2f}" for k in ("top1", "macro_f1") if k in metrics)}
     write_web_app(work, config, [WEB_TFLITE])

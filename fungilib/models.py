@@ -184,31 +184,40 @@ _JITTER_LAYER: Any = None
 
 
 def colour_jitter_layer_class() -> Any:
-    """A Keras layer applying ``input_pipeline.colour_jitter`` to each training batch, and nothing at inference.
+    """A Keras layer applying a random horizontal flip and ``input_pipeline.colour_jitter`` to each training batch,
+    and nothing at inference.
 
-    In the model, photometric augmentation runs where the model runs (the accelerator, on a GPU machine) instead of
-    on the input pipeline's CPU threads; exported models call it in inference mode, where it is the identity."""
+    In the model, this augmentation runs where the model runs (the accelerator, on a GPU machine) instead of on the
+    input pipeline's CPU threads. Exported models call it in inference mode, where it adds no operation at all
+    (Keras' own RandomFlip leaves random ops in the graph, which TFLite cannot convert)."""
     global _JITTER_LAYER
     if _JITTER_LAYER is None:
         import keras
+        import tensorflow as tf
 
         from fungilib.input_pipeline import colour_jitter
 
         @keras.saving.register_keras_serializable(package="fungilib")
         class ColourJitter(keras.layers.Layer):
-            def __init__(self, strength: float = 0.0, **kwargs: Any) -> None:
+            def __init__(self, strength: float = 0.0, flip: bool = False, **kwargs: Any) -> None:
                 kwargs.setdefault("dtype", "float32")  # the random factors are float32, also under mixed precision
                 super().__init__(**kwargs)
                 self.strength = float(strength)
+                self.flip = bool(flip)
 
             def call(self, images: Any, training: bool | None = None) -> Any:
-                return colour_jitter(images, self.strength) if training and self.strength > 0 else images
+                if not training:
+                    return images
+                if self.flip:
+                    mirrored = tf.random.uniform([tf.shape(images)[0], 1, 1, 1]) < 0.5
+                    images = tf.where(mirrored, tf.reverse(images, axis=[2]), images)
+                return colour_jitter(images, self.strength) if self.strength > 0 else images
 
             def compute_output_shape(self, input_shape: Any) -> Any:
                 return input_shape
 
             def get_config(self) -> dict[str, Any]:
-                return {**super().get_config(), "strength": self.strength}
+                return {**super().get_config(), "strength": self.strength, "flip": self.flip}
 
         _JITTER_LAYER = ColourJitter
     return _JITTER_LAYER
@@ -227,8 +236,8 @@ def build_classifier(base_name: str, weights: str, image_size: int, num_classes:
     spec = spec_for(base_name)
     base = build_base(spec, weights, image_size)
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = keras.layers.RandomFlip("horizontal", name="flip")(inputs) if flip else inputs
-    x = colour_jitter_layer_class()(colour_jitter, name="colour_jitter")(x) if colour_jitter > 0 else x
+    augment = colour_jitter > 0 or flip
+    x = colour_jitter_layer_class()(colour_jitter, flip, name="augment")(inputs) if augment else inputs
     x = rescale_layer(spec.scaling)(x)
     x = base(x, training=False) if bn_inference else base(x)
     if isinstance(x, dict):  # a SavedModel signature returns a dict of outputs

@@ -43,6 +43,22 @@ TAXA: dict[str, tuple[str, str, str, str]] = {
     "Hygrocybe conica": ("(Schaeff.) P.Kumm.", "Hygrocybe", "Hygrophoraceae", "Agaricales"),
     "Mycena galericulata": ("(Scop.) Gray", "Mycena", "Mycenaceae", "Agaricales"),
 }
+# Where and when each species is found in the sample (synthetic, for the place-and-season prior to have something
+# to learn; loosely after European fruiting seasons): range centre (lat, lon) and the months it fruits in.
+PLACE_AND_SEASON: dict[str, tuple[float, float, tuple[int, ...]]] = {
+    "Amanita muscaria": (58.5, 16.0, (8, 9, 10)),
+    "Boletus edulis": (50.0, 8.0, (8, 9)),
+    "Cantharellus cibarius": (57.0, 3.0, (7, 8, 9)),
+    "Trametes versicolor": (53.5, 12.0, tuple(range(1, 13))),
+    "Lycoperdon perlatum": (47.5, 20.0, (8, 9, 10)),
+    "Coprinus comatus": (52.0, -2.0, (9, 10, 11)),
+    "Pleurotus ostreatus": (54.0, 22.0, (11, 12, 1)),
+    "Laetiporus sulphureus": (48.0, 2.0, (6, 7)),
+    "Morchella esculenta": (49.0, 14.0, (4, 5)),
+    "Ramaria formosa": (46.5, 10.0, (8, 9)),
+    "Hygrocybe conica": (60.0, 6.0, (9, 10, 11)),
+    "Mycena galericulata": (55.0, 18.0, (10, 11)),
+}
 # identifications that stop above species: (rank, name, family, order, share of observations)
 COARSE_IDS = [
     ("GENUS", "Russula", "Russulaceae", "Russulales", 0.03),
@@ -245,6 +261,7 @@ def build_tables(spec: SampleSpec) -> tuple[dict[str, list], dict[str, list], li
     for rank, name, family, order, share in COARSE_IDS:
         ids += [(rank, None, name if rank == "GENUS" else "", family, order)] * max(2, round(spec.observations * share))
     order_ix = rng.permutation(len(ids))
+    where_rng = np.random.default_rng(spec.seed + 1)  # apart from rng: every other column stays as it was
     photo_id = 100_000
     for row, ix in enumerate(order_ix):
         rank, species, genus, family, order = ids[ix]
@@ -269,6 +286,14 @@ def build_tables(spec: SampleSpec) -> tuple[dict[str, list], dict[str, list], li
             "hasCoordinate": "true", "hasGeospatialIssues": "false",
         }
         values.update(_taxon_columns(rank, species, genus, family, order, keys))
+        if species in PLACE_AND_SEASON:  # found within its range, in one of its months
+            lat, lon, months = PLACE_AND_SEASON[species]
+            fruiting = int(months[where_rng.integers(len(months))])
+            day = min(int(day), 28)
+            values.update(month=fruiting, day=day, eventDate=f"{year}-{fruiting:02d}-{day:02d}"
+                          + values["eventDate"][10:],
+                          decimalLatitude=round(float(np.clip(lat + where_rng.normal(0, 1.2), 45, 62)), 5),
+                          decimalLongitude=round(float(np.clip(lon + where_rng.normal(0, 2.0), -5, 25)), 5))
         for name in occ:
             occ[name].append(values.get(name, ""))
         for _ in range(int(rng.choice([1, 2, 3, 4], p=[0.45, 0.3, 0.15, 0.1]))):

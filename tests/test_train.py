@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -180,8 +181,9 @@ def test_colour_jitter_is_per_image_within_a_batch() -> None:
 def test_the_models_colour_jitter_acts_in_training_only_and_survives_save_and_load(tmp_path: Path) -> None:
     from fungilib.models import build_classifier, colour_jitter_layer_class
 
-    model, _ = build_classifier("MobileNetV3Small", "none", 32, 3, 0.0, bn_inference=False, colour_jitter=0.3)
-    layer = model.get_layer("colour_jitter")
+    model, _ = build_classifier("MobileNetV3Small", "none", 32, 3, 0.0, bn_inference=False, colour_jitter=0.3,
+                                flip=True)
+    layer = model.get_layer("augment")
     x = tf.fill([4, 32, 32, 3], 120.0) + tf.random.stateless_uniform([4, 32, 32, 3], [3, 4], 0, 40)
     np.testing.assert_array_equal(layer(x, training=False).numpy(), x.numpy())  # inference (and exports): identity
     jittered = layer(x, training=True).numpy()
@@ -189,10 +191,17 @@ def test_the_models_colour_jitter_acts_in_training_only_and_survives_save_and_lo
     model.save(tmp_path / "m.keras")
     loaded = keras.models.load_model(tmp_path / "m.keras",
                                      custom_objects={"ColourJitter": colour_jitter_layer_class()})
-    assert loaded.get_layer("colour_jitter").strength == pytest.approx(0.3)
+    assert loaded.get_layer("augment").strength == pytest.approx(0.3) and loaded.get_layer("augment").flip
     np.testing.assert_allclose(loaded(x, training=False).numpy(), model(x, training=False).numpy(), atol=1e-5)
     plain, _ = build_classifier("MobileNetV3Small", "none", 32, 3, 0.0, bn_inference=False)
-    assert "colour_jitter" not in [layer.name for layer in plain.layers]
+    assert "augment" not in [layer.name for layer in plain.layers]
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 32, 32, 3], tf.float32)])
+    def serve(image: Any) -> Any:
+        return model(image, training=False)
+
+    ops = {op.type for op in serve.get_concrete_function().graph.get_operations()}
+    assert not any("Random" in op for op in ops), ops  # exports hold no random op (TFLite could not convert one)
 
 
 def test_schedules_follow_their_shape() -> None:
