@@ -92,7 +92,9 @@ def test_mirrored_over_two_cpu_devices_trains_into_the_single_device_band(killed
     single = json.loads((killed_run.path / "metrics.json").read_text())["top1"]
     mirrored = json.loads((out / "metrics.json").read_text())["top1"]
     chance = 1 / summary["classes"]
-    assert mirrored > 3 * chance and abs(mirrored - single) <= 0.15, (single, mirrored)
+    # 40 test photos and a single run each: seen here 0.50–0.75 for the same single-device settings, so the band is
+    # wide; bench/distributed_band.py measures it tightly (0.939 / 0.929 / 0.939)
+    assert mirrored > 3 * chance and abs(mirrored - single) <= 0.3, (single, mirrored)
 
 
 @pytest.mark.slow
