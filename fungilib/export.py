@@ -255,12 +255,14 @@ def export_run(params: ExportParams) -> ExportResult:
     web_folder = Path("tfjs") / TFJS_FOLDERS[params.web_model]  # the TF.js fallback's model (loaded only if needed)
     prior = run_dir / "place_prior.npz"  # where and when (fungilib.place_prior), with its fitted weight
     if prior.exists():
-        shutil.copyfile(prior, work / prior.name)
+        from fungilib.place_prior import PlacePrior
+
+        write_json(work / "place_prior.json", PlacePrior.from_bytes(prior.read_bytes()).to_json())
     config = {"model": str(web_folder / "model.json"), "litert_model": WEB_TFLITE, "threshold": params.threshold,
-              "top_k": params.top_k, **({"place_prior": prior.name} if prior.exists() else {}),
+              "top_k": params.top_k, **({"place_prior": "place_prior.json"} if prior.exists() else {}),
               "run": run_dir.name, "created": str(date.today()), "fungilib": __version__,
               "metrics": ", ".join(f"test {k} {metrics[k]:.2f}" for k in ("top1", "macro_f1") if k in metrics)}
-    write_web_app(work, config, [WEB_TFLITE])
+    write_web_app(work, config, [WEB_TFLITE, *(["place_prior.json"] if prior.exists() else [])])
 
     old = bundle.with_name(f".{bundle.name}.old")
     shutil.rmtree(old, ignore_errors=True)

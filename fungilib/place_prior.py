@@ -139,6 +139,13 @@ class PlacePrior:
                             meta=np.array([self.classes, self.cell_deg, self.region_deg, self.smoothing, self.weight]))
         return buffer.getvalue()
 
+    def to_json(self) -> dict:
+        """What the web page reads (web/place_prior.js computes the same prior): flat integer lists."""
+        return {"classes": self.classes, "cell_deg": self.cell_deg, "region_deg": self.region_deg,
+                "smoothing": self.smoothing, "weight": self.weight, "fine": self.fine.ravel().tolist(),
+                "region": self.region.ravel().tolist(), "months": self.months.ravel().tolist(),
+                "totals": self.totals.tolist()}
+
     @classmethod
     def from_bytes(cls, data: bytes) -> PlacePrior:
         arrays = np.load(io.BytesIO(data))

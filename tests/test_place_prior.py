@@ -107,6 +107,52 @@ def test_evaluation_reports_the_test_split_with_and_without_the_prior(trained_ru
 
 def test_the_export_bundle_carries_the_prior(bundle, trained_run: Path) -> None:  # noqa: ANN001
     config = json.loads((bundle.bundle / "config.json").read_text())
-    assert config["place_prior"] == "place_prior.npz"
-    assert (bundle.bundle / "place_prior.npz").read_bytes() == (trained_run / "place_prior.npz").read_bytes()
+    assert config["place_prior"] == "place_prior.json"
+    prior = PlacePrior.from_bytes((trained_run / "place_prior.npz").read_bytes())
+    assert json.loads((bundle.bundle / "place_prior.json").read_text()) == prior.to_json()
     assert "with the place-and-season prior" in (bundle.bundle / "MODEL_CARD.md").read_text()
+
+
+def test_the_page_computes_the_same_prior_and_reads_exif_gps_and_date(tmp_path: Path) -> None:
+    """web/place_prior.js against PlacePrior (Node), and web/exif.js on a JPEG with GPS and a date (Pillow)."""
+    import subprocess
+
+    from PIL import Image
+
+    from fungilib.webapp import WEB_DIR, node_executable
+
+    prior = PlacePrior.build(TRAIN, 3)
+    prior.weight = 0.7
+    (tmp_path / "prior.json").write_text(json.dumps(prior.to_json()))
+    points = [(50.5, 10.5, 10), (58.5, 20.5, 4), (51.5, 11.5, 0), (-30.0, -60.0, 7), (None, None, 4), (0.0, 0.0, 0)]
+    image = Image.new("RGB", (64, 48), (120, 80, 40))
+    exif = Image.Exif()
+    exif[0x8825] = {1: "S", 2: (33.0, 30.0, 0.0), 3: "W", 4: (70.0, 15.0, 36.0)}
+    exif[0x8769] = {0x9003: "2024:05:10 10:00:00"}
+    image.save(tmp_path / "gps.jpg", "JPEG", exif=exif.tobytes())
+    image.save(tmp_path / "plain.jpg", "JPEG")
+    script = f"""
+    const fs = require("fs");
+    const P = require({json.dumps(str(WEB_DIR / "place_prior.js"))});
+    const X = require({json.dumps(str(WEB_DIR / "exif.js"))});
+    const prior = P.create(JSON.parse(fs.readFileSync(process.argv[1], "utf8")));
+    const points = JSON.parse(process.argv[2]);
+    const buffer = (f) => {{ const b = fs.readFileSync(f); return b.buffer.slice(b.byteOffset, b.byteOffset + b.length); }};
+    console.log(JSON.stringify({{
+      prior: points.map(([lat, lon, m]) => Array.from(prior.logPrior(lat, lon, m))),
+      combined: Array.from(P.combine([0.5, 0.3, 0.2], prior.logPrior(50.5, 10.5, 10), prior.weight)),
+      gps: X.read(buffer(process.argv[3])), plain: X.read(buffer(process.argv[4])),
+    }}));"""
+    done = subprocess.run([node_executable(), "-e", script, str(tmp_path / "prior.json"), json.dumps(points),
+                           str(tmp_path / "gps.jpg"), str(tmp_path / "plain.jpg")],
+                          capture_output=True, text=True, timeout=60, check=True)
+    out = json.loads(done.stdout)
+    for (lat, lon, month), got in zip(points, out["prior"], strict=True):
+        where = place_and_season(pd.DataFrame({"decimalLatitude": [np.nan if lat is None else lat],
+                                               "decimalLongitude": [np.nan if lon is None else lon],
+                                               "eventDate": [f"2024-{month:02d}-01" if month else ""]}))
+        np.testing.assert_allclose(got, prior.log_prior(where)[0], atol=1e-9)
+    want = combine(np.log([[0.5, 0.3, 0.2]]), prior.log_prior(_where(50.5, 10.5, 10)), 0.7)[0]
+    np.testing.assert_allclose(out["combined"], want, atol=1e-9)
+    assert out["gps"]["lat"] == pytest.approx(-33.5) and out["gps"]["lon"] == pytest.approx(-(70 + 15 / 60 + 36 / 3600))
+    assert out["gps"]["month"] == 5 and out["plain"] == {"lat": None, "lon": None, "month": None}

@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -323,3 +324,74 @@ def test_serve_refuses_a_folder_that_is_not_a_bundle(tmp_path: Path) -> None:
                           text=True, timeout=60)
     assert done.returncode != 0 and "is not an export bundle" in done.stderr
     assert time.monotonic() - started < 30
+
+
+def test_the_page_weighs_in_where_and_when(bundle: ExportResult, trained_run: Path, pipeline, tmp_path: Path,  # noqa: ANN001
+                                           free_port: int) -> None:
+    """With a granted (fake) location the page combines the model with the prior — p ∝ p_image × prior^w, the same
+    prior as Python's — says which place it used, and the switch turns it off; with location refused it still
+    answers, from the photo's EXIF GPS when it has one, else from the photo alone."""
+    from datetime import date
+
+    from playwright.sync_api import sync_playwright
+
+    from fungilib.clean import load_manifest
+    from fungilib.place_prior import PlacePrior, place_and_season
+
+    manifest, _ = load_manifest(pipeline.root / "clean")
+    image = Path(manifest.loc[manifest["split"] == "test", "path"].iloc[0])
+    prior = PlacePrior.from_bytes((trained_run / "place_prior.npz").read_bytes())
+    lat, lon, month = 54.0, 22.0, date.today().month  # a device position: today's month
+    where = place_and_season(pd.DataFrame({"decimalLatitude": [lat], "decimalLongitude": [lon],
+                                           "eventDate": [f"2024-{month:02d}-01"]}))
+    log_prior = prior.log_prior(where)[0]
+    tagged = tmp_path / "tagged.jpg"  # the same photo with EXIF GPS (Hygrocybe's range) and a May date
+    exif = Image.Exif()
+    exif[0x8825] = {1: "N", 2: (60.0, 0.0, 0.0), 3: "E", 4: (6.0, 0.0, 0.0)}
+    exif[0x8769] = {0x9003: "2024:05:10 10:00:00"}
+    Image.open(image).save(tagged, "JPEG", quality=95, exif=exif.tobytes())
+    origin = f"http://127.0.0.1:{free_port}"
+    server = _start_server(bundle.bundle, free_port)
+
+    def rows(page) -> list[tuple[int, float, float, bool]]:  # noqa: ANN001
+        return [(int(i), float(p), float(q), e == "true") for i, p, q, e in page.eval_on_selector_all(
+            "#top li", "els => els.map(e => [e.dataset.index, e.dataset.probability, e.dataset.imageProbability, "
+                       "e.dataset.expected])")]
+
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+            located = browser.new_context(geolocation={"latitude": lat, "longitude": lon}, permissions=["geolocation"])
+            page = located.new_page()
+            page.goto(origin + "/")
+            page.wait_for_selector("body[data-ready=true][data-position=known]", state="attached", timeout=60_000)
+            _classify(page, image)
+            assert page.get_attribute("body", "data-prior") == "your location"
+            assert "your location" in page.inner_text("#prior-source")
+            got = rows(page)
+            # p_with / p_image ∝ prior^w: the same constant for every listed species
+            ratios = [p / q / np.exp(prior.weight * log_prior[i]) for i, p, q, _ in got]
+            np.testing.assert_allclose(ratios, ratios[0], rtol=1e-4)
+            assert [e for i, _, _, e in got] == [bool(np.exp(log_prior[i]) >= 2 / prior.classes) for i, _, _, _ in got]
+            if prior.weight > 0:
+                assert any(abs(p - q) > 1e-3 for _, p, q, _ in got)  # the prior moved something
+            page.click("#settings summary")  # open Settings
+            page.uncheck("#use-prior")
+            assert page.get_attribute("body", "data-prior") == "none"
+            assert all(abs(p - q) < 1e-6 and not e for _, p, q, e in rows(page))
+            assert "switched off" in page.inner_text("#prior-source")
+            located.close()
+
+            refused = browser.new_context()  # no permission: the photo's EXIF, else nothing
+            page = refused.new_page()
+            page.goto(origin + "/")
+            page.wait_for_selector("body[data-ready=true]", state="attached", timeout=60_000)
+            _classify(page, image)
+            assert page.get_attribute("body", "data-prior") == "none" and len(rows(page)) == 5
+            _classify(page, tagged)
+            assert page.get_attribute("body", "data-prior") == "the photo's GPS position and date"
+            assert "(60.0, 6.0, May)" in page.inner_text("#prior-source")
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

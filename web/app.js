@@ -5,7 +5,8 @@ import { createRuntime } from "./runtime.js";
 
 {
   const $ = (id) => document.getElementById(id);
-  const state = { runtime: null, labels: null, spec: null, config: null, threshold: 0.6, last: null, millis: 0 };
+  const state = { runtime: null, labels: null, spec: null, config: null, threshold: 0.6, last: null, millis: 0,
+    prior: null, usePrior: true, position: null, where: null, logPrior: null };
 
   function setStatus(text, kind) {
     $("status").textContent = text;
@@ -44,7 +45,35 @@ import { createRuntime } from "./runtime.js";
     return { data: pixels.data, width: canvas.width, height: canvas.height };
   }
 
-  function render(probabilities, millis) {
+  // Where and when for the prior: the device's position (asked for once), else the photo's EXIF GPS and date,
+  // else none. The month: the photo's date, else today's.
+  function placeFor(exif) {
+    const month = exif.month || new Date().getMonth() + 1;
+    if (state.position) return { source: "your location", lat: state.position.lat, lon: state.position.lon, month };
+    if (exif.lat !== null) return { source: "the photo's GPS position and date", lat: exif.lat, lon: exif.lon, month };
+    return null;
+  }
+
+  function withPrior(probabilities) {
+    if (!state.prior || !state.where) {
+      $("prior-source").textContent = state.prior ? "Place and season: not used (no location)." : "";
+      return { probabilities, expected: null };
+    }
+    if (!state.usePrior) {
+      $("prior-source").textContent = "Place and season: switched off in Settings.";
+      return { probabilities, expected: null };
+    }
+    const names = ["", "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    $("prior-source").textContent = `Place and season: ${state.where.source} (${state.where.lat.toFixed(1)}, ` +
+      `${state.where.lon.toFixed(1)}, ${names[state.where.month]}).`;
+    return { probabilities: FungiPrior.combine(probabilities, state.logPrior, state.prior.weight),
+             expected: FungiPrior.expected(state.logPrior) };
+  }
+
+  function render(imageProbabilities, millis) {
+    const adjusted = withPrior(imageProbabilities);
+    const probabilities = adjusted.probabilities;
+    document.body.dataset.prior = adjusted.expected ? state.where.source : "none";
     const top = FungiRollup.topK(Array.from(probabilities), state.labels, state.config.top_k || 5);
     const verdict = FungiRollup.answer(Array.from(probabilities), state.labels, state.threshold);
     const percent = (p) => `${(100 * p).toFixed(1)} %`;
@@ -60,6 +89,9 @@ import { createRuntime } from "./runtime.js";
       item.dataset.index = String(row.index);
       item.dataset.probability = String(row.probability);
       item.dataset.species = row.species || "";
+      item.dataset.imageProbability = String(imageProbabilities[row.index]);
+      const expected = adjusted.expected && adjusted.expected[row.index];
+      item.dataset.expected = String(Boolean(expected));
       const name = document.createElement("strong");
       name.textContent = row.species || row.class_key;
       const group = document.createElement("span");
@@ -69,6 +101,12 @@ import { createRuntime } from "./runtime.js";
       bar.className = "bar";
       bar.style.width = `${Math.max(1, Math.round(100 * row.probability))}%`;
       item.append(name, group, bar);
+      if (expected) {
+        const badge = document.createElement("span");
+        badge.className = "expected";
+        badge.textContent = " · expected here this month";
+        group.after(badge);
+      }
       return item;
     }));
     $("timing").textContent = `Answered in ${millis.toFixed(0)} ms on this device (${state.runtime.name}), offline-capable.`;
@@ -84,6 +122,10 @@ import { createRuntime } from "./runtime.js";
     const preview = $("preview");
     if (preview.src) URL.revokeObjectURL(preview.src);
     try {
+      const exif = FungiExif.read(await file.arrayBuffer());
+      state.where = placeFor(exif);
+      state.logPrior = state.prior && state.where
+        ? state.prior.logPrior(state.where.lat, state.where.lon, state.where.month) : null;
       const image = await decode(file);
       preview.src = URL.createObjectURL(file);
       $("figure").hidden = false;
@@ -134,6 +176,24 @@ import { createRuntime } from "./runtime.js";
       setStatus(`The model could not be loaded: ${err.message}`, "failed");
       return;
     }
+    if (state.config.place_prior) {
+      try {
+        state.prior = FungiPrior.create(await getJSON(state.config.place_prior));
+      } catch (err) {
+        state.prior = null; // the identifier still answers, from the photo alone
+      }
+    }
+    state.usePrior = localStorage.getItem("fungilib.use-prior") !== "false";
+    $("use-prior").checked = state.usePrior;
+    if (state.prior && "geolocation" in navigator) { // asked once; works offline (GPS needs no network)
+      navigator.geolocation.getCurrentPosition(
+        (p) => {
+          state.position = { lat: p.coords.latitude, lon: p.coords.longitude };
+          document.body.dataset.position = "known";
+        },
+        () => { state.position = null; document.body.dataset.position = "refused"; },
+        { timeout: 15000, maximumAge: 3600000 });
+    }
     state.threshold = Number(localStorage.getItem("fungilib.threshold") || state.config.threshold || 0.6);
     $("threshold").value = String(state.threshold);
     $("threshold-value").textContent = `${Math.round(100 * state.threshold)} %`;
@@ -153,6 +213,11 @@ import { createRuntime } from "./runtime.js";
       if (file) classify(file);
     });
   }
+  $("use-prior").addEventListener("change", (event) => {
+    state.usePrior = event.target.checked;
+    localStorage.setItem("fungilib.use-prior", String(state.usePrior));
+    if (state.last) render(state.last, state.millis);
+  });
   $("threshold").addEventListener("input", (event) => {
     state.threshold = Number(event.target.value);
     $("threshold-value").textContent = `${Math.round(100 * state.threshold)} %`;
