@@ -111,15 +111,17 @@ HDF_CHUNK_ROWS = 200_000
 
 
 def _write_table(frame: Any, path: Path, key: str) -> None:
-    """One table in chunks of ``HDF_CHUNK_ROWS`` rows: PyTables turns text into fixed-width byte arrays, and at
-    GBIF scale (millions of rows, URLs of 200 characters) doing that for the whole frame at once doubled the peak
-    memory of ingest. Text columns get the width of their longest value up front, so every chunk fits."""
-    widths = {name: max(1, int(frame[name].str.len().max()))
-              for name in frame.columns if frame[name].dtype == object and len(frame)}
+    """One table, in chunks of ``HDF_CHUNK_ROWS`` rows when it is bigger: PyTables turns text into fixed-width byte
+    arrays, and at GBIF scale (millions of rows, URLs of 200 characters) doing that for the whole frame at once
+    doubled the peak memory of ingest. Text columns then get the width of their longest value up front, so every
+    chunk fits (which makes them PyTables data columns; a small table is written in one go, as before)."""
+    options = {"key": key, "mode": "a", "format": "table", "index": False, "complevel": 5, "complib": "blosc:lz4"}
+    if len(frame) <= HDF_CHUNK_ROWS:
+        frame.to_hdf(path, **options)
+        return
+    widths = {name: max(1, int(frame[name].str.len().max())) for name in frame.columns if frame[name].dtype == object}
     for start in range(0, len(frame), HDF_CHUNK_ROWS):
-        frame.iloc[start:start + HDF_CHUNK_ROWS].to_hdf(
-            path, key=key, mode="a", format="table", append=start > 0, index=False, complevel=5,
-            complib="blosc:lz4", min_itemsize=widths or None)
+        frame.iloc[start:start + HDF_CHUNK_ROWS].to_hdf(path, append=start > 0, min_itemsize=widths or None, **options)
 
 
 def remove_stale_temps(folder: Path) -> int:
