@@ -223,6 +223,7 @@ def test_page_in_chromium_matches_keras_and_works_offline(bundle: ExportResult, 
             page.wait_for_selector("body[data-ready=true]", state="attached", timeout=60_000)
             page.wait_for_function("navigator.serviceWorker.controller !== null", timeout=30_000)
             assert "works offline" in page.inner_text("#status")
+            page.wait_for_selector("body[data-offline=kept]", state="attached", timeout=60_000)  # runtime cached
             assert page.evaluate("self.crossOriginIsolated") is True
             runtime = page.get_attribute("body", "data-runtime")
             assert runtime == "LiteRT.js, WebAssembly, 1 thread", runtime  # 48 px: one thread is faster
@@ -391,6 +392,77 @@ def test_the_page_weighs_in_where_and_when(bundle: ExportResult, trained_run: Pa
             _classify(page, tagged)
             assert page.get_attribute("body", "data-prior") == "the photo's GPS position and date"
             assert "(60.0, 6.0, May)" in page.inner_text("#prior-source")
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_the_journal_keeps_identifications_offline_and_exports_darwin_core(bundle: ExportResult, pipeline,  # noqa: ANN001
+                                                                         tmp_path: Path, free_port: int) -> None:
+    """Identify two photos (one with EXIF GPS), name one, stop the server, reload: both entries are there; the CSV
+    export has those rows under Darwin Core headers, positions blurred to 0.1° when asked; delete works."""
+    import csv
+
+    from playwright.sync_api import sync_playwright
+
+    from fungilib.clean import load_manifest
+
+    manifest, _ = load_manifest(pipeline.root / "clean")
+    first, second = [Path(p) for p in manifest.loc[manifest["split"] == "test", "path"].head(2)]
+    tagged = tmp_path / "tagged.jpg"
+    exif = Image.Exif()
+    exif[0x8825] = {1: "N", 2: (55.0, 30.0, 0.0), 3: "E", 4: (12.0, 34.0, 30.0)}
+    exif[0x8769] = {0x9003: "2024:10:03 09:00:00"}
+    Image.open(second).save(tagged, "JPEG", quality=95, exif=exif.tobytes())
+    origin = f"http://127.0.0.1:{free_port}"
+    server = _start_server(bundle.bundle, free_port)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+            context = browser.new_context(accept_downloads=True)
+            page = context.new_page()
+            page.goto(origin + "/")
+            page.wait_for_selector("body[data-ready=true]", state="attached", timeout=60_000)
+            page.wait_for_function("navigator.serviceWorker.controller !== null", timeout=30_000)
+            page.wait_for_selector("body[data-offline=kept]", state="attached", timeout=60_000)
+            _classify(page, first)
+            page.wait_for_selector("body[data-journal='1']", state="attached", timeout=30_000)
+            _classify(page, tagged)
+            page.wait_for_selector("body[data-journal='2']", state="attached", timeout=30_000)
+            newest = page.eval_on_selector("#journal-list li .chosen", "s => Array.from(s.options).map(o => o.value)")
+            page.select_option("#journal-list li:first-child .chosen", newest[1])  # name the newest: its top guess
+            page.fill("#journal-list li:first-child .notes", 'on beech, "smells of anise"')
+            page.press("#journal-list li:first-child .notes", "Enter")
+            page.wait_for_selector(f"#journal-list li[data-chosen='{newest[1]}']", state="attached", timeout=10_000)
+
+            server.terminate()
+            server.wait(timeout=10)
+            page.reload()
+            page.wait_for_selector("body[data-ready=true][data-journal='2']", state="attached", timeout=60_000)
+            assert page.get_attribute("#journal-list li:first-child", "data-chosen") == newest[1]
+
+            def export(blur: bool) -> list[dict[str, str]]:
+                page.set_checked("#blur", blur)
+                with page.expect_download() as download:
+                    page.click("#export-csv")
+                path = tmp_path / f"journal-{blur}.csv"
+                download.value.save_as(path)
+                with path.open(newline="") as handle:
+                    return list(csv.DictReader(handle))
+
+            plain, blurred = export(False), export(True)
+            assert len(plain) == 2
+            assert {"scientificName", "eventDate", "decimalLatitude", "decimalLongitude",
+                    "coordinateUncertaintyInMeters", "identificationRemarks"} <= set(plain[0])
+            named = plain[0]
+            assert named["scientificName"] == newest[1] and named["occurrenceRemarks"] == 'on beech, "smells of anise"'
+            assert float(named["decimalLatitude"]) == pytest.approx(55.5) and len(named["decimalLongitude"]) > 6
+            assert blurred[0]["decimalLatitude"] == "55.5" and blurred[0]["decimalLongitude"] == "12.6"
+            assert plain[1]["scientificName"] == "" and "best guess" in plain[1]["identificationRemarks"]
+            assert plain[1]["decimalLatitude"] == ""  # no position known for the first photo
+            page.click("#journal-list li:last-child .delete")
+            page.wait_for_selector("body[data-journal='1']", state="attached", timeout=10_000)
             browser.close()
     finally:
         server.terminate()

@@ -115,6 +115,106 @@ import { createRuntime } from "./runtime.js";
     document.body.dataset.result = "done";
   }
 
+  async function thumbnail(file) {
+    const bitmap = await createImageBitmap(file, { imageOrientation: "from-image" });
+    const scale = Math.min(1, 320 / Math.max(bitmap.width, bitmap.height));
+    const canvas = document.createElement("canvas");
+    canvas.width = Math.max(1, Math.round(bitmap.width * scale));
+    canvas.height = Math.max(1, Math.round(bitmap.height * scale));
+    canvas.getContext("2d").drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+    bitmap.close();
+    return canvas.toDataURL("image/jpeg", 0.8);
+  }
+
+  function journalError(message) {
+    $("journal-error").textContent = message || "";
+    $("journal-error").hidden = !message;
+  }
+
+  async function keep(file, probabilities) {
+    const top = FungiRollup.topK(Array.from(probabilities), state.labels, 5)
+      .map((row) => ({ name: row.species || row.class_key, probability: row.probability }));
+    const entry = {
+      id: self.crypto && crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random()}`,
+      time: new Date().toISOString(), photo: await thumbnail(file), top, chosen: "", notes: "",
+      lat: state.where ? state.where.lat : null, lon: state.where ? state.where.lon : null,
+      accuracy: state.where && state.position ? state.position.accuracy : null,
+    };
+    try {
+      await FungiJournal.add(entry);
+      journalError("");
+    } catch (err) {
+      journalError(FungiJournal.explain(err)); // the answer stands; earlier entries are untouched
+    }
+    await showJournal();
+  }
+
+  async function showJournal() {
+    let entries = [];
+    try {
+      entries = await FungiJournal.all();
+    } catch (err) {
+      journalError(FungiJournal.explain(err));
+    }
+    state.journal = entries;
+    $("journal-list").replaceChildren(...entries.map((entry) => {
+      const item = document.createElement("li");
+      item.dataset.id = entry.id;
+      item.dataset.chosen = entry.chosen || "";
+      const img = document.createElement("img");
+      img.src = entry.photo;
+      img.alt = "";
+      const when = document.createElement("span");
+      when.className = "muted";
+      when.textContent = ` ${entry.time.slice(0, 16).replace("T", " ")}` +
+        (entry.lat !== null ? ` · ${entry.lat.toFixed(3)}, ${entry.lon.toFixed(3)}` : "");
+      const choose = document.createElement("select");
+      choose.className = "chosen";
+      for (const [value, label] of [["", "not named yet"], ...entry.top.map((t) =>
+        [t.name, `${t.name} (${(100 * t.probability).toFixed(0)} %)`]), ["unknown", "unknown"]]) {
+        const option = document.createElement("option");
+        option.value = value;
+        option.textContent = label;
+        choose.append(option);
+      }
+      choose.value = entry.chosen || "";
+      const notes = document.createElement("input");
+      notes.className = "notes";
+      notes.placeholder = "notes (habitat, smell, substrate…)";
+      notes.value = entry.notes || "";
+      const save = async () => {
+        try {
+          await FungiJournal.update({ ...entry, chosen: choose.value, notes: notes.value });
+          journalError("");
+        } catch (err) {
+          journalError(FungiJournal.explain(err));
+        }
+        await showJournal();
+      };
+      choose.addEventListener("change", save);
+      notes.addEventListener("change", save);
+      const remove = document.createElement("button");
+      remove.type = "button";
+      remove.className = "delete";
+      remove.textContent = "Delete";
+      remove.addEventListener("click", async () => { await FungiJournal.remove(entry.id); await showJournal(); });
+      item.append(img, when, choose, notes, remove);
+      return item;
+    }));
+    document.body.dataset.journal = String(entries.length);
+  }
+
+  function exportJournal() {
+    const csv = FungiJournal.csv(state.journal || [], $("blur").checked);
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(new Blob([csv], { type: "text/csv" }));
+    link.download = "fungilib-journal.csv";
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+  }
+
   async function classify(file) {
     document.body.dataset.result = "working";
     $("error").hidden = true;
@@ -135,6 +235,8 @@ import { createRuntime } from "./runtime.js";
       state.last = probabilities;
       state.millis = performance.now() - start;
       render(probabilities, state.millis);
+      await keep(file, withPrior(probabilities).probabilities)
+        .catch((err) => journalError(FungiJournal.explain(err))); // the answer stands
     } catch (err) {
       $("figure").hidden = true;
       showError(err && err.message ? err.message : String(err));
@@ -157,12 +259,19 @@ import { createRuntime } from "./runtime.js";
 
   // The runtime's files this page actually fetched (one WebAssembly build of several, or the TF.js fallback): the
   // service worker keeps them, so a phone downloads what it runs, once.
-  function keepRuntimeFiles() {
-    const worker = navigator.serviceWorker && navigator.serviceWorker.controller;
+  async function keepRuntimeFiles() {
+    // the active worker (not the controller, which a first visit gets only after clients.claim())
+    const worker = "serviceWorker" in navigator ? (await navigator.serviceWorker.ready).active : null;
     const kept = ["litert/wasm/", "tfjs/", "tf.min.js", "tf-globals.js"].map((p) => new URL(p, location.href).href);
     const files = performance.getEntriesByType("resource").map((e) => e.name)
       .filter((url) => kept.some((prefix) => url.startsWith(prefix)));
-    if (worker && files.length) worker.postMessage({ keep: files });
+    if (!worker || !files.length) {
+      document.body.dataset.offline = worker ? "kept" : "no";
+      return;
+    }
+    const channel = new MessageChannel(); // the worker answers once the files are in its cache
+    channel.port1.onmessage = (event) => { document.body.dataset.offline = event.data.error ? "failed" : "kept"; };
+    worker.postMessage({ keep: files }, [channel.port2]);
   }
 
   async function start() {
@@ -188,7 +297,7 @@ import { createRuntime } from "./runtime.js";
     if (state.prior && "geolocation" in navigator) { // asked once; works offline (GPS needs no network)
       navigator.geolocation.getCurrentPosition(
         (p) => {
-          state.position = { lat: p.coords.latitude, lon: p.coords.longitude };
+          state.position = { lat: p.coords.latitude, lon: p.coords.longitude, accuracy: p.coords.accuracy };
           document.body.dataset.position = "known";
         },
         () => { state.position = null; document.body.dataset.position = "refused"; },
@@ -199,8 +308,10 @@ import { createRuntime } from "./runtime.js";
     $("threshold-value").textContent = `${Math.round(100 * state.threshold)} %`;
     $("about").textContent = `${state.labels.length} species · model ${state.config.run} (${state.config.created}) · ` +
       `input ${state.spec.input_size} px · ${state.config.metrics || ""}`;
+    FungiJournal.persist().catch(() => false); // ask the browser to keep the journal when space runs low
+    await showJournal();
     const keeping = await offline;
-    keepRuntimeFiles();
+    keepRuntimeFiles().catch(() => { document.body.dataset.offline = "failed"; });
     setStatus(`Ready (${keeping}; ${state.runtime.name}).`, "ready");
     document.body.dataset.runtime = state.runtime.name;
     document.body.dataset.isolated = String(self.crossOriginIsolated === true);
@@ -213,6 +324,7 @@ import { createRuntime } from "./runtime.js";
       if (file) classify(file);
     });
   }
+  $("export-csv").addEventListener("click", exportJournal);
   $("use-prior").addEventListener("change", (event) => {
     state.usePrior = event.target.checked;
     localStorage.setItem("fungilib.use-prior", String(state.usePrior));

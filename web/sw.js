@@ -25,8 +25,10 @@ self.addEventListener("message", (event) => {
   const keep = event.data && event.data.keep;
   if (!Array.isArray(keep)) return;
   const mine = keep.filter((url) => new URL(url).origin === self.location.origin);
+  const reply = (message) => event.ports && event.ports[0] && event.ports[0].postMessage(message);
   event.waitUntil(caches.open(CACHE).then((cache) => Promise.all(mine.map((url) =>
-    cache.match(url).then((hit) => hit || cache.add(url))))));
+    cache.match(url).then((hit) => hit || cache.add(url)))))
+    .then(() => reply({ kept: mine.length }), (err) => reply({ error: String(err) })));
 });
 
 function isolated(response) {
