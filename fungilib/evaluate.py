@@ -116,6 +116,7 @@ class EvaluateParams:
     split: Literal["train", "val", "test"] = "test"
     temperature_scaling: bool = True  # fit a softmax temperature on the validation split
     batch_size: int = 64
+    toxicity: Path | None = None  # a CSV name,status (see fungilib.toxicity): adds the poisonous-confusion rate
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -151,6 +152,29 @@ def _with_place_prior(frame: pd.DataFrame, val_logits: np.ndarray, test_logits: 
             **{f"{k}_with_prior": with_prior[k] for k in ("top1", "top3", "macro_f1") if k in with_prior}}
 
 
+def _poisonous_confusion(toxicity: Path, labels: pd.DataFrame, probs: np.ndarray, y: np.ndarray,
+                         run_dir: Path) -> dict[str, Any]:
+    """How often a deadly or toxic species is predicted as an edible one, with and without the place prior."""
+    from fungilib.toxicity import class_statuses, load_toxicity, poisonous_as_edible
+
+    statuses = class_statuses(labels, load_toxicity(toxicity))
+    out: dict[str, Any] = {}
+    rate = poisonous_as_edible(probs.argmax(axis=1), y, statuses)
+    if rate is not None:
+        out["poisonous_as_edible"] = rate
+    combined = run_dir / "place_prior.npz"
+    if rate is not None and combined.exists():
+        from fungilib.clean import load_manifest
+        from fungilib.place_prior import PlacePrior, combine, place_and_season
+
+        manifest = Path(json.loads((run_dir / "train_summary.json").read_text())["params"]["dataset"]["manifest"])
+        test = load_manifest(manifest)[0].query("split == 'test'")
+        prior = PlacePrior.from_bytes(combined.read_bytes())
+        with_prior = combine(np.log(np.maximum(probs, 1e-30)), prior.log_prior(place_and_season(test)), prior.weight)
+        out["poisonous_as_edible_with_prior"] = poisonous_as_edible(with_prior.argmax(axis=1), y, statuses)
+    return out
+
+
 def evaluate_run(params: EvaluateParams) -> EvalResult:
     """Evaluate a finished training run; writes metrics.json, per_class.csv, confusions.csv and plots into it."""
     from fungilib.train import load_trained
@@ -180,6 +204,8 @@ def evaluate_run(params: EvaluateParams) -> EvalResult:
                    ece_after_temperature=calibrated["ece"], nll_after_temperature=calibrated["nll"])
     probs = softmax(logits, temperature)
     metrics.update(_with_place_prior(frame, val_logits, logits, temperature, labels, run_dir))
+    if params.toxicity is not None:
+        metrics.update(_poisonous_confusion(params.toxicity, labels, probs, y, run_dir))
     predicted = probs.argmax(axis=1)
     names = labels["species"].astype(str).tolist()
     cm = confusion_matrix(predicted, y, n)

@@ -43,6 +43,7 @@ class ExportParams:
     web_model: Literal["none", "float16", "uint8"] = "none"  # which TF.js model the page loads
     threshold: float = 0.6  # the page names a species (else genus, else family) at or above this probability
     top_k: int = 5
+    toxicity: Path | None = None  # a CSV name,status the user supplies (fungilib.toxicity): the page marks toxic species
 
     def __post_init__(self) -> None:
         if self.web_model not in self.tfjs_quantization:
@@ -190,6 +191,10 @@ def export_run(params: ExportParams) -> ExportResult:
     if not (run_dir / "model.keras").exists():
         raise FungilibError(f"{run_dir} holds no finished training run (no model.keras); train it first")
     bundle = bundle_folder(params)
+    if params.toxicity is not None:  # a malformed list is one line before anything is exported
+        from fungilib.toxicity import load_toxicity
+
+        load_toxicity(params.toxicity)
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     import keras
     import tensorflow as tf
@@ -258,11 +263,19 @@ def export_run(params: ExportParams) -> ExportResult:
         from fungilib.place_prior import PlacePrior
 
         write_json(work / "place_prior.json", PlacePrior.from_bytes(prior.read_bytes()).to_json())
+    if params.toxicity is not None:
+        from fungilib.toxicity import class_statuses, load_toxicity
+
+        write_json(work / "toxicity.json", {"source": Path(params.toxicity).name,
+                                            "status": class_statuses(labels, load_toxicity(params.toxicity))})
     config = {"model": str(web_folder / "model.json"), "litert_model": WEB_TFLITE, "threshold": params.threshold,
               "top_k": params.top_k, **({"place_prior": "place_prior.json"} if prior.exists() else {}),
               "run": run_dir.name, "created": str(date.today()), "fungilib": __version__,
               "metrics": ", ".join(f"test {k} {metrics[k]:.2f}" for k in ("top1", "macro_f1") if k in metrics)}
-    write_web_app(work, config, [WEB_TFLITE, *(["place_prior.json"] if prior.exists() else [])])
+    if params.toxicity is not None:
+        config["toxicity"] = "toxicity.json"
+    write_web_app(work, config, [WEB_TFLITE, *(["place_prior.json"] if prior.exists() else []),
+                                 *(["toxicity.json"] if params.toxicity is not None else [])])
 
     old = bundle.with_name(f".{bundle.name}.old")
     shutil.rmtree(old, ignore_errors=True)

@@ -6,7 +6,7 @@ import { createRuntime } from "./runtime.js";
 {
   const $ = (id) => document.getElementById(id);
   const state = { runtime: null, labels: null, spec: null, config: null, threshold: 0.6, last: null, millis: 0,
-    prior: null, usePrior: true, position: null, where: null, logPrior: null };
+    prior: null, usePrior: true, position: null, where: null, logPrior: null, toxicity: null };
 
   function setStatus(text, kind) {
     $("status").textContent = text;
@@ -91,6 +91,8 @@ import { createRuntime } from "./runtime.js";
       item.dataset.species = row.species || "";
       item.dataset.imageProbability = String(imageProbabilities[row.index]);
       const expected = adjusted.expected && adjusted.expected[row.index];
+      const status = state.toxicity ? state.toxicity.status[row.index] : "";
+      item.dataset.toxicity = status;
       item.dataset.expected = String(Boolean(expected));
       const name = document.createElement("strong");
       name.textContent = row.species || row.class_key;
@@ -101,6 +103,12 @@ import { createRuntime } from "./runtime.js";
       bar.className = "bar";
       bar.style.width = `${Math.max(1, Math.round(100 * row.probability))}%`;
       item.append(name, group, bar);
+      if (status === "deadly" || status === "toxic") {
+        const mark = document.createElement("span");
+        mark.className = `toxic ${status}`;
+        mark.textContent = ` · ${status}`;
+        name.after(mark);
+      }
       if (expected) {
         const badge = document.createElement("span");
         badge.className = "expected";
@@ -109,6 +117,18 @@ import { createRuntime } from "./runtime.js";
       }
       return item;
     }));
+    const warning = $("toxic-warning");
+    warning.hidden = true;
+    if (state.toxicity && top.length && state.toxicity.status[top[0].index] === "edible") {
+      const risky = top.slice(1).filter((row) => row.probability >= 0.05
+        && ["deadly", "toxic"].includes(state.toxicity.status[row.index]));
+      if (risky.length) {
+        warning.textContent = `Careful: ${risky.map((r) => `${r.species || r.class_key} ` +
+          `(${state.toxicity.status[r.index]}, ${percent(r.probability)})`).join(", ")} ` +
+          `${risky.length > 1 ? "are" : "is"} among the close alternatives.`;
+        warning.hidden = false;
+      }
+    }
     $("timing").textContent = `Answered in ${millis.toFixed(0)} ms on this device (${state.runtime.name}), offline-capable.`;
     $("answer").hidden = false;
     $("error").hidden = true;
@@ -290,6 +310,13 @@ import { createRuntime } from "./runtime.js";
         state.prior = FungiPrior.create(await getJSON(state.config.place_prior));
       } catch (err) {
         state.prior = null; // the identifier still answers, from the photo alone
+      }
+    }
+    if (state.config.toxicity) {
+      try {
+        state.toxicity = await getJSON(state.config.toxicity);
+      } catch (err) {
+        state.toxicity = null;
       }
     }
     state.usePrior = localStorage.getItem("fungilib.use-prior") !== "false";
