@@ -11,7 +11,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -21,22 +20,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def _ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--manifest", type=Path, default=Path("runs/demo/clean"))
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--size", type=int, default=48)
     args = parser.parse_args()
+    from fungilib.distribution import free_loopback_ports
+
     work = HERE / "work" / "distributed_band"
     shutil.rmtree(work, ignore_errors=True)
     common = [sys.executable, "-m", "fungilib.cli", "train", "--manifest", str(args.manifest)]
@@ -51,7 +42,7 @@ def main() -> None:
         cmd = common + ["--out", str(out)] + [x for s in sets + extra for x in ("--set", s)]
         start = time.perf_counter()
         if name.startswith("multi_worker"):
-            ports = _ports(2)
+            ports = free_loopback_ports(2)
             procs = [subprocess.Popen(cmd, env={**os.environ, "TF_CONFIG": json.dumps(
                 {"cluster": {"worker": [f"localhost:{p}" for p in ports]}, "task": {"type": "worker", "index": i}})},
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(2)]

@@ -112,6 +112,18 @@ def rendezvous(workers: list[str], me: int, timeout_s: float) -> None:
                             "TF_CONFIG, or correct the address")
 
 
+def free_loopback_ports(count: int) -> list[int]:
+    """``count`` distinct free ports on 127.0.0.1, for trying several workers on one machine (``TF_CONFIG``)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def _cpu_devices(count: int) -> list[str]:
     import tensorflow as tf
 
@@ -158,4 +170,4 @@ def make_placement(distribution: str, devices: str, replicas: int, batch_size: i
     return placement
 
 
-__all__ = ["Placement", "rendezvous", "make_placement", "read_tf_config", "silent_workers"]
+__all__ = ["Placement", "free_loopback_ports", "rendezvous", "make_placement", "read_tf_config", "silent_workers"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,20 +15,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fungilib.distribution import read_tf_config
+from fungilib.distribution import free_loopback_ports, read_tf_config
 from fungilib.errors import FungilibError
 
 pytest.importorskip("tensorflow")
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def _train_cmd(manifest: Path, out: Path, *sets: str) -> list[str]:
@@ -58,7 +47,7 @@ def test_a_malformed_tf_config_is_one_line_naming_it(raw: str, message: str) -> 
 
 
 def test_a_worker_that_never_answers_is_one_line_not_a_hang(pipeline, tmp_path: Path) -> None:
-    ports = _free_ports(2)
+    ports = free_loopback_ports(2)
     start = time.monotonic()
     done = subprocess.run(_train_cmd(pipeline.root / "clean", tmp_path / "run", "fit.distribution=multi_worker",
                                      "fit.worker_timeout_s=3"),
@@ -99,7 +88,7 @@ def test_mirrored_over_two_cpu_devices_trains_into_the_single_device_band(killed
 
 @pytest.mark.slow
 def test_two_workers_train_one_is_killed_both_restart_and_resume(pipeline, tmp_path: Path) -> None:
-    ports = _free_ports(2)
+    ports = free_loopback_ports(2)
     out = tmp_path / "run"
     cmd = _train_cmd(pipeline.root / "clean", out, "dataset.image_size=32", "fit.epochs=3",
                      "fit.distribution=multi_worker", "fit.worker_timeout_s=60", "evaluate=false")

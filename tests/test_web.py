@@ -327,6 +327,15 @@ def test_serve_refuses_a_folder_that_is_not_a_bundle(tmp_path: Path) -> None:
     assert time.monotonic() - started < 30
 
 
+def _with_gps(photo: Path, out: Path, north: tuple, east: tuple, taken: str) -> Path:
+    """``photo`` saved again with an EXIF GPS position (degrees, minutes, seconds) and a DateTimeOriginal."""
+    exif = Image.Exif()
+    exif[0x8825] = {1: "N", 2: north, 3: "E", 4: east}
+    exif[0x8769] = {0x9003: taken}
+    Image.open(photo).save(out, "JPEG", quality=95, exif=exif.tobytes())
+    return out
+
+
 def test_the_page_weighs_in_where_and_when(bundle: ExportResult, trained_run: Path, pipeline, tmp_path: Path,  # noqa: ANN001
                                            free_port: int) -> None:
     """With a granted (fake) location the page combines the model with the prior — p ∝ p_image × prior^w, the same
@@ -346,11 +355,8 @@ def test_the_page_weighs_in_where_and_when(bundle: ExportResult, trained_run: Pa
     where = place_and_season(pd.DataFrame({"decimalLatitude": [lat], "decimalLongitude": [lon],
                                            "eventDate": [f"2024-{month:02d}-01"]}))
     log_prior = prior.log_prior(where)[0]
-    tagged = tmp_path / "tagged.jpg"  # the same photo with EXIF GPS (Hygrocybe's range) and a May date
-    exif = Image.Exif()
-    exif[0x8825] = {1: "N", 2: (60.0, 0.0, 0.0), 3: "E", 4: (6.0, 0.0, 0.0)}
-    exif[0x8769] = {0x9003: "2024:05:10 10:00:00"}
-    Image.open(image).save(tagged, "JPEG", quality=95, exif=exif.tobytes())
+    # the same photo with EXIF GPS (Hygrocybe's range) and a May date
+    tagged = _with_gps(image, tmp_path / "tagged.jpg", (60.0, 0.0, 0.0), (6.0, 0.0, 0.0), "2024:05:10 10:00:00")
     origin = f"http://127.0.0.1:{free_port}"
     server = _start_server(bundle.bundle, free_port)
 
@@ -410,11 +416,7 @@ def test_the_journal_keeps_identifications_offline_and_exports_darwin_core(bundl
 
     manifest, _ = load_manifest(pipeline.root / "clean")
     first, second = [Path(p) for p in manifest.loc[manifest["split"] == "test", "path"].head(2)]
-    tagged = tmp_path / "tagged.jpg"
-    exif = Image.Exif()
-    exif[0x8825] = {1: "N", 2: (55.0, 30.0, 0.0), 3: "E", 4: (12.0, 34.0, 30.0)}
-    exif[0x8769] = {0x9003: "2024:10:03 09:00:00"}
-    Image.open(second).save(tagged, "JPEG", quality=95, exif=exif.tobytes())
+    tagged = _with_gps(second, tmp_path / "tagged.jpg", (55.0, 30.0, 0.0), (12.0, 34.0, 30.0), "2024:10:03 09:00:00")
     origin = f"http://127.0.0.1:{free_port}"
     server = _start_server(bundle.bundle, free_port)
     try:
