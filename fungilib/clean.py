@@ -18,6 +18,7 @@ from fungilib.errors import FungilibError
 from fungilib.fsutil import read_hdf, write_hdf, write_json
 from fungilib.ingest import load_observations
 from fungilib.params import write_params
+from fungilib.place_prior import PLACE_AND_TIME
 from fungilib.split import SPLITS, connected_groups, stratified_group_split
 
 MANIFEST_FILE = "manifest.h5"
@@ -217,9 +218,6 @@ def _label_table(frame: pd.DataFrame) -> pd.DataFrame:
     for split in SPLITS:
         labels[f"{split}_images"] = labels["class_key"].map(counts[split]).fillna(0).astype(int)
     return labels
-
-
-PLACE_AND_TIME = ("decimalLatitude", "decimalLongitude", "eventDate")
 
 
 def _manifest(frame: pd.DataFrame, out: Path) -> pd.DataFrame:

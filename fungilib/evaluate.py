@@ -123,54 +123,44 @@ class EvaluateParams:
             raise FungilibError(f"batch_size must be at least 1, got {self.batch_size}")
 
 
-def _with_place_prior(frame: pd.DataFrame, val_logits: np.ndarray, test_logits: np.ndarray, temperature: float,
-                      labels: pd.DataFrame, run_dir: Path) -> dict[str, Any]:
-    """Test metrics with the place-and-season prior (built from training photos only, its weight fitted on the
-    validation split), when the manifest knows where and when; ``place_prior.npz`` and ``.json`` into the run."""
-    from fungilib.clean import PLACE_AND_TIME
-    from fungilib.place_prior import PlacePrior, combine, fit_weight, place_and_season
+def _with_place_prior(frame: pd.DataFrame, rows: pd.DataFrame, probs: np.ndarray, val_probs: np.ndarray,
+                      labels: pd.DataFrame, run_dir: Path) -> tuple[dict[str, Any], np.ndarray | None]:
+    """Metrics of the evaluated ``rows`` with the place-and-season prior (built from training photos only, its
+    weight fitted on the validation split), and those probabilities; ``place_prior.npz`` and ``.json`` into the
+    run. Nothing (and None) when the manifest does not know where and when, or has no validation photos."""
+    from fungilib.place_prior import PlacePrior, combine, fit_weight, knows_place, place_and_season
 
-    if not set(PLACE_AND_TIME) & set(frame.columns) or not len(val_logits):
-        return {}
-    n = len(labels)
-    prior = PlacePrior.build(frame[frame["split"] == "train"], n)
-    val, test = frame[frame["split"] == "val"], frame[frame["split"] == "test"]
-    weight, curve = fit_weight(np.log(softmax(val_logits, temperature)), prior.log_prior(place_and_season(val)),
-                               val["label"].to_numpy())
+    if not knows_place(frame) or not len(val_probs):
+        return {}, None
+    prior = PlacePrior.build(frame[frame["split"] == "train"], len(labels))
+    val = frame[frame["split"] == "val"]
+    weight, curve = fit_weight(np.log(val_probs), prior.log_prior(place_and_season(val)), val["label"].to_numpy())
     prior.weight = weight
-    where = place_and_season(test)
-    combined = combine(np.log(softmax(test_logits, temperature)), prior.log_prior(where), weight)
-    y = test["label"].to_numpy()
-    with_prior = classification_metrics(np.log(np.maximum(combined, 1e-30)), y, labels)
+    where = place_and_season(rows)
+    combined = combine(np.log(probs), prior.log_prior(where), weight)
+    with_prior = classification_metrics(np.log(np.maximum(combined, 1e-30)), rows["label"].to_numpy(), labels)
     data = prior.to_bytes()
     (run_dir / "place_prior.npz").write_bytes(data)
     write_json(run_dir / "place_prior.json", {"weight": weight, "bytes": len(data), "cell_deg": prior.cell_deg,
                                               "region_deg": prior.region_deg, "validation_nll_by_weight": curve,
                                               "training_photos_dropped": prior.dropped,
                                               "test_photos_dropped": where.dropped})
-    return {"prior_weight": weight, "prior_bytes": len(data),
-            **{f"{k}_with_prior": with_prior[k] for k in ("top1", "top3", "macro_f1") if k in with_prior}}
+    metrics = {"prior_weight": weight, "prior_bytes": len(data),
+               **{f"{k}_with_prior": with_prior[k] for k in ("top1", "top3", "macro_f1") if k in with_prior}}
+    return metrics, combined
 
 
 def _poisonous_confusion(toxicity: Path, labels: pd.DataFrame, probs: np.ndarray, y: np.ndarray,
-                         run_dir: Path) -> dict[str, Any]:
+                         with_prior: np.ndarray | None) -> dict[str, Any]:
     """How often a deadly or toxic species is predicted as an edible one, with and without the place prior."""
     from fungilib.toxicity import class_statuses, load_toxicity, poisonous_as_edible
 
     statuses = class_statuses(labels, load_toxicity(toxicity))
-    out: dict[str, Any] = {}
     rate = poisonous_as_edible(probs.argmax(axis=1), y, statuses)
-    if rate is not None:
-        out["poisonous_as_edible"] = rate
-    combined = run_dir / "place_prior.npz"
-    if rate is not None and combined.exists():
-        from fungilib.clean import load_manifest
-        from fungilib.place_prior import PlacePrior, combine, place_and_season
-
-        manifest = Path(json.loads((run_dir / "train_summary.json").read_text())["params"]["dataset"]["manifest"])
-        test = load_manifest(manifest)[0].query("split == 'test'")
-        prior = PlacePrior.from_bytes(combined.read_bytes())
-        with_prior = combine(np.log(np.maximum(probs, 1e-30)), prior.log_prior(place_and_season(test)), prior.weight)
+    if rate is None:
+        return {}
+    out: dict[str, Any] = {"poisonous_as_edible": rate}
+    if with_prior is not None:
         out["poisonous_as_edible_with_prior"] = poisonous_as_edible(with_prior.argmax(axis=1), y, statuses)
     return out
 
@@ -195,7 +185,10 @@ def evaluate_run(params: EvaluateParams) -> EvalResult:
     y = test["label"].to_numpy()
     temperature = 1.0
     val = frame[frame["split"] == "val"]
-    val_logits = predict_logits(model, val, n, size, batch_size) if len(val) else np.zeros((0, n), np.float32)
+    from fungilib.place_prior import knows_place
+
+    needs_val = len(val) and (temperature_scaling or knows_place(frame))  # the prior's weight is fitted on val
+    val_logits = predict_logits(model, val, n, size, batch_size) if needs_val else np.zeros((0, n), np.float32)
     if temperature_scaling and len(val):
         temperature = float(fit_temperature(val_logits, val["label"].to_numpy()))
     metrics = classification_metrics(logits, y, labels)
@@ -203,9 +196,10 @@ def evaluate_run(params: EvaluateParams) -> EvalResult:
     metrics.update(split=split, images=len(test), classes=n, temperature=temperature,
                    ece_after_temperature=calibrated["ece"], nll_after_temperature=calibrated["nll"])
     probs = softmax(logits, temperature)
-    metrics.update(_with_place_prior(frame, val_logits, logits, temperature, labels, run_dir))
+    with_prior, prior_probs = _with_place_prior(frame, test, probs, softmax(val_logits, temperature), labels, run_dir)
+    metrics.update(with_prior)
     if params.toxicity is not None:
-        metrics.update(_poisonous_confusion(params.toxicity, labels, probs, y, run_dir))
+        metrics.update(_poisonous_confusion(params.toxicity, labels, probs, y, prior_probs))
     predicted = probs.argmax(axis=1)
     names = labels["species"].astype(str).tolist()
     cm = confusion_matrix(predicted, y, n)

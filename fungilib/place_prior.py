@@ -38,6 +38,14 @@ class PlaceSeason:
         return ~np.isnan(self.lat)
 
 
+PLACE_AND_TIME = ("decimalLatitude", "decimalLongitude", "eventDate")  # the manifest columns the prior reads
+
+
+def knows_place(frame: pd.DataFrame) -> bool:
+    """Whether these rows carry where or when at all (GBIF sources do; a folder import does not)."""
+    return bool(set(PLACE_AND_TIME) & set(frame.columns))
+
+
 def place_and_season(frame: pd.DataFrame) -> PlaceSeason:
     """From manifest rows (``decimalLatitude``, ``decimalLongitude``, ``eventDate``)."""
     n = len(frame)
@@ -175,4 +183,4 @@ def fit_weight(log_probs: np.ndarray, log_prior: np.ndarray, labels: np.ndarray)
     return best, curve
 
 
-__all__ = ["PlacePrior", "PlaceSeason", "combine", "fit_weight", "place_and_season"]
+__all__ = ["PLACE_AND_TIME", "PlacePrior", "knows_place", "PlaceSeason", "combine", "fit_weight", "place_and_season"]
