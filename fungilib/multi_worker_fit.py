@@ -79,6 +79,13 @@ def fit_multi_worker(model: Any, optimizer: Any, loss: Any, train_rows: pd.DataF
         checkpoint.restore(latest).expect_partial()
     manager = tf.train.CheckpointManager(checkpoint, str(backup if placement.chief else scratch), max_to_keep=1)
 
+    def hits(y: Any, logits: Any) -> tuple[Any, Any, Any]:
+        """(top-1 right, top-3 right, photos) of a batch, summed: the epoch's accuracy and top3 add them up."""
+        truth = tf.argmax(y, axis=-1, output_type=tf.int32)
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), truth), tf.float32))
+        top3 = tf.reduce_sum(tf.cast(tf.math.in_top_k(truth, logits, 3), tf.float32))
+        return correct, top3, tf.cast(tf.shape(y)[0], tf.float32)
+
     def replica_step(x: Any, y: Any) -> tuple[Any, ...]:
         with tf.GradientTape() as tape:
             logits = tf.cast(model(x, training=True), tf.float32)
@@ -88,10 +95,7 @@ def fit_multi_worker(model: Any, optimizer: Any, loss: Any, train_rows: pd.DataF
                 value += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
             scaled = optimizer.scale_loss(value) if mixed else value
         optimizer.apply(tape.gradient(scaled, model.trainable_variables), model.trainable_variables)
-        truth = tf.argmax(y, axis=-1, output_type=tf.int32)
-        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), truth), tf.float32))
-        top3 = tf.reduce_sum(tf.cast(tf.math.in_top_k(truth, logits, 3), tf.float32))
-        return value, correct, top3, tf.cast(tf.shape(y)[0], tf.float32)
+        return (value, *hits(y, logits))
 
     step_fn = tf.function(jit_compile=True)(replica_step) if jit_compile else replica_step
 
@@ -106,11 +110,7 @@ def fit_multi_worker(model: Any, optimizer: Any, loss: Any, train_rows: pd.DataF
     @tf.function
     def eval_batch(x: Any, y: Any) -> list[Any]:
         logits = tf.cast(model(x, training=False), tf.float32)
-        truth = tf.argmax(y, axis=-1, output_type=tf.int32)
-        return [eval_loss(y, logits),
-                tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), truth), tf.float32)),
-                tf.reduce_sum(tf.cast(tf.math.in_top_k(truth, logits, 3), tf.float32)),
-                tf.cast(tf.shape(y)[0], tf.float32)]
+        return [eval_loss(y, logits), *hits(y, logits)]
 
     start_epoch = int(epoch_var.numpy())
     rows = _read_history(out, start_epoch) if placement.chief else []

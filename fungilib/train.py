@@ -319,8 +319,6 @@ def train(params: TrainParams) -> TrainResult:
 def _train(params: TrainParams, out: Path, placement: Any) -> TrainResult:
     import keras
 
-    from fungilib.models import build_classifier
-
     manifest_path = Path(params.dataset.manifest)
     manifest, labels = load_manifest(manifest_path)
     if placement.chief:
@@ -347,9 +345,7 @@ def _train(params: TrainParams, out: Path, placement: Any) -> TrainResult:
     weights = class_weights(train_rows["label"].to_numpy(), n) if d.balance == "class_weights" else None
     pretrained = params.model.weights != "none"
     with placement.scope():
-        model, base = build_classifier(params.model.base, params.model.weights, d.image_size, n, params.model.dropout,
-                                       bn_inference=pretrained, colour_jitter=model_jitter(params.augmentation),
-                                       flip=model_flip(params.augmentation))
+        model, base = classifier(params, n, params.model.weights)
     steps = int(np.ceil(len(train_rows) / d.batch_size))
     loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=params.regularization.label_smoothing,
                                                reduction=None if multi_worker else "sum_over_batch_size")
@@ -401,7 +397,7 @@ def _train(params: TrainParams, out: Path, placement: Any) -> TrainResult:
     if (out / "best.weights.h5").exists():
         model.load_weights(str(out / "best.weights.h5"))
     if fit.mixed_precision:  # the saved model computes in float32: exports and parity as without mixed precision
-        model = float32_copy(model, params, n, pretrained)
+        model = float32_copy(model, params, n)
     with atomic_path(out / MODEL_FILE) as tmp:
         tmp_model = tmp.with_suffix(".keras")
         model.save(tmp_model)
@@ -419,27 +415,25 @@ def _train(params: TrainParams, out: Path, placement: Any) -> TrainResult:
     return result
 
 
-def model_jitter(aug: Augmentation) -> float:
-    """The colour-jitter strength the model's own layer applies (0 when the input pipeline does it, or none)."""
-    return aug.color_jitter if aug.enabled and aug.jitter_in == "model" else 0.0
+def classifier(params: TrainParams, num_classes: int, weights: str) -> tuple[Any, Any]:
+    """The run's network (``models.build_classifier``), colour jitter and flip inside it when
+    ``augmentation.jitter_in`` is ``model`` (they are then training-only layers, off the input pipeline)."""
+    from fungilib.models import build_classifier
+
+    aug, m = params.augmentation, params.model
+    in_model = aug.enabled and aug.jitter_in == "model"
+    return build_classifier(m.base, weights, params.dataset.image_size, num_classes, m.dropout,
+                            bn_inference=m.weights != "none", colour_jitter=aug.color_jitter if in_model else 0.0,
+                            flip=in_model and aug.flip)
 
 
-def model_flip(aug: Augmentation) -> bool:
-    """Whether the model's own layer flips training photos (else the input pipeline does, or nothing)."""
-    return aug.enabled and aug.flip and aug.jitter_in == "model"
-
-
-def float32_copy(model: Any, params: TrainParams, num_classes: int, pretrained: bool) -> Any:
+def float32_copy(model: Any, params: TrainParams, num_classes: int) -> Any:
     """The same network built under the float32 policy, holding ``model``'s weights (mixed precision keeps its
     variables in float32, so nothing is rounded)."""
     import keras
 
-    from fungilib.models import build_classifier
-
     keras.mixed_precision.set_global_policy("float32")
-    copy, _ = build_classifier(params.model.base, "none", params.dataset.image_size, num_classes,
-                               params.model.dropout, bn_inference=pretrained,
-                               colour_jitter=model_jitter(params.augmentation), flip=model_flip(params.augmentation))
+    copy, _ = classifier(params, num_classes, "none")
     copy.set_weights(model.get_weights())
     return copy
 
@@ -485,8 +479,9 @@ class TrainRunResult:
 def train_and_evaluate(params: TrainParams) -> TrainRunResult:
     """Stage train: train into ``params.out``, then (``params.evaluate``) evaluate on the test split."""
     result = train(params)
+    # a pruned trial is not worth a test-split evaluation; a multi-worker run's other workers (no summary) leave it
+    # to the chief
     if not params.evaluate or result.pruned_at_epoch or not (Path(params.out) / "train_summary.json").exists():
-        # (no summary: a multi-worker run's other worker, which leaves evaluation to the chief)  # a pruned trial is not worth a test-split evaluation
         return TrainRunResult(result)
     from fungilib.evaluate import EvaluateParams, evaluate_run
 
