@@ -22,6 +22,15 @@ def _write(path: Path, data: dict) -> Path:
 SPACE = {"train.optimizer.learning_rate": {"loguniform": [0.0005, 0.01]}}
 
 
+def _optuna_sweep(pipeline, path: Path, name: str, epochs: int, **optuna: object) -> Path:  # noqa: ANN001
+    """A sweep file: Optuna trials of 32 px training runs on the session's manifest, without test evaluation."""
+    return _write(path, {
+        "name": name, "manifest": str(pipeline.root / "clean"), "pipeline": ["train"],
+        "base": {"train": {"dataset": {"image_size": 32, "batch_size": 64}, "fit": {"epochs": epochs},
+                           "evaluate": False}},
+        "search": {"optuna": {"params": SPACE, **optuna}}})
+
+
 @pytest.mark.parametrize(("optuna", "message"), [
     ({"n_trials": 3, "params": SPACE, "sampler": "grid"}, r"sampler: 'grid' is not one of 'tpe', 'random', 'cmaes'"),
     ({"n_trials": 3, "params": SPACE, "pruner": "asha"}, r"pruner: 'asha' is not one of 'median', 'hyperband'"),
@@ -95,11 +104,7 @@ def test_an_optuna_sweep_runs_trials_as_run_folders_and_a_rerun_only_reports(pip
                                                                             capsys: pytest.CaptureFixture) -> None:  # noqa: ANN001
     from fungilib.cli import main
 
-    path = _write(tmp_path / "opt.yaml", {
-        "name": "opt", "manifest": str(pipeline.root / "clean"), "pipeline": ["train"],
-        "base": {"train": {"dataset": {"image_size": 32, "batch_size": 64}, "fit": {"epochs": 2},
-                           "evaluate": False}},
-        "search": {"optuna": {"n_trials": 3, "params": SPACE, "metric": "val_top1", "seed": 1}}})
+    path = _optuna_sweep(pipeline, tmp_path / "opt.yaml", "opt", 2, n_trials=3, metric="val_top1", seed=1)
     runs = tmp_path / "runs"
     result = run_sweep(path, runs, workers=2)
     assert len(result.statuses) == 3
@@ -145,11 +150,7 @@ def test_a_study_killed_mid_trial_goes_on_where_it_was(pipeline, tmp_path: Path)
 
     from fungilib.search import open_storage
 
-    path = _write(tmp_path / "killed.yaml", {
-        "name": "killed", "manifest": str(pipeline.root / "clean"), "pipeline": ["train"],
-        "base": {"train": {"dataset": {"image_size": 32, "batch_size": 64}, "fit": {"epochs": 2},
-                           "evaluate": False}},
-        "search": {"optuna": {"n_trials": 2, "params": SPACE, "pruner": "none", "seed": 3}}})
+    path = _optuna_sweep(pipeline, tmp_path / "killed.yaml", "killed", 2, n_trials=2, pruner="none", seed=3)
     runs = tmp_path / "runs"
     proc = subprocess.Popen([sys.executable, "-m", "fungilib.cli", "sweep", str(path), "--runs-root", str(runs),
                              "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -173,11 +174,8 @@ def test_a_study_killed_mid_trial_goes_on_where_it_was(pipeline, tmp_path: Path)
 def test_optuna_trials_run_on_a_dask_local_cluster(pipeline, tmp_path: Path) -> None:  # noqa: ANN001
     """The same flags as grid and random sweeps: trials asked from the shared study, run on Dask workers (two
     processes), told back; the journal file is shared through the file system as `runs/` is."""
-    path = _write(tmp_path / "dask.yaml", {
-        "name": "dask-optuna", "manifest": str(pipeline.root / "clean"), "pipeline": ["train"],
-        "base": {"train": {"dataset": {"image_size": 32, "batch_size": 64}, "fit": {"epochs": 1},
-                           "evaluate": False}},
-        "search": {"optuna": {"n_trials": 2, "params": SPACE, "pruner": "none", "sampler": "random", "seed": 2}}})
+    path = _optuna_sweep(pipeline, tmp_path / "dask.yaml", "dask-optuna", 1, n_trials=2, pruner="none",
+                         sampler="random", seed=2)
     result = run_sweep(path, tmp_path / "runs", workers=2, local_cluster=2)
     assert sorted(s["trial"] for s in result.statuses) == [0, 1]
     assert all(s["trial_state"] == "complete" for s in result.statuses)
