@@ -476,8 +476,8 @@ def download_shard(params: DownloadParams, out: Path, items: list[tuple[str, str
 
 def _download_on_cluster(params: DownloadParams, out: Path, todo: list[tuple[str, Path]], results: dict[str, dict],
                          total: int) -> int:
-    """``todo`` in shards on a Dask cluster (``params.scheduler`` or a LocalCluster); each shard's records are
-    merged into ``results`` as it lands. Returns the requests made. The images folder must be one every worker
+    """``todo`` in shards on a Dask cluster (``params.scheduler`` or a LocalCluster), progress counted as each shard
+    lands; the shards' logs are merged into ``results`` at the end. Returns the requests made. The images folder must be one every worker
     writes to (a shared file system, as sweeps require); each file is written atomically."""
     from dask.distributed import Client, LocalCluster
     from dask.distributed import as_completed as landed

@@ -133,6 +133,7 @@ import { createRuntime } from "./runtime.js";
     $("answer").hidden = false;
     $("error").hidden = true;
     document.body.dataset.result = "done";
+    return probabilities;
   }
 
   async function thumbnail(file) {
@@ -254,8 +255,8 @@ import { createRuntime } from "./runtime.js";
       const probabilities = await state.runtime.predict(input);
       state.last = probabilities;
       state.millis = performance.now() - start;
-      render(probabilities, state.millis);
-      await keep(file, withPrior(probabilities).probabilities)
+      const shown = render(probabilities, state.millis); // with the prior when it applies: what the journal keeps
+      await keep(file, shown)
         .catch((err) => journalError(FungiJournal.explain(err))); // the answer stands
     } catch (err) {
       $("figure").hidden = true;
