@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,14 @@ from fungilib.fsutil import read_hdf, write_hdf, write_json
 from fungilib.ingest import load_observations
 from fungilib.params import write_params
 from fungilib.place_prior import PLACE_AND_TIME
-from fungilib.split import SPLITS, connected_groups, stratified_group_split
+from fungilib.split import (
+    SPLITS,
+    UNKNOWN_SPLITS,
+    connected_groups,
+    held_out_classes,
+    stratified_group_split,
+    unknown_split,
+)
 
 MANIFEST_FILE = "manifest.h5"
 SPECIES_RANKS = {"SPECIES", "SUBSPECIES", "VARIETY", "FORM"}
@@ -36,8 +43,13 @@ class SplitParams:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     seed: int = 0
+    # species kept out of training entirely, as "unknown": their photos fit and test the open-set threshold
+    holdout_classes: int = 0  # this many classes drawn (seeded)
+    holdout_species: list[str] = field(default_factory=list)  # and these, by species name or class key
 
     def __post_init__(self) -> None:
+        if self.holdout_classes < 0:
+            raise FungilibError(f"holdout_classes must be >= 0, got {self.holdout_classes}")
         if self.min_per_class < 1 or self.max_per_class < 0 or self.min_side < 1:
             raise FungilibError("min_per_class and min_side must be >= 1, max_per_class >= 0")
         if self.max_per_class and self.max_per_class < self.min_per_class:
@@ -65,6 +77,7 @@ class CleanResult:
     classes: int
     dropped: dict[str, int]
     splits: dict[str, int]
+    held_out: list[str] = field(default_factory=list)  # species kept out of training (the "unknown" photos)
 
 
 def _check_image(path: str) -> tuple[str, int, int, str]:
@@ -150,9 +163,16 @@ def finish_dataset(pruner: Pruner, params: SplitParams, out: Path, base: Path | 
         raise FungilibError(f"no images left after cleaning (min_per_class={params.min_per_class}); see dropped reasons")
     fractions = {"train": 1 - params.val_fraction - params.test_fraction, "val": params.val_fraction,
                  "test": params.test_fraction}
-    frame["split"] = stratified_group_split(frame, "class_key", "group", fractions, params.seed)
-    labels = _label_table(frame)
+    names = frame.groupby("class_key")["species"].first()
+    unknown = frame["class_key"].isin(held_out_classes(names, params.holdout_classes, params.holdout_species,
+                                                         params.seed))
+    frame["split"] = pd.Series(pd.NA, index=frame.index, dtype=object)
+    if unknown.any():
+        frame.loc[unknown, "split"] = unknown_split(frame[unknown], "class_key", "group", params.seed)
+    frame.loc[~unknown, "split"] = stratified_group_split(frame[~unknown], "class_key", "group", fractions, params.seed)
+    labels = _label_table(frame[~unknown])
     frame["label"] = frame["class_key"].map(dict(zip(labels["class_key"], labels["label"], strict=True)))
+    frame["label"] = frame["label"].fillna(-1)  # held-out species: no class of the model
     manifest = _manifest(frame, out)
     dropped_table = (pd.concat(dropped, ignore_index=True) if dropped
                      else pd.DataFrame(columns=["media_id", "gbifID", "species", "path", "reason"]))
@@ -164,7 +184,8 @@ def finish_dataset(pruner: Pruner, params: SplitParams, out: Path, base: Path | 
     result = CleanResult(
         manifest=out / MANIFEST_FILE, images=len(manifest), classes=len(labels),
         dropped={str(k): int(v) for k, v in reasons.items()},
-        splits={s: int((manifest["split"] == s).sum()) for s in SPLITS},
+        splits={s: int((manifest["split"] == s).sum()) for s in SPLITS + (UNKNOWN_SPLITS if unknown.any() else ())},
+        held_out=sorted(names[names.index.isin(frame.loc[unknown, "class_key"])].astype(str).tolist()),
     )
     write_json(out / "clean_report.json", {**result.__dict__, "manifest": str(result.manifest), "seed": params.seed,
                                             "fractions": fractions})

@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, required=True, help="a training run folder or an export bundle")
     p.add_argument("--top", type=int, default=5)
     p.add_argument("--threshold", type=float, help="verdict threshold (default: the bundle's, else 0.6)")
+    p.add_argument("--no-open-set", action="store_true",
+                   help="always name the nearest species, even for a photo the model's open-set gate (fitted on "
+                        "species held out of training) says is not a species it knows")
     p.add_argument("--json", action="store_true", help="print one JSON object per photo (JSON Lines) instead of a table")
     p.add_argument("--batch-size", type=int, default=512,
                    help="photos decoded and prepared together (photos of one size are resized in one call)")
@@ -269,7 +272,8 @@ def _run(args: argparse.Namespace) -> int:
 
         count = failed = 0
         for prediction in iter_predictions(args.images, args.model, args.top, args.threshold,
-                                           batch_size=args.batch_size, progress=None):
+                                           batch_size=args.batch_size, progress=None,
+                                           no_open_set=args.no_open_set):
             count += 1
             failed += not prediction.ok
             print(json.dumps(as_json(prediction)) if args.json else format_one(prediction, args.top), flush=True)

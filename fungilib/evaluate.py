@@ -150,6 +150,38 @@ def _with_place_prior(frame: pd.DataFrame, rows: pd.DataFrame, probs: np.ndarray
     return metrics, combined
 
 
+def _open_set(model: Any, frame: pd.DataFrame, val_logits: np.ndarray, logits: np.ndarray, y: np.ndarray,
+              temperature: float, size: int, batch_size: int, run_dir: Path) -> tuple[dict[str, Any], dict[str, Path]]:
+    """Open-set metrics when the manifest holds photos of species kept out of training (``clean.holdout_*``):
+    the gate fitted on validation (known + held-out), reported on test; ``open_set.json`` and a plot into the run."""
+    from fungilib.open_set import evaluate_open_set
+    from fungilib.rollup import SPECIES_THRESHOLD
+
+    val, val_unknown = frame[frame["split"] == "val"], frame[frame["split"] == "val_unknown"]
+    test_unknown = frame[frame["split"] == "test_unknown"]
+    if val_unknown.empty or test_unknown.empty or val.empty:
+        (run_dir / "open_set.json").unlink(missing_ok=True)
+        return {}, {}
+    n = logits.shape[1]
+    result = evaluate_open_set(val_logits, val["label"].to_numpy(), predict_logits(model, val_unknown, n, size, batch_size),
+                               logits, y, predict_logits(model, test_unknown, n, size, batch_size), temperature,
+                               SPECIES_THRESHOLD)
+    write_json(run_dir / "open_set.json", {**result.record, "held_out": sorted(
+        frame.loc[frame["split"].isin(["val_unknown", "test_unknown"]), "species"].astype(str).unique().tolist())})
+    known, unknown = result.test_scores
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    bins = np.linspace(min(known.min(), unknown.min()), max(known.max(), unknown.max()), 30)
+    ax.hist(known, bins=bins, alpha=0.6, density=True, label=f"species it knows ({len(known)})")
+    ax.hist(unknown, bins=bins, alpha=0.6, density=True, label=f"species held out of training ({len(unknown)})")
+    ax.axvline(result.gate.threshold, color="k", ls="--", lw=1, label="threshold (fitted on validation)")
+    ax.set(xlabel=f"open-set score ({result.gate.score})", ylabel="density",
+           title=f"Known vs never-seen species (test), AUROC {result.metrics['open_set_auroc']:.3f}")
+    ax.legend(fontsize=7)
+    path = save_figure(fig, run_dir / "open_set.png")
+    plt.close(fig)
+    return result.metrics, {"open_set": path}
+
+
 def _poisonous_confusion(toxicity: Path, labels: pd.DataFrame, probs: np.ndarray, y: np.ndarray,
                          with_prior: np.ndarray | None) -> dict[str, Any]:
     """How often a deadly or toxic species is predicted as an edible one, with and without the place prior."""
@@ -187,7 +219,8 @@ def evaluate_run(params: EvaluateParams) -> EvalResult:
     val = frame[frame["split"] == "val"]
     from fungilib.place_prior import knows_place
 
-    needs_val = len(val) and (temperature_scaling or knows_place(frame))  # the prior's weight is fitted on val
+    holds_unknown = split == "test" and (frame["split"] == "val_unknown").any()
+    needs_val = len(val) and (temperature_scaling or knows_place(frame) or holds_unknown)  # fitted on val
     val_logits = predict_logits(model, val, n, size, batch_size) if needs_val else np.zeros((0, n), np.float32)
     if temperature_scaling and len(val):
         temperature = float(fit_temperature(val_logits, val["label"].to_numpy()))
@@ -200,13 +233,16 @@ def evaluate_run(params: EvaluateParams) -> EvalResult:
     metrics.update(with_prior)
     if params.toxicity is not None:
         metrics.update(_poisonous_confusion(params.toxicity, labels, probs, y, prior_probs))
+    open_set_metrics, open_set_plots = (_open_set(model, frame, val_logits, logits, y, temperature, size, batch_size,
+                                                  run_dir) if split == "test" else ({}, {}))
+    metrics.update(open_set_metrics)
     predicted = probs.argmax(axis=1)
     names = labels["species"].astype(str).tolist()
     cm = confusion_matrix(predicted, y, n)
     per_class = per_class_table(predicted, y, n).merge(labels, on="label")
     confusions = top_confusions(cm, names)
     _, reliability = expected_calibration_error(probs, y)
-    plots = _plots(cm, names, confusions, reliability, per_class, run_dir)
+    plots = {**_plots(cm, names, confusions, reliability, per_class, run_dir), **open_set_plots}
     write_json(run_dir / "metrics.json", {k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()})
     per_class.to_csv(run_dir / "per_class.csv", index=False)
     confusions.to_csv(run_dir / "confusions.csv", index=False)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import pandas as pd
 
 from fungilib.errors import FungilibError
@@ -122,6 +123,43 @@ def _write_table(frame: Any, path: Path, key: str) -> None:
     widths = {name: max(1, int(frame[name].str.len().max())) for name in frame.columns if frame[name].dtype == object}
     for start in range(0, len(frame), HDF_CHUNK_ROWS):
         frame.iloc[start:start + HDF_CHUNK_ROWS].to_hdf(path, append=start > 0, min_itemsize=widths or None, **options)
+
+
+def write_arrow_hdf(path: Path, key: str, table: Any, chunk_rows: int = HDF_CHUNK_ROWS) -> None:
+    """An Arrow table → one HDF5 key in pandas' ``table`` format (``pandas.read_hdf`` reads it), atomically,
+    ``chunk_rows`` rows at a time: only one slice is ever a pandas frame. Dictionary columns become categoricals
+    (one set of categories for every slice, as appends require), other text fixed-width strings as wide as the
+    longest value in bytes, numbers as they are."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    categories: dict[str, Any] = {}
+    widths: dict[str, int] = {}
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        if pa.types.is_dictionary(column.type):
+            categories[name] = pd.Index(column.dictionary.to_numpy(zero_copy_only=False).astype(object), dtype=object)
+        elif pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            longest = pc.max(pc.binary_length(column)).as_py() if len(column) else 0
+            widths[name] = max(1, int(longest or 0))
+    options = {"key": key, "mode": "a", "format": "table", "index": False, "complevel": 5, "complib": "blosc:lz4"}
+    with atomic_path(path) as tmp:
+        for start in range(0, max(table.num_rows, 1), chunk_rows):
+            part = table.slice(start, chunk_rows)
+            frame = pd.DataFrame(index=pd.RangeIndex(start, start + part.num_rows))
+            for name in table.column_names:
+                column = part.column(name).combine_chunks()
+                if name in categories:
+                    codes = column.indices.to_numpy(zero_copy_only=False).astype(np.int32)
+                    frame[name] = pd.Categorical.from_codes(codes, categories[name])
+                elif name in widths:
+                    frame[name] = pd.Series(column.to_numpy(zero_copy_only=False), index=frame.index, dtype=object)
+                else:
+                    frame[name] = column.to_numpy(zero_copy_only=False)
+            if not len(frame):  # an empty table: pandas skips empty ``table`` writes, so the key is fixed format
+                frame.to_hdf(tmp, key=key, mode="a", format="fixed")
+                break
+            frame.to_hdf(tmp, append=start > 0, min_itemsize=widths or None, **options)
 
 
 def remove_stale_temps(folder: Path) -> int:

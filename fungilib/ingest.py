@@ -6,20 +6,26 @@ import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fungilib.dwc_terms import MEDIA_TERMS, OCCURRENCE_TERMS
 from fungilib.dwca import MEDIA_ROW_TYPES, OCCURRENCE, Archive, RowIssues, TableSpec, local_name, open_archive
 from fungilib.errors import FungilibError
-from fungilib.fsutil import read_stage_table, write_hdf, write_json
+from fungilib.fsutil import read_stage_table, write_arrow_hdf, write_json
 from fungilib.params import write_params
 
 OBSERVATIONS_FILE = "observations.h5"
 NAME_TERMS = ("species", "scientificName", "acceptedScientificName")
+# the occurrence terms the observations are made of (a GBIF export has ~250; only these are parsed)
+INGESTED_TERMS = [
+    "gbifID", "basisOfRecord", "eventDate", "year", "decimalLatitude", "decimalLongitude", "countryCode", "kingdom",
+    "order", "family", "genus", "species", "taxonKey", "speciesKey", "genusKey", "familyKey", "scientificName",
+    "acceptedScientificName", "taxonRank", "license", "rightsHolder", "recordedBy",
+]
+INGESTED_MEDIA_TERMS = ["type", "format", "identifier", "accessURI", "license", "rightsHolder"]
 STILL_IMAGE = {"stillimage", "image", "http://purl.org/dc/dcmitype/stillimage"}
 
 
@@ -95,7 +101,7 @@ def _canonical_species(occ: pa.Table) -> pa.ChunkedArray:
 
 
 def _media_from_extension(archive: Archive, spec: TableSpec, issues: RowIssues) -> pa.Table:
-    table = archive.read_table(spec, MEDIA_TERMS, issues, with_id="coreid")
+    table = archive.read_table(spec, INGESTED_MEDIA_TERMS, issues, with_id="coreid")
     if "identifier" not in table.column_names:
         table = table.append_column("identifier", table.column("accessURI"))
     return table
@@ -112,31 +118,35 @@ def _media_from_associated(occ: pa.Table) -> pa.Table:
 
 
 def _filter_media(media: pa.Table, skipped: dict[str, int]) -> pa.Table:
-    """Keep still images with an http(s) URL; count what is left out, by reason."""
+    """Keep still images with an http(s) URL; count what is left out, by reason. One filtering copy, of compacted
+    columns (the media table is the largest thing ingest holds: 2.6 M rows at GBIF fungi scale)."""
     kind = pc.utf8_lower(_column(media, "type"))
     fmt = pc.utf8_lower(_column(media, "format"))
     still = pc.or_(pc.is_in(kind, pa.array(sorted(STILL_IMAGE))),
                    pc.and_(pc.equal(kind, ""), pc.starts_with(fmt, "image/")))
-    skipped["not a still image"] = media.num_rows - pc.sum(still).as_py() if media.num_rows else 0
-    media = media.filter(still)
+    del kind, fmt
+    media = media.drop_columns([name for name in ("type", "accessURI") if name in media.column_names])
+    for name in ("format", "license", "rightsHolder"):
+        if name in media.column_names:
+            media = media.set_column(media.column_names.index(name), name, _compact(media.column(name)))
     url = pc.utf8_trim_whitespace(media.column("identifier"))
     http = pc.match_substring_regex(url, r"^https?://[^\s/]+", ignore_case=True)  # schemes are case-insensitive
-    skipped["no http(s) URL"] = media.num_rows - (pc.sum(http).as_py() or 0)
+    kept_still = pc.sum(still).as_py() or 0
+    keep = pc.and_(still, http)
+    skipped["not a still image"] = media.num_rows - kept_still
+    skipped["no http(s) URL"] = kept_still - (pc.sum(keep).as_py() or 0)
     media = media.set_column(media.column_names.index("identifier"), "identifier", url)
-    return media.filter(http)
+    return media.filter(keep)
 
 
-def _join_positions(occ_ids: pa.ChunkedArray, media_ids: pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
-    """For each media row, the position of its occurrence (first one when an id repeats) and a found mask.
+def _join_positions(occ_ids: pa.Array, media_ids: pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
+    """For each media row, the position of its occurrence (the first one when an id repeats) and a found mask.
 
-    Only the key columns are hashed (pandas' Index lookup); the other columns are then taken by position, which
-    is several times faster and lighter than a merge at 2.8 M rows."""
-    index = pd.Index(occ_ids.to_numpy(zero_copy_only=False))
-    if not index.is_unique:
-        index = index.where(~index.duplicated(), None)
-    pos = index.get_indexer(media_ids.to_numpy(zero_copy_only=False))
-    found = pos >= 0
-    return pa.array(pos[found]), pa.array(found)
+    Arrow's hash lookup of the key columns only (no Python objects: at 2.6 M rows those alone took 300 MB); the
+    other columns are then taken by position."""
+    pos = pc.index_in(media_ids, value_set=occ_ids)
+    found = pc.is_valid(pos)
+    return pc.drop_null(pos).combine_chunks(), found.combine_chunks() if isinstance(found, pa.ChunkedArray) else found
 
 
 def _numbers(column: pa.ChunkedArray, dtype: pa.DataType) -> pa.ChunkedArray:
@@ -148,9 +158,16 @@ def _numbers(column: pa.ChunkedArray, dtype: pa.DataType) -> pa.ChunkedArray:
 _SAFE_CORE_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
-def _hashes(values: pa.ChunkedArray) -> pa.Array:
-    """A stable 64-bit hash of each text (SipHash with pandas' fixed key), as decimal text; vectorised."""
-    codes = pd.util.hash_array(values.to_numpy(zero_copy_only=False).astype(object), categorize=True)
+HASH_CHUNK_ROWS = 250_000
+
+
+def _hashes(values: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """A stable 64-bit hash of each text (SipHash with pandas' fixed key), as decimal text; vectorised, in slices
+    (the texts become Python objects for hashing: a slice at a time keeps that to a few megabytes)."""
+    values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    parts = [pd.util.hash_array(values.slice(start, HASH_CHUNK_ROWS).to_numpy(zero_copy_only=False).astype(object),
+                                categorize=True) for start in range(0, len(values), HASH_CHUNK_ROWS)]
+    codes = np.concatenate(parts) if parts else np.zeros(0, np.uint64)
     return pc.cast(pa.array(codes, pa.uint64()), pa.string())
 
 
@@ -165,65 +182,86 @@ def media_ids(core_ids: pa.ChunkedArray, urls: pa.ChunkedArray) -> pa.Array:
     return pc.binary_join_element_wise(prefix, _hashes(urls), "-")
 
 
-def _observation_table(media: pa.Table, occ: pa.Table) -> pa.Table:
-    """Shape the stable observations schema, in Arrow, from media rows and their occurrences (row i of ``occ``
-    is the occurrence of media row i: see ``_join_positions``)."""
+def _compact(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """Text that repeats (fewer distinct values than a quarter of the rows: species, licences, ranks, dates) as a
+    dictionary array, the rest as it is: 2,451 species names over 2.6 M photos are then 10 MB of indices, and a
+    ``take`` to photo rows copies indices, not text. One dictionary for the whole column (HDF appends need it)."""
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if not pa.types.is_string(column.type) or len(column) < 1000:
+        return column
+    encoded = pc.dictionary_encode(column)
+    return encoded if len(encoded.dictionary) < len(column) // 4 else column
 
-    def text(table: pa.Table, name: str) -> pa.ChunkedArray:
-        return _column(table, name)
+
+def _as_text(column: pa.Array) -> pa.Array:
+    return column.cast(pa.string()) if pa.types.is_dictionary(column.type) else column
+
+
+def _occurrence_columns(occ: pa.Table) -> dict[str, pa.Array]:
+    """The occurrence side of the observations schema, at one row per occurrence, compacted column by column
+    (each source column released once used)."""
+
+    def take(name: str) -> pa.ChunkedArray:
+        nonlocal occ
+        column = _column(occ, name)
+        if name in occ.column_names:
+            occ = occ.drop_columns([name])
+        return column
 
     def first_nonempty(a: pa.ChunkedArray, b: pa.ChunkedArray) -> pa.ChunkedArray:
         return pc.if_else(pc.equal(a, ""), b, a)
 
-    gbif_id = first_nonempty(text(occ, "gbifID"), occ.column("_id"))
-    rank = pc.utf8_upper(text(occ, "taxonRank"))
-    species = text(occ, "species")
-    rank = pc.if_else(pc.and_(pc.equal(rank, ""), pc.not_equal(species, "")), "SPECIES", rank)
+    out: dict[str, pa.Array] = {"gbifID": _compact(first_nonempty(take("gbifID"), take("_row_id")))}
+    species = take("species")
+    rank = pc.utf8_upper(take("taxonRank"))
+    out["rank"] = _compact(pc.if_else(pc.and_(pc.equal(rank, ""), pc.not_equal(species, "")), "SPECIES", rank))
+    out["species"] = _compact(species)
+    for name in ("license", "rightsHolder", "speciesKey", "genusKey", "genus", "familyKey", "family", "taxonKey"):
+        out[name] = _compact(take(name))
+    out["scientificName"] = _compact(first_nonempty(take("acceptedScientificName"), take("scientificName")))
+    for name in ("kingdom", "order", "basisOfRecord", "eventDate"):
+        out[name] = _compact(take(name))
+    out["year"] = _numbers(take("year"), pa.float32()).combine_chunks()
+    out["countryCode"] = _compact(take("countryCode"))
+    out["decimalLatitude"] = _numbers(take("decimalLatitude"), pa.float64()).combine_chunks()
+    out["decimalLongitude"] = _numbers(take("decimalLongitude"), pa.float64()).combine_chunks()
+    out["recordedBy"] = _compact(take("recordedBy"))
+    return out
+
+
+def _observation_table(media: pa.Table, occurrence: dict[str, pa.Array], positions: pa.Array) -> pa.Table:
+    """The stable observations schema, one row per photo: media rows, and their occurrence's columns taken by
+    ``positions`` (row i of the media is a photo of occurrence ``positions[i]``, see ``_join_positions``)."""
+
+    def of_photo(name: str) -> pa.Array:
+        return occurrence[name].take(positions)
+
+    def photo_or_occurrence(name: str) -> pa.Array:  # the photo's own licence or rights holder, else the record's
+        own = _as_text(_column(media, name).combine_chunks())
+        return _compact(pc.if_else(pc.equal(own, ""), _as_text(of_photo(name)), own))
+
     return pa.table({
         "media_id": media_ids(media.column("coreid"), media.column("identifier")),
-        "gbifID": gbif_id,
-        "url": media.column("identifier"),
-        "format": text(media, "format"),
-        "license": first_nonempty(text(media, "license"), text(occ, "license")),
-        "rightsHolder": first_nonempty(text(media, "rightsHolder"), text(occ, "rightsHolder")),
-        "speciesKey": text(occ, "speciesKey"),
-        "species": species,
-        "genusKey": text(occ, "genusKey"),
-        "genus": text(occ, "genus"),
-        "familyKey": text(occ, "familyKey"),
-        "family": text(occ, "family"),
-        "taxonKey": text(occ, "taxonKey"),
-        "taxonRank": rank,
-        "scientificName": first_nonempty(text(occ, "acceptedScientificName"), text(occ, "scientificName")),
-        "kingdom": text(occ, "kingdom"),
-        "order": text(occ, "order"),
-        "basisOfRecord": text(occ, "basisOfRecord"),
-        "eventDate": text(occ, "eventDate"),
-        "year": _numbers(text(occ, "year"), pa.float32()),
-        "countryCode": text(occ, "countryCode"),
-        "decimalLatitude": _numbers(text(occ, "decimalLatitude"), pa.float64()),
-        "decimalLongitude": _numbers(text(occ, "decimalLongitude"), pa.float64()),
-        "recordedBy": text(occ, "recordedBy"),
+        "gbifID": of_photo("gbifID"),
+        "url": media.column("identifier").combine_chunks(),
+        "format": _compact(_as_text(_column(media, "format").combine_chunks())),
+        "license": photo_or_occurrence("license"),
+        "rightsHolder": photo_or_occurrence("rightsHolder"),
+        **{name: of_photo(name) for name in ("speciesKey", "species", "genusKey", "genus", "familyKey", "family",
+                                              "taxonKey")},
+        "taxonRank": of_photo("rank"),
+        **{name: of_photo(name) for name in ("scientificName", "kingdom", "order", "basisOfRecord", "eventDate",
+                                              "year", "countryCode", "decimalLatitude", "decimalLongitude",
+                                              "recordedBy")},
     })
 
 
-def _to_frame(table: pa.Table) -> pd.DataFrame:
-    """Arrow → pandas with repetitive text columns dictionary-encoded (categoricals) and the rest plain objects.
-
-    Column by column, each Arrow column released once converted: the table and the frame are never both whole
-    in memory (at GBIF scale each is over a gigabyte)."""
-    columns: dict[str, Any] = {}
-    rows = table.num_rows
-    for name in list(table.column_names):
-        column = table.column(name)
-        if pa.types.is_string(column.type) and rows >= 1000:
-            encoded = pc.dictionary_encode(column).combine_chunks()
-            if len(encoded.dictionary) < rows // 4:
-                column = encoded
-        columns[name] = column.to_pandas()
-        del column
-        table = table.drop_columns([name])
-    return pd.DataFrame(columns)
+def _first_of_each(values: pa.Array) -> np.ndarray:
+    """A mask keeping the first row of each distinct value (Arrow's hashing: no Python objects)."""
+    indices = pc.dictionary_encode(values).indices.to_numpy(zero_copy_only=False)
+    keep = np.zeros(len(values), bool)
+    keep[np.unique(indices, return_index=True)[1]] = True
+    return keep
 
 
 def ingest(params: IngestParams) -> IngestResult:
@@ -245,41 +283,47 @@ def ingest(params: IngestParams) -> IngestResult:
                 f"{archive.source}: {occurrences} occurrences but no multimedia extension (nor associatedMedia), "
                 "so no images to download; request the GBIF download in 'Darwin Core Archive' format"
             )
-        occ = archive.read_table(core, OCCURRENCE_TERMS, issues, with_id="_id")
+        terms = INGESTED_TERMS + (["associatedMedia"] if media_spec is None else [])
+        occ = archive.read_table(core, terms, issues, with_id="_id")
         if "_id" not in occ.column_names:
             occ = occ.append_column("_id", occ.column("gbifID"))
-        media = (_media_from_extension(archive, media_spec, issues) if media_spec is not None
-                 else _media_from_associated(occ))
-    if "species" not in occ.column_names:
-        occ = occ.append_column("species", _canonical_species(occ))
+        if "species" not in occ.column_names:
+            occ = occ.append_column("species", _canonical_species(occ))
+        media = _media_from_associated(occ) if media_spec is None else None
+        occurrences, occ_ids = occ.num_rows, occ.column("_id").combine_chunks()
+        # compacted before the (larger) media table is read: the occurrences' text is released column by column
+        occurrence = _occurrence_columns(occ.rename_columns(["_row_id" if n == "_id" else n for n in occ.column_names]))
+        del occ
+        if media is None:
+            media = _media_from_extension(archive, media_spec, issues)
     skipped: dict[str, int] = {}
     media = _filter_media(media, skipped)
-    occurrences = occ.num_rows
-    positions, found = _join_positions(occ.column("_id"), media.column("coreid"))
+    positions, found = _join_positions(occ_ids, media.column("coreid"))
     skipped["no matching occurrence"] = media.num_rows - len(positions)
-    # aligned copies replace the originals (released here, not at the end): each is about a gigabyte at GBIF scale
+    del occ_ids
     media = media.filter(found)
-    occ = occ.take(positions)
-    table = _observation_table(media, occ)
-    del media, occ, positions, found
-    unique = ~pd.Index(table.column("media_id").to_numpy(zero_copy_only=False)).duplicated()
+    del found
+    table = _observation_table(media, occurrence, positions)
+    del media, occurrence, positions
+    unique = _first_of_each(table.column("media_id").combine_chunks()) if table.num_rows else np.zeros(0, bool)
     skipped["same photo listed twice for one occurrence"] = int((~unique).sum())
-    table = table.filter(pa.array(unique))
+    if not unique.all():
+        table = table.filter(pa.array(unique))
     if table.num_rows == 0:
         raise FungilibError(
             f"{params.archive}: no downloadable images ({occurrences} occurrences; media rows skipped: "
             + ", ".join(f"{k}: {v}" for k, v in skipped.items()) + ")"
         )
-    observations = _to_frame(table)
-    del table
     out.mkdir(parents=True, exist_ok=True)
-    write_hdf(out / OBSERVATIONS_FILE, {"observations": observations})
+    write_arrow_hdf(out / OBSERVATIONS_FILE, "observations", table)
+    images, with_images = table.num_rows, len(pc.unique(table.column("gbifID").combine_chunks()))
+    del table
     seconds = time.perf_counter() - start
     result = IngestResult(
         observations=out / OBSERVATIONS_FILE,
-        images=len(observations),
+        images=images,
         occurrences=occurrences,
-        occurrences_with_images=int(observations["gbifID"].nunique()),
+        occurrences_with_images=with_images,
         skipped_media=skipped,
         malformed_rows=issues.count,
         replaced_bytes=issues.replaced_bytes,

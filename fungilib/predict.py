@@ -22,11 +22,12 @@ from PIL import Image
 from fungilib.errors import FungilibError
 from fungilib.litert import litert_runner
 from fungilib.metrics import softmax
+from fungilib.open_set import UNKNOWN_ANSWER, OpenSetGate, probability_score
 from fungilib.photos import upright_rgb
-from fungilib.rollup import Answer, RankIndex, answer, top_k
+from fungilib.rollup import SPECIES_THRESHOLD, Answer, RankIndex, answer, top_k
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-DEFAULT_THRESHOLD = 0.6
+DEFAULT_THRESHOLD = SPECIES_THRESHOLD
 
 
 @dataclass
@@ -36,6 +37,7 @@ class Prediction:
     error: str = ""
     top: list[dict] = field(default_factory=list)
     answer: Answer | None = None
+    open_set_score: float | None = None  # the gate's score of the photo (higher: more like a species it knows)
 
 
 @dataclass
@@ -47,6 +49,7 @@ class Predictor:
     threshold: float
     source: str
     _probabilities: Any = None
+    open_set: OpenSetGate | None = None  # "not a species this model knows" (fitted at evaluation on held-out species)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         return self._probabilities(images)
@@ -63,8 +66,10 @@ def _keras_predictor(run_dir: Path) -> Predictor:
         logits = model.predict_on_batch(images.astype(np.float32))
         return softmax(np.asarray(logits, dtype=np.float64), temperature)
 
+    gate_file = run_dir / "open_set.json"
+    gate = OpenSetGate.from_config(json.loads(gate_file.read_text())) if gate_file.exists() else None
     return Predictor(labels.to_dict(orient="records"), prep, DEFAULT_THRESHOLD,
-                     f"Keras {run_dir / 'model.keras'} (temperature {temperature:.3g})", run)
+                     f"Keras {run_dir / 'model.keras'} (temperature {temperature:.3g})", run, gate)
 
 
 def _tflite_predictor(bundle: Path) -> Predictor:
@@ -72,7 +77,8 @@ def _tflite_predictor(bundle: Path) -> Predictor:
     run = litert_runner((bundle / "model_f32.tflite").read_bytes(), int(prep["input_size"]), batch_size=16)
     config = json.loads((bundle / "config.json").read_text()) if (bundle / "config.json").exists() else {}
     return Predictor(json.loads((bundle / "labels.json").read_text()), prep,
-                     float(config.get("threshold", DEFAULT_THRESHOLD)), f"TFLite {bundle / 'model_f32.tflite'}", run)
+                     float(config.get("threshold", DEFAULT_THRESHOLD)), f"TFLite {bundle / 'model_f32.tflite'}", run,
+                     OpenSetGate.from_config(config.get("open_set")))
 
 
 def load_predictor(model: Path) -> Predictor:
@@ -140,12 +146,14 @@ def prepare_batch(pixels: list[np.ndarray], transform: Any, size: int | None = N
 
 
 def iter_predictions(inputs: Iterable[Path], model: Path, top: int = 5, threshold: float | None = None,
-                     batch_size: int = 512, workers: int | None = None, progress: bool | None = False
-                     ) -> Iterator[Prediction]:
+                     batch_size: int = 512, workers: int | None = None, progress: bool | None = False,
+                     no_open_set: bool = False) -> Iterator[Prediction]:
     """Predictions for photos and folders of photos, in input order, as they are ready (a stream: nothing is held
     back until the end). Photos are decoded in parallel threads (Pillow releases the GIL) while the previous batch
     is prepared and run through the model; photos of one size are resized and cropped together.
-    ``progress=None`` shows a bar on a terminal only."""
+    ``progress=None`` shows a bar on a terminal only. A photo the model's open-set gate turns away is answered
+    "unknown" (not a species this model knows; the top list then holds the nearest known species), unless
+    ``no_open_set``."""
     import os
 
     import tensorflow as tf
@@ -179,7 +187,9 @@ def iter_predictions(inputs: Iterable[Path], model: Path, top: int = 5, threshol
                     yield Prediction(str(path), ok=False, error=decoded[i][1])
                     continue
                 p = by_index[i]
-                yield Prediction(str(path), ok=True, top=top_k(p, predictor.labels, top), answer=answer(p, ranks, cut))
+                gate = None if no_open_set else predictor.open_set
+                yield Prediction(str(path), ok=True, top=top_k(p, predictor.labels, top), answer=answer(p, ranks, cut, gate),
+                                 open_set_score=float(probability_score(p, gate.score)) if gate else None)
             bar.update(len(chunk))
 
 
@@ -194,7 +204,8 @@ def format_one(p: Prediction, top: int) -> str:
     if not p.ok:
         return f"{p.path}\n  error: {p.error}"
     a = p.answer
-    verdict = (f"{a.rank} {a.name} ({a.probability:.1%})" if a and a.rank != "none"
+    verdict = (f"{a.rank} {a.name} ({a.probability:.1%})" if a and a.rank not in ("none", "unknown")
+               else f"{UNKNOWN_ANSWER}; the nearest known species:" if a and a.rank == "unknown"
                else f"not sure (best species {a.probability:.1%})" if a else "")
     lines = [f"{p.path}\n  → {verdict}"]
     for i, row in enumerate(p.top[:top], 1):
@@ -205,7 +216,7 @@ def format_one(p: Prediction, top: int) -> str:
 
 def as_json(p: Prediction) -> dict:
     return {"path": p.path, "ok": p.ok, "error": p.error, "answer": p.answer.__dict__ if p.answer else None,
-            "top": p.top}
+            "top": p.top, **({"open_set_score": p.open_set_score} if p.open_set_score is not None else {})}
 
 
 def format_table(predictions: list[Prediction], top: int) -> str:

@@ -10,7 +10,10 @@ from typing import Literal
 
 import numpy as np
 
-Rank = Literal["species", "genus", "family", "none"]
+from fungilib.open_set import OpenSetGate
+
+Rank = Literal["species", "genus", "family", "none", "unknown"]
+SPECIES_THRESHOLD = 0.6  # the default probability at which a species (else genus, else family) is named
 
 
 @dataclass(frozen=True)
@@ -49,10 +52,16 @@ class RankIndex:
         return Answer(rank, names[best], float(sums[best]))  # type: ignore[arg-type]
 
 
-def answer(probabilities: np.ndarray, labels: Sequence[dict] | RankIndex, threshold: float) -> Answer:
-    """The finest rank whose probability reaches ``threshold`` (pass a RankIndex when answering many photos)."""
+def answer(probabilities: np.ndarray, labels: Sequence[dict] | RankIndex, threshold: float,
+           open_set: OpenSetGate | None = None, image_probabilities: np.ndarray | None = None) -> Answer:
+    """The finest rank whose probability reaches ``threshold`` (pass a RankIndex when answering many photos);
+    "unknown" — not a species this model knows — first, when ``open_set`` turns the photo's own probabilities
+    (``image_probabilities``, before any place prior; default ``probabilities``) away."""
     index = labels if isinstance(labels, RankIndex) else RankIndex(labels)
     best = int(np.argmax(probabilities))
+    own = probabilities if image_probabilities is None else image_probabilities
+    if open_set is not None and not open_set.knows(own):
+        return Answer("unknown", None, float(probabilities[best]))
     if probabilities[best] >= threshold:
         return Answer("species", index.labels[best].get("species"), float(probabilities[best]))
     for rank in ("genus", "family"):

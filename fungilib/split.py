@@ -52,3 +52,34 @@ def stratified_group_split(frame: pd.DataFrame, label: str, group: str, fraction
             assigned[split] += count
             assignment[key] = split
     return frame[group].map(assignment)
+
+
+UNKNOWN_SPLITS = ("val_unknown", "test_unknown")  # photos of species held out of training: the open-set check
+
+
+def held_out_classes(classes: pd.Series, count: int, names: list[str], seed: int) -> set[str]:
+    """The class keys kept out of training as "unknown": the ``names`` (species names or class keys) given, plus
+    ``count`` more drawn (seeded) from the other classes. Fewer than two known classes left is an error."""
+    from fungilib.errors import FungilibError
+
+    by_name = dict(zip(classes.index.astype(str), classes.index, strict=True)) | {
+        str(name): key for key, name in classes.items()}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise FungilibError(f"holdout_species: {', '.join(map(repr, missing))} is not a class of this dataset "
+                            f"(after cleaning; classes are e.g. {', '.join(map(repr, classes.head(3).tolist()))})")
+    chosen = {by_name[n] for n in names}
+    rest = sorted(set(classes.index) - chosen)
+    if len(chosen) + count > len(classes) - 2:
+        raise FungilibError(f"holdout_classes/holdout_species: holding out {len(chosen) + count} of "
+                            f"{len(classes)} classes leaves fewer than two to train on")
+    rng = np.random.default_rng(seed + 7919)  # not the split's own stream: the split does not move
+    chosen |= {rest[i] for i in rng.choice(len(rest), size=count, replace=False)} if count else set()
+    return chosen
+
+
+def unknown_split(frame: pd.DataFrame, label: str, group: str, seed: int) -> pd.Series:
+    """Held-out classes' photos, by observation group, half to ``val_unknown`` (fitting the open-set threshold)
+    and half to ``test_unknown`` (reporting it)."""
+    halves = stratified_group_split(frame, label, group, {"train": 0.0, "val": 0.5, "test": 0.5}, seed)
+    return halves.map({"val": "val_unknown", "test": "test_unknown", "train": "test_unknown"})

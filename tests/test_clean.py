@@ -26,11 +26,12 @@ def test_no_observation_and_no_image_in_two_splits(pipeline) -> None:
     assert (manifest.groupby("gbifID")["split"].nunique() == 1).all()
     assert manifest["sha256"].is_unique
     assert (manifest.groupby("group")["split"].nunique() == 1).all()
-    assert set(manifest["split"]) == {"train", "val", "test"}
+    assert set(manifest["split"]) == {"train", "val", "test", "val_unknown", "test_unknown"}
     # every class is evaluated, and the label table matches the manifest
     assert (labels["test_images"] > 0).all() and (labels["val_images"] > 0).all()
     assert labels["label"].tolist() == list(range(len(labels)))
     merged = manifest.merge(labels, on="label", suffixes=("", "_label"))
+    assert len(merged) == (manifest["label"] >= 0).sum()
     assert (merged["class_key"] == merged["class_key_label"]).all()
     assert labels["species"].is_monotonic_increasing
     assert all(Path(p).exists() for p in manifest["path"])
@@ -94,3 +95,28 @@ def test_group_split_on_a_hand_made_table() -> None:
     assert set(split[frame["label"] == "b"]) == {"train", "val", "test"}
     groups = connected_groups(pd.Series(["o1", "o2", "o3"]), pd.Series(["i1", "i1", "i2"]))
     assert groups["o1"] == groups["o2"] != groups["o3"]
+
+
+def test_held_out_species_never_reach_training(pipeline, tmp_path: Path) -> None:
+    """Species kept out as "unknown" are in no split the model sees and not in its label table; their photos are
+    split by observation between val_unknown (fitting the open-set threshold) and test_unknown (reporting it)."""
+    from tests.conftest import HELD_OUT
+
+    manifest, labels = load_manifest(pipeline.root / "clean")
+    unknown = manifest[manifest["split"].isin(["val_unknown", "test_unknown"])]
+    assert set(unknown["species"]) == set(HELD_OUT) and (unknown["label"] == -1).all()
+    assert not set(HELD_OUT) & set(labels["species"]) and len(labels) == 10
+    assert not set(HELD_OUT) & set(manifest.loc[manifest["split"].isin(["train", "val", "test"]), "species"])
+    assert (unknown.groupby("group")["split"].nunique() == 1).all()
+    for species in HELD_OUT:
+        assert set(unknown.loc[unknown["species"] == species, "split"]) == {"val_unknown", "test_unknown"}
+    assert sorted(pipeline.clean.held_out) == sorted(HELD_OUT) and pipeline.clean.splits["test_unknown"] > 0
+    # a number of classes drawn: seeded, and the known ones keep a proper split
+    drawn, m, lab = _clean(pipeline, tmp_path, "drawn", holdout_classes=3, seed=5)
+    again, _, _ = _clean(pipeline, tmp_path, "again", holdout_classes=3, seed=5)
+    assert len(drawn.held_out) == 3 and drawn.held_out == again.held_out and len(lab) == drawn.classes
+    assert set(m.loc[m["label"] == -1, "species"]) == set(drawn.held_out)
+    with pytest.raises(FungilibError, match="'Amanita nonexistens' is not a class of this dataset"):
+        _clean(pipeline, tmp_path, "bad", holdout_species=["Amanita nonexistens"])
+    with pytest.raises(FungilibError, match="leaves fewer than two to train on"):
+        _clean(pipeline, tmp_path, "all", holdout_classes=11)

@@ -136,7 +136,7 @@ def _good_report(sample_files: dict[str, bytes], tmp_path: Path) -> str:
 def test_a_non_utf8_byte_is_replaced_and_counted(sample_files: dict[str, bytes], tmp_path: Path, table: str,
                                                  where: str) -> None:
     lines = sample_files[table].split(b"\n")
-    column = lines[0].split(b"\t").index(b"recordedBy" if table == "occurrence.txt" else b"creator")
+    column = lines[0].split(b"\t").index(b"recordedBy" if table == "occurrence.txt" else b"rightsHolder")
     at = 1 if where == "first_kib" else len(lines) - 3
     cells = lines[at].split(b"\t")
     cells[column] += b"\xff\xfe"  # in a column ingest reads (a byte in a skipped column is never decoded)

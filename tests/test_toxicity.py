@@ -72,6 +72,12 @@ def test_evaluation_and_the_page_use_the_list(trained_run: Path, pipeline, tmp_p
     statuses = json.loads((result.bundle / "toxicity.json").read_text())["status"]
     manifest, _ = load_manifest(pipeline.root / "clean")
     images = [Path(p) for p in manifest.loc[manifest["split"] == "test", "path"].iloc[::7]]
+    images += [Path(p) for p in manifest.loc[manifest["split"] == "test_unknown", "path"].iloc[::3]]  # never seen
+    from fungilib.open_set import OpenSetGate
+    from fungilib.predict import predict_files
+
+    gate = OpenSetGate.from_config(json.loads((result.bundle / "config.json").read_text())["open_set"])
+    python = {Path(p.path): p for p in predict_files(images, result.bundle)}
     server = subprocess.Popen([sys.executable, "-m", "fungilib.cli", "serve", str(result.bundle), "--port",
                                str(free_port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     server.stdout.readline()  # type: ignore[union-attr]
@@ -82,7 +88,7 @@ def test_evaluation_and_the_page_use_the_list(trained_run: Path, pipeline, tmp_p
             page = browser.new_page()
             page.goto(f"http://127.0.0.1:{free_port}/")
             page.wait_for_selector("body[data-ready=true]", state="attached", timeout=60_000)
-            marked = 0
+            marked = unknowns = 0
             for image in images:
                 page.set_input_files("#photo", str(image))
                 page.wait_for_selector("body[data-result=done]", state="attached", timeout=60_000)
@@ -92,12 +98,24 @@ def test_evaluation_and_the_page_use_the_list(trained_run: Path, pipeline, tmp_p
                     assert status == statuses[index]
                     assert ("· toxic" in text) == (statuses[index] == "toxic")
                     marked += statuses[index] == "toxic"
+                rank = page.get_attribute("#verdict", "data-rank")
+                if abs(python[image].open_set_score - gate.threshold) > 1e-3:  # the page's rank is Python's
+                    assert (rank == "unknown") == (python[image].answer.rank == "unknown"), image
+                if rank == "unknown":  # "not a species this model knows": the rows are the nearest known species
+                    unknowns += 1
+                    assert "Not a species this model knows" in page.inner_text("#verdict")
+                    warned = any(s in ("toxic", "deadly") for _, _, s, _ in rows)
+                    assert page.is_visible("#toxic-warning") == warned
+                    if warned:
+                        assert "its nearest known species include" in page.inner_text("#toxic-warning")
+                    continue
                 warned = any(s in ("toxic", "deadly") and p >= 0.05 for _, p, s, _ in rows[1:]) \
                     and rows[0][2] == "edible"
                 assert page.is_visible("#toxic-warning") == warned
                 if warned:
                     assert "among the close alternatives" in page.inner_text("#toxic-warning")
             assert marked  # toxic species were shown, and marked
+            assert unknowns  # some photos were "not a species this model knows" (the gate is fitted to turn some away)
             browser.close()
     finally:
         server.terminate()

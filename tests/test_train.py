@@ -305,7 +305,7 @@ def _check_evaluation(pipeline, run_dir: Path) -> None:  # noqa: ANN001
     assert m["images"] == (manifest["split"] == "test").sum()
     for path in result.plots.values():
         assert path.stat().st_size > 5000
-    assert (run_dir / "metrics.json").exists() and len(pd.read_csv(run_dir / "per_class.csv")) == 12
+    assert (run_dir / "metrics.json").exists() and len(pd.read_csv(run_dir / "per_class.csv")) == 10
 
 
 @pytest.mark.slow

@@ -68,16 +68,18 @@ def test_bundle_is_self_contained_with_parity_recorded(bundle: ExportResult, tra
     assert files["model_dynamic.tflite"] < files["model_f32.tflite"]
 
     labels = json.loads((root / "labels.json").read_text())
-    assert [row["label"] for row in labels] == list(range(12))
+    assert [row["label"] for row in labels] == list(range(10))  # 12 species, two held out of training
     assert all({"speciesKey", "species", "genus", "family"} <= set(row) for row in labels)
     prep = json.loads((root / "preprocessing.json").read_text())
     assert prep["input_size"] == 48 and prep["input_range"] == [0, 255] and prep["resize_kernel"] == "triangle"
     card = (root / "MODEL_CARD.md").read_text()
-    for fact in ("12 classes", "top1", "image licences", "rights holders", "fungilib", "tfjs_uint8", "parity"):
+    for fact in ("10 classes", "open set: photos whose", "top1", "image licences", "rights holders", "fungilib", "tfjs_uint8", "parity"):
         assert fact in card, fact
     config = json.loads((root / "config.json").read_text())
     assert config["model"] == "tfjs/float32/model.json" and 0 < config["threshold"] < 1
     assert config["litert_model"] == "model_web.tflite"
+    gate = json.loads((trained_run / "open_set.json").read_text())
+    assert config["open_set"] == {"score": gate["score"], "threshold": gate["threshold"]}
     from ai_edge_litert.interpreter import Interpreter
 
     web = Interpreter(model_path=str(root / "model_web.tflite")).get_input_details()[0]
@@ -153,25 +155,27 @@ fs.writeFileSync(out, Buffer.from(r.buffer));"""
 
 
 def test_javascript_rollup_is_pythons() -> None:
+    from fungilib.open_set import OpenSetGate
     from fungilib.rollup import answer
 
     labels = [{"species": f"S{i}", "genus": f"G{i // 3}", "family": f"F{i // 6}", "class_key": str(i)}
               for i in range(12)]
     rng = np.random.default_rng(1)
-    cases = [(rng.dirichlet(np.full(12, alpha)).tolist(), threshold)
-             for alpha in (0.05, 0.3, 1.0, 5.0) for threshold in (0.3, 0.6, 0.9) for _ in range(4)]
+    gates = [None, {"score": "msp", "threshold": 0.5}, {"score": "neg_entropy", "threshold": -1.2}]
+    cases = [(rng.dirichlet(np.full(12, alpha)).tolist(), threshold, gate)
+             for alpha in (0.05, 0.3, 1.0, 5.0) for threshold in (0.3, 0.6, 0.9) for gate in gates for _ in range(4)]
     script = """
 const R = require(process.argv[1]); const {labels, cases} = JSON.parse(process.argv[2]);
-console.log(JSON.stringify(cases.map(([p, t]) => R.answer(p, labels, t))));"""
+console.log(JSON.stringify(cases.map(([p, t, g]) => R.answer(p, labels, t, g))));"""
     done = _node(script, str(WEB_DIR / "rollup.js"), json.dumps({"labels": labels, "cases": cases}))
     js = json.loads(done.stdout)
     ranks = set()
-    for (probabilities, threshold), got in zip(cases, js, strict=True):
-        want = answer(np.asarray(probabilities), labels, threshold)
+    for (probabilities, threshold, gate), got in zip(cases, js, strict=True):
+        want = answer(np.asarray(probabilities), labels, threshold, OpenSetGate.from_config(gate))
         assert (got["rank"], got["name"]) == (want.rank, want.name)
         assert got["probability"] == pytest.approx(want.probability)
         ranks.add(want.rank)
-    assert ranks == {"species", "genus", "family", "none"}  # every branch exercised
+    assert ranks == {"species", "genus", "family", "none", "unknown"}  # every branch exercised
 
 
 

@@ -6,7 +6,7 @@ import { createRuntime } from "./runtime.js";
 {
   const $ = (id) => document.getElementById(id);
   const state = { runtime: null, labels: null, spec: null, config: null, threshold: 0.6, last: null, millis: 0,
-    prior: null, usePrior: true, position: null, where: null, logPrior: null, toxicity: null };
+    prior: null, usePrior: true, useOpenSet: true, position: null, where: null, logPrior: null, toxicity: null };
 
   function setStatus(text, kind) {
     $("status").textContent = text;
@@ -75,15 +75,18 @@ import { createRuntime } from "./runtime.js";
     const probabilities = adjusted.probabilities;
     document.body.dataset.prior = adjusted.expected ? state.where.source : "none";
     const top = FungiRollup.topK(Array.from(probabilities), state.labels, state.config.top_k || 5);
-    const verdict = FungiRollup.answer(Array.from(probabilities), state.labels, state.threshold);
+    const verdict = FungiRollup.answer(Array.from(probabilities), state.labels, state.threshold,
+      state.useOpenSet ? state.config.open_set : null, Array.from(imageProbabilities));
     const percent = (p) => `${(100 * p).toFixed(1)} %`;
     const heading = $("verdict");
     heading.dataset.rank = verdict.rank;
     heading.dataset.name = verdict.name || "";
     if (verdict.rank === "species") heading.textContent = `${verdict.name} (${percent(verdict.probability)})`;
+    else if (verdict.rank === "unknown") heading.textContent = "Not a species this model knows — the nearest known ones:";
     else if (verdict.rank === "none") heading.textContent = "Not sure — no species, genus or family is likely enough";
     else heading.textContent = `Some ${verdict.rank === "genus" ? "genus" : "family"} ${verdict.name} (${percent(verdict.probability)}) — species uncertain`;
     const list = $("top");
+    list.dataset.nearest = String(verdict.rank === "unknown"); // the rows are the nearest known species, not an answer
     list.replaceChildren(...top.map((row) => {
       const item = document.createElement("li");
       item.dataset.index = String(row.index);
@@ -119,7 +122,14 @@ import { createRuntime } from "./runtime.js";
     }));
     const warning = $("toxic-warning");
     warning.hidden = true;
-    if (state.toxicity && top.length && state.toxicity.status[top[0].index] === "edible") {
+    if (state.toxicity && verdict.rank === "unknown") { // a species it never saw may be as toxic as its neighbours
+      const risky = top.filter((row) => ["deadly", "toxic"].includes(state.toxicity.status[row.index]));
+      if (risky.length) {
+        warning.textContent = `Careful: its nearest known species include ${risky.map((r) => `${r.species || r.class_key} ` +
+          `(${state.toxicity.status[r.index]})`).join(", ")}.`;
+        warning.hidden = false;
+      }
+    } else if (state.toxicity && top.length && state.toxicity.status[top[0].index] === "edible") {
       const risky = top.slice(1).filter((row) => row.probability >= 0.05
         && ["deadly", "toxic"].includes(state.toxicity.status[row.index]));
       if (risky.length) {
@@ -322,6 +332,9 @@ import { createRuntime } from "./runtime.js";
     }
     state.usePrior = localStorage.getItem("fungilib.use-prior") !== "false";
     $("use-prior").checked = state.usePrior;
+    state.useOpenSet = localStorage.getItem("fungilib.use-open-set") !== "false";
+    $("use-open-set").checked = state.useOpenSet;
+    $("open-set-setting").hidden = !state.config.open_set;
     if (state.prior && "geolocation" in navigator) { // asked once; works offline (GPS needs no network)
       navigator.geolocation.getCurrentPosition(
         (p) => {
@@ -356,6 +369,11 @@ import { createRuntime } from "./runtime.js";
   $("use-prior").addEventListener("change", (event) => {
     state.usePrior = event.target.checked;
     localStorage.setItem("fungilib.use-prior", String(state.usePrior));
+    if (state.last) render(state.last, state.millis);
+  });
+  $("use-open-set").addEventListener("change", (event) => {
+    state.useOpenSet = event.target.checked;
+    localStorage.setItem("fungilib.use-open-set", String(state.useOpenSet));
     if (state.last) render(state.last, state.millis);
   });
   $("threshold").addEventListener("input", (event) => {

@@ -1,6 +1,7 @@
 // Rank-aware answer from the model's species probabilities, as iNaturalist's Seek answers: name the species
 // when it is confident, else the genus, else the family (probabilities summed over the classes they hold),
-// else say it is not sure. The same rule as fungilib.rollup in Python.
+// else say it is not sure — and, first, "not a species this model knows" when the open-set gate turns
+// the photo away. The same rule as fungilib.rollup in Python.
 (function (root, factory) {
   if (typeof module === "object" && module.exports) module.exports = factory();
   else root.FungiRollup = factory();
@@ -23,8 +24,20 @@
     return best;
   }
 
-  function answer(probabilities, labels, threshold) {
+  // The open-set score of the photo's own probabilities (fungilib.open_set.probability_score): higher is more
+  // like a species the model knows.
+  function openSetScore(probabilities, score) {
+    if (score === "msp") return Math.max(...probabilities);
+    if (score === "neg_entropy") return probabilities.reduce((s, p) => s + p * Math.log(Math.max(p, 1e-30)), 0);
+    throw new Error(`unknown open-set score ${score}`);
+  }
+
+  // openSet: {score, threshold} from config.json, or null; imageProbabilities: before any place prior.
+  function answer(probabilities, labels, threshold, openSet, imageProbabilities) {
     const [top] = topK(probabilities, labels, 1);
+    if (openSet && openSetScore(imageProbabilities || probabilities, openSet.score) < openSet.threshold) {
+      return { rank: "unknown", name: null, probability: top.probability };
+    }
     if (top.probability >= threshold) return { rank: "species", name: top.species, probability: top.probability };
     for (const rank of ["genus", "family"]) {
       const group = bestGroup(probabilities, labels, rank);
@@ -33,5 +46,5 @@
     return { rank: "none", name: null, probability: top.probability };
   }
 
-  return { topK, answer };
+  return { topK, answer, openSetScore };
 });

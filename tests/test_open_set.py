@@ -1,0 +1,108 @@
+""""Not a species this model knows": the scores, AUROC, the threshold fitted on validation, the metrics of a
+trained run whose manifest holds species kept out of training, and `predict`'s answer."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fungilib.open_set import OpenSetGate, auroc, evaluate_open_set, fit_threshold, probability_score, scores
+from fungilib.rollup import answer
+
+
+def test_auroc_is_the_probability_a_known_photo_scores_higher() -> None:
+    rng = np.random.default_rng(0)
+    known, unknown = rng.normal(1, 1, 300), rng.normal(0, 1, 200)
+    brute = np.mean([(k > u) + 0.5 * (k == u) for k in known for u in unknown])
+    assert abs(auroc(known, unknown) - brute) < 1e-12
+    assert auroc(np.array([0.5, 0.5]), np.array([0.5])) == 0.5  # ties count half
+    assert auroc(np.array([2.0, 3.0]), np.array([0.0, 1.0])) == 1.0 and auroc(np.array([1.0]), np.array([])) is None
+
+
+def test_scores_agree_with_their_definitions() -> None:
+    logits = np.array([[4.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    s = scores(logits, temperature=2.0)
+    p = np.exp(logits / 2) / np.exp(logits / 2).sum(axis=1, keepdims=True)
+    assert np.allclose(s["msp"], p.max(axis=1)) and np.allclose(s["max_logit"], [4.0, 1.0])
+    assert np.allclose(s["neg_entropy"], (p * np.log(p)).sum(axis=1))
+    assert np.allclose(s["neg_energy"], 2.0 * np.log(np.exp(logits / 2).sum(axis=1)))
+    assert np.allclose(probability_score(p, "neg_entropy"), s["neg_entropy"])  # what the page computes
+
+
+def test_the_threshold_balances_right_answers_kept_and_unknowns_turned_away() -> None:
+    known = np.array([0.9, 0.85, 0.8, 0.7, 0.4])
+    correct = np.array([True, True, True, True, False])
+    unknown = np.array([0.3, 0.5, 0.95])
+    threshold, balanced = fit_threshold(known, correct, unknown)
+    assert 0.5 < threshold <= 0.7 and balanced == (4 / 5 + 2 / 3) / 2  # keeps the 4 right, turns 2 of 3 away
+    gate = OpenSetGate("msp", threshold)
+    assert gate.knows(np.array([0.7, 0.2, 0.1])) and not gate.knows(np.array([0.5, 0.3, 0.2]))
+    labels = [{"species": "A a", "genus": "A", "family": "F"}, {"species": "B b", "genus": "B", "family": "F"},
+              {"species": "C c", "genus": "C", "family": "F"}]
+    assert answer(np.array([0.5, 0.3, 0.2]), labels, 0.6, gate).rank == "unknown"
+    assert answer(np.array([0.5, 0.3, 0.2]), labels, 0.6).rank == "family"  # without the gate: as before
+    # the gate looks at the photo's own probabilities, not at what a place prior made of them
+    assert answer(np.array([0.9, 0.05, 0.05]), labels, 0.6, gate, np.array([0.5, 0.3, 0.2])).rank == "unknown"
+
+
+def test_open_set_metrics_are_fitted_on_validation_and_reported_on_test() -> None:
+    rng = np.random.default_rng(1)
+
+    def logits(n: int, sharp: float) -> tuple[np.ndarray, np.ndarray]:
+        y = rng.integers(0, 5, n)
+        z = rng.normal(0, 1, (n, 5))
+        z[np.arange(n), y] += sharp
+        return z, y
+
+    val, val_y = logits(400, 4.0)
+    test, test_y = logits(400, 4.0)
+    val_unknown, _ = logits(200, 0.5)
+    test_unknown, _ = logits(200, 0.5)
+    result = evaluate_open_set(val, val_y, val_unknown, test, test_y, test_unknown, 1.0, 0.6)
+    m = result.metrics
+    assert m["open_set_score"] in ("msp", "neg_entropy") and m["open_set_auroc"] > 0.85
+    assert m["unknown_named"] <= m["unknown_named_before"] and 0 <= m["known_turned_away"] < 0.5
+    assert set(result.record["val_auroc"]) == {"msp", "neg_entropy", "max_logit", "neg_energy"}
+    # changing the test photos changes the report, never the fitted gate
+    other = evaluate_open_set(val, val_y, val_unknown, test[:100], test_y[:100], test_unknown[:50], 1.0, 0.6)
+    assert other.gate == result.gate
+
+
+def test_a_run_with_held_out_species_reports_and_answers_not_a_species_it_knows(trained_run: Path, pipeline,  # noqa: ANN001
+                                                                                 tmp_path: Path) -> None:
+    from fungilib.clean import load_manifest
+
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    gate = json.loads((trained_run / "open_set.json").read_text())
+    for key in ("open_set_auroc", "open_set_auroc_msp", "open_set_auroc_neg_energy", "unknown_named_before",
+                "unknown_named", "known_turned_away", "unknown_test_images"):
+        assert key in metrics, key
+    assert metrics["unknown_named"] <= metrics["unknown_named_before"]
+    assert gate["score"] == metrics["open_set_score"] and sorted(gate["held_out"]) == sorted(
+        ["Coprinus comatus", "Morchella esculenta"])
+    assert gate["fitted_on"]["val_unknown_images"] > 0 and (trained_run / "open_set.png").stat().st_size > 5_000
+    manifest, _ = load_manifest(pipeline.root / "clean")
+    unknown = manifest[manifest["split"] == "test_unknown"]
+    assert metrics["unknown_test_images"] == len(unknown)
+    out = subprocess.run([sys.executable, "-m", "fungilib.cli", "predict", "--json", "--model", str(trained_run),
+                          *unknown["path"].tolist()], capture_output=True, text=True, check=True).stdout
+    rows = [json.loads(line) for line in out.splitlines()]
+    turned_away = sum(r["answer"]["rank"] == "unknown" for r in rows)
+    named = sum(r["answer"]["rank"] == "species" for r in rows)
+    one = 1 / len(rows) + 1e-6  # predict decodes with Pillow, evaluation with tf.data: one photo at the edge may flip
+    assert abs(named / len(rows) - metrics["unknown_named"]) <= one
+    assert all(len(r["top"]) == 5 for r in rows)  # the nearest known species, shown as such
+    if turned_away:
+        table = subprocess.run([sys.executable, "-m", "fungilib.cli", "predict", "--model", str(trained_run), *unknown["path"]],
+                               capture_output=True, text=True, check=True).stdout
+        assert "not a species this model knows; the nearest known species:" in table
+    # without the gate, every photo is named at the species threshold as before
+    plain = subprocess.run([sys.executable, "-m", "fungilib.cli", "predict", "--json", "--no-open-set", "--model", str(trained_run),
+                            *unknown["path"]], capture_output=True, text=True, check=True).stdout
+    ranks = pd.Series([json.loads(line)["answer"]["rank"] for line in plain.splitlines()])
+    assert "unknown" not in set(ranks) and abs((ranks == "species").mean() - metrics["unknown_named_before"]) <= one
