@@ -162,10 +162,12 @@ def is_bundle(folder: Path) -> bool:
 WEB_TFLITE = "model_web.tflite"  # what the page runs with LiteRT.js
 
 
-def web_tflite(saved_model: Path, size: int) -> bytes:
-    """A float32 TFLite model with a fixed batch of one, for LiteRT.js (which refuses a dynamic batch dimension):
-    the exported SavedModel's serving function traced with input [1, size, size, 3]. (Tracing the Keras model
-    itself converts, but its variables are not frozen into the file: every output is NaN.)"""
+def web_tflite(saved_model: Path, size: int, variant: str = "float32") -> bytes:
+    """A TFLite model with a fixed batch of one, for LiteRT.js (which refuses a dynamic batch dimension): the
+    exported SavedModel's serving function traced with input [1, size, size, 3]. (Tracing the Keras model itself
+    converts, but its variables are not frozen into the file: every output is NaN.) ``variant``: ``float32``;
+    ``float16`` weights (half the bytes, computed in float32); ``dynamic`` (int8 weights, activations quantized
+    on the fly)."""
     import tensorflow as tf
 
     loaded = tf.saved_model.load(str(saved_model))
@@ -174,7 +176,12 @@ def web_tflite(saved_model: Path, size: int) -> bytes:
     def serve(image: Any) -> Any:
         return loaded.serve(image)
 
-    return tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], loaded).convert()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], loaded)
+    if variant in ("float16", "dynamic"):
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if variant == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    return converter.convert()
 
 
 def bundle_folder(params: ExportParams) -> Path:

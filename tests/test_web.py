@@ -473,3 +473,41 @@ def test_the_journal_keeps_identifications_offline_and_exports_darwin_core(bundl
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_a_full_journal_says_so_and_loses_nothing_already_saved(bundle: ExportResult, pipeline, free_port: int  # noqa: ANN001
+                                                                ) -> None:
+    """With the origin's storage quota used up (Chromium's own quota override, through DevTools), a new
+    identification still answers, the journal says in one line that it is full and what to do, and the entry
+    saved before is still there; with room again, saving works."""
+    from playwright.sync_api import sync_playwright
+
+    from fungilib.clean import load_manifest
+
+    manifest, _ = load_manifest(pipeline.root / "clean")
+    first, second, third = [Path(p) for p in manifest.loc[manifest["split"] == "test", "path"].head(3)]
+    origin = f"http://127.0.0.1:{free_port}"
+    server = _start_server(bundle.bundle, free_port)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+            page = browser.new_context().new_page()
+            devtools = page.context.new_cdp_session(page)
+            page.goto(origin + "/")
+            page.wait_for_selector("body[data-ready=true]", state="attached", timeout=60_000)
+            _classify(page, first)
+            page.wait_for_selector("body[data-journal='1']", state="attached", timeout=30_000)
+            devtools.send("Storage.overrideQuotaForOrigin", {"origin": origin, "quotaSize": 1})
+            _classify(page, second)  # the answer is shown …
+            page.wait_for_selector("#journal-error:not([hidden])", timeout=30_000)
+            assert "The journal is full on this device: export it and delete older entries." in page.inner_text(
+                "#journal-error")
+            assert page.get_attribute("body", "data-journal") == "1" and page.is_visible("#answer")
+            devtools.send("Storage.overrideQuotaForOrigin", {"origin": origin})  # back to the browser's own quota
+            _classify(page, third)
+            page.wait_for_selector("body[data-journal='2']", state="attached", timeout=30_000)
+            assert page.is_hidden("#journal-error")
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
