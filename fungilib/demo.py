@@ -94,7 +94,8 @@ def run_demo(root: Path, observations: int = 700, port: int = DEFAULT_PORT,
         print(f"[demo] sweep {sweep_file}", flush=True)
         sweep = run_sweep(sweep_file, root.parent, workers=2)  # two at a time: start-up overlaps the other's fit
         try:
-            best_folder = best_run(root.parent, sweep.sweep.name)
+            current = {str(s.get("run_id")) for s in sweep.statuses}  # not runs left there from earlier data
+            best_folder = best_run(root.parent, sweep.sweep.name, among=current)
             best, best_key = best_folder / "output", read_status(best_folder).get("key", "")
         except FungilibError as exc:  # no finished sweep run: export the demo's own training run
             print(f"[demo] {exc}; exporting {best}", flush=True)

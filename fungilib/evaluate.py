@@ -117,10 +117,17 @@ class EvaluateParams:
     temperature_scaling: bool = True  # fit a softmax temperature on the validation split
     batch_size: int = 64
     toxicity: Path | None = None  # a CSV name,status (see fungilib.toxicity): adds the poisonous-confusion rate
+    # "not a species this model knows" (with species held out at clean): keep this share of the right answers
+    open_set_keep: float = 0.95
+    open_set_min_auroc: float = 0.6  # a score separating worse than this on validation is not deployed
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise FungilibError(f"batch_size must be at least 1, got {self.batch_size}")
+        if not 0.5 <= self.open_set_keep < 1:
+            raise FungilibError(f"open_set_keep must lie in [0.5, 1), got {self.open_set_keep}")
+        if not 0 <= self.open_set_min_auroc <= 1:
+            raise FungilibError(f"open_set_min_auroc must lie in [0, 1], got {self.open_set_min_auroc}")
 
 
 def _with_place_prior(frame: pd.DataFrame, rows: pd.DataFrame, probs: np.ndarray, val_probs: np.ndarray,
@@ -151,7 +158,8 @@ def _with_place_prior(frame: pd.DataFrame, rows: pd.DataFrame, probs: np.ndarray
 
 
 def _open_set(model: Any, frame: pd.DataFrame, val_logits: np.ndarray, logits: np.ndarray, y: np.ndarray,
-              temperature: float, size: int, batch_size: int, run_dir: Path) -> tuple[dict[str, Any], dict[str, Path]]:
+              temperature: float, size: int, batch_size: int, run_dir: Path, keep: float, min_auroc: float
+              ) -> tuple[dict[str, Any], dict[str, Path]]:
     """Open-set metrics when the manifest holds photos of species kept out of training (``clean.holdout_*``):
     the gate fitted on validation (known + held-out), reported on test; ``open_set.json`` and a plot into the run."""
     from fungilib.open_set import evaluate_open_set
@@ -165,7 +173,7 @@ def _open_set(model: Any, frame: pd.DataFrame, val_logits: np.ndarray, logits: n
     n = logits.shape[1]
     result = evaluate_open_set(val_logits, val["label"].to_numpy(), predict_logits(model, val_unknown, n, size, batch_size),
                                logits, y, predict_logits(model, test_unknown, n, size, batch_size), temperature,
-                               SPECIES_THRESHOLD)
+                               SPECIES_THRESHOLD, keep, min_auroc)
     write_json(run_dir / "open_set.json", {**result.record, "held_out": sorted(
         frame.loc[frame["split"].isin(["val_unknown", "test_unknown"]), "species"].astype(str).unique().tolist())})
     known, unknown = result.test_scores
@@ -173,8 +181,10 @@ def _open_set(model: Any, frame: pd.DataFrame, val_logits: np.ndarray, logits: n
     bins = np.linspace(min(known.min(), unknown.min()), max(known.max(), unknown.max()), 30)
     ax.hist(known, bins=bins, alpha=0.6, density=True, label=f"species it knows ({len(known)})")
     ax.hist(unknown, bins=bins, alpha=0.6, density=True, label=f"species held out of training ({len(unknown)})")
-    ax.axvline(result.gate.threshold, color="k", ls="--", lw=1, label="threshold (fitted on validation)")
-    ax.set(xlabel=f"open-set score ({result.gate.score})", ylabel="density",
+    if result.gate is not None:
+        ax.axvline(result.gate.threshold, color="k", ls="--", lw=1, label=f"threshold (keeps {keep:.0%} of the right "
+                                                                         "answers on validation)")
+    ax.set(xlabel=f"open-set score ({result.record['score']})", ylabel="density",
            title=f"Known vs never-seen species (test), AUROC {result.metrics['open_set_auroc']:.3f}")
     ax.legend(fontsize=7)
     path = save_figure(fig, run_dir / "open_set.png")
@@ -234,7 +244,8 @@ def evaluate_run(params: EvaluateParams) -> EvalResult:
     if params.toxicity is not None:
         metrics.update(_poisonous_confusion(params.toxicity, labels, probs, y, prior_probs))
     open_set_metrics, open_set_plots = (_open_set(model, frame, val_logits, logits, y, temperature, size, batch_size,
-                                                  run_dir) if split == "test" else ({}, {}))
+                                                  run_dir, params.open_set_keep, params.open_set_min_auroc)
+                                        if split == "test" else ({}, {}))
     metrics.update(open_set_metrics)
     predicted = probs.argmax(axis=1)
     names = labels["species"].astype(str).tolist()

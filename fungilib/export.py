@@ -104,6 +104,19 @@ def _folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
 
 
+def _open_set_lines(metrics: dict) -> list[str]:
+    if "open_set_auroc" not in metrics:
+        return ["- open set: not fitted (no species were held out of training: clean.holdout_classes); every photo "
+                "gets the nearest known species"]
+    measured = (f"test AUROC known vs never-seen species {metrics['open_set_auroc']:.3f}; never-seen species named "
+                f"{metrics['unknown_named_before']:.0%} → {metrics['unknown_named']:.0%}; known photos turned away "
+                f"{metrics['known_turned_away']:.0%}")
+    if not isinstance(metrics.get("open_set_threshold"), float):
+        return [f"- open set: not deployed, the score does not separate known from never-seen species ({measured})"]
+    return [f"- open set: photos whose {metrics['open_set_score']} is under {metrics['open_set_threshold']:.3g} are "
+            f"answered \"not a species this model knows\" (threshold fitted on validation); {measured}"]
+
+
 def _model_card(run_dir: Path, labels: Any, size: int, parity: dict, sizes: dict[str, int]) -> str:
     metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else {}
     summary = json.loads((run_dir / "train_summary.json").read_text())
@@ -122,13 +135,7 @@ def _model_card(run_dir: Path, labels: Any, size: int, parity: dict, sizes: dict
            f"weight {metrics['prior_weight']:.1f} fitted on validation): "
            + ", ".join(f"{k} {metrics[k + '_with_prior']:.3f}" for k in ("top1", "top3", "macro_f1"))]
           if "top1_with_prior" in metrics else []),
-        *([f"- open set: photos whose {metrics['open_set_score']} is under {metrics['open_set_threshold']:.3g} are "
-           f"answered \"not a species this model knows\" (fitted on validation photos of species held out of "
-           f"training); test AUROC known vs unknown {metrics['open_set_auroc']:.3f}; unknown species named "
-           f"{metrics['unknown_named_before']:.0%} → {metrics['unknown_named']:.0%}; known photos turned away "
-           f"{metrics['known_turned_away']:.0%}"] if "open_set_auroc" in metrics else
-          ["- open set: not fitted (no species were held out of training: clean.holdout_classes); every photo gets "
-           "the nearest known species"]),
+        *_open_set_lines(metrics),
         "- formats and sizes: " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sizes.items()),
         f"- parity vs Keras on {int(parity['images']['count'])} test images: " + "; ".join(
             f"{k} agreement {v['top1_agreement']:.0%}, max |Δp| {v['max_abs_diff']:.1e}"
@@ -288,8 +295,9 @@ def export_run(params: ExportParams) -> ExportResult:
               "metrics": ", ".join(f"test {k} {metrics[k]:.2f}" for k in ("top1", "macro_f1") if k in metrics)}
     if params.toxicity is not None:
         config["toxicity"] = "toxicity.json"
-    if (run_dir / "open_set.json").exists():  # "not a species this model knows", fitted on held-out species
-        config["open_set"] = {k: json.loads((run_dir / "open_set.json").read_text())[k] for k in ("score", "threshold")}
+    gate = json.loads((run_dir / "open_set.json").read_text()) if (run_dir / "open_set.json").exists() else {}
+    if gate.get("threshold") is not None:  # "not a species this model knows", fitted on held-out species
+        config["open_set"] = {"score": gate["score"], "threshold": gate["threshold"]}
     write_web_app(work, config, [WEB_TFLITE, *(["place_prior.json"] if prior.exists() else []),
                                  *(["toxicity.json"] if params.toxicity is not None else [])])
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -37,8 +37,8 @@ class FolderParams(SplitParams):
 
 @dataclass
 class FolderResult(CleanResult):
-    empty_classes: list[str]
-    normalised: int
+    empty_classes: list[str] = field(default_factory=list)
+    normalised: int = 0
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -171,4 +171,4 @@ def import_folder(params: FolderParams) -> FolderResult:
     write_json(out / "import_report.json", report)
     write_params(out / "params.yaml", params)
     return FolderResult(out / MANIFEST_FILE, result.images, result.classes, result.dropped, result.splits,
-                        empty, report["normalised"])
+                        result.held_out, empty, report["normalised"])

@@ -101,12 +101,15 @@ def render_report(run_dir: Path) -> list[Path]:
     return written
 
 
-def best_run(runs_root: Path, sweep: str, metric: str = "top1") -> Path:
+def best_run(runs_root: Path, sweep: str, metric: str = "top1", among: set[str] | None = None) -> Path:
     """The folder of the sweep's finished run with the highest ``metric``; ties go to the higher macro-F1, then
-    to the smaller run id, so every caller (demo, comparison notebook, CLI) names the same run."""
+    to the smaller run id, so every caller (demo, comparison notebook, CLI) names the same run. ``among``: only
+    these run ids (the runs of the sweep as it stands, not earlier runs on other data left in its folder)."""
     table = collect_runs(runs_root, sweep)
     if table.empty or metric not in table:
         raise FungilibError(f"sweep {sweep!r} under {runs_root} has no evaluated runs to choose from")
+    if among is not None:
+        table = table[table["run_id"].astype(str).isin(among)]
     done = table[(table["status"] == "done") & table[metric].notna()]
     if done.empty:
         raise FungilibError(f"sweep {sweep!r} has no finished, evaluated run")

@@ -73,6 +73,9 @@ class Stage(Runnable):
     commands: tuple[Command, ...] = ()
     runner_parameters: tuple[str, ...] = ()  # notebook parameters that are not stage parameters (sample_dir)
     sweepable: bool = True  # may be a stage of a sweep's pipeline
+    # its entry resumes (or skips) from what its folder holds — a training run's backup, its finished model — so a
+    # folder last run with other inputs or parameters is emptied before it runs (never resumed with stale weights)
+    resumes: bool = False
 
     @property
     def defaults_file(self) -> Path:
@@ -142,7 +145,8 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in [
                       "train a classifier on a manifest (resumes when rerun with the same --out), then evaluate it",
                       (Flag("dataset.manifest", "--manifest", "the clean stage's folder (manifest.h5)", **_PATH),
                        Flag("out", "--out", "the run folder", **_PATH),
-                       Flag("evaluate", "--no-evaluate", "skip the test-split evaluation", const=False, switch=True))),)),
+                       Flag("evaluate", "--no-evaluate", "skip the test-split evaluation", const=False, switch=True))),),
+          resumes=True),
     Stage("evaluate", "fungilib.evaluate:EvaluateParams", "fungilib.evaluate:evaluate_run", None,
           {"run": "train"}, "train", sweepable=False, commands=(
               Command("evaluate", "fungilib.evaluate:EvaluateParams", "fungilib.evaluate:evaluate_run",

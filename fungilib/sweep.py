@@ -7,6 +7,7 @@ import itertools
 import json
 import math
 import os
+import shutil
 import socket
 import time
 import traceback
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from fungilib.claims import claim, holder
+from fungilib.claims import CLAIM_FILE, claim, holder
 from fungilib.data_version import content_key, source_version
 from fungilib.errors import FungilibError
 from fungilib.fsutil import atomic_open, join_inside, safe_id, write_json
@@ -281,9 +282,26 @@ def execute(run: StageRun, threads: int = 0, wait: bool = False,
             return _execute_claimed(run, threads)
 
 
+def _clear_stale(run: StageRun) -> None:
+    """A resuming stage's folder last run with other inputs or parameters: its outputs are stale, and the stage
+    would resume (or skip) from them. They are removed first; the claim file stays."""
+    previous = read_status(run.folder).get("key")
+    if not stage(run.stage).resumes or not previous or previous == run.key:
+        return
+    print(f"[{run.stage}] {run.folder}: last run with other inputs or parameters; starting afresh", flush=True)
+    for item in run.folder.iterdir():
+        if item.name == CLAIM_FILE:
+            continue
+        if item.is_dir() and not item.is_symlink():
+            shutil.rmtree(item)
+        else:
+            item.unlink()
+
+
 def _execute_claimed(run: StageRun, threads: int) -> dict[str, Any]:
     folder = run.folder
     folder.mkdir(parents=True, exist_ok=True)
+    _clear_stale(run)
     if threads:
         os.environ["FUNGILIB_THREADS"] = str(threads)
         os.environ["OMP_NUM_THREADS"] = str(threads)

@@ -223,9 +223,10 @@ def _callbacks(out: Path, phase: str, params: TrainParams, has_val: bool) -> lis
     callbacks = [
         LearningRateLog(),
         *([trial_reporter(params.trial, out)] if params.trial.storage else []),
-        keras.callbacks.BackupAndRestore(str(out / "backup" / phase), save_freq="epoch", delete_checkpoint=True),
-        keras.callbacks.ModelCheckpoint(str(out / "best.weights.h5"), monitor=monitor, save_best_only=True,
-                                        save_weights_only=True),
+        # a kill while the epoch's backup is written leaves the previous one (.bkp), which Keras restores from
+        keras.callbacks.BackupAndRestore(str(out / "backup" / phase), save_freq="epoch", delete_checkpoint=True,
+                                         double_checkpoint=True),
+        best_weights_checkpoint(out / "best.weights.h5", monitor),
         keras.callbacks.EarlyStopping(monitor=monitor, patience=params.fit.patience),
         keras.callbacks.TensorBoard(str(out / "logs"), histogram_freq=0, write_graph=False),
         keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
@@ -438,6 +439,24 @@ def float32_copy(model: Any, params: TrainParams, num_classes: int) -> Any:
     return copy
 
 
+def best_weights_checkpoint(path: Path, monitor: str) -> Any:
+    """Keras' ModelCheckpoint (best only, weights) whose file is replaced whole: it writes a partial file beside
+    it and renames it into place, so a run killed mid-write keeps the previous best, never a torn HDF5 file that
+    the resumed run cannot open."""
+    import keras
+
+    class AtomicCheckpoint(keras.callbacks.ModelCheckpoint):
+        def _save_model(self, epoch: int, batch: Any, logs: Any) -> None:
+            partial = Path(self.filepath)
+            partial.unlink(missing_ok=True)
+            super()._save_model(epoch, batch, logs)
+            if partial.exists():
+                os.replace(partial, path)
+
+    return AtomicCheckpoint(str(path.with_name(f".partial-{path.name}")), monitor=monitor, save_best_only=True,
+                            save_weights_only=True)
+
+
 def _multi_worker_callbacks(out: Path, params: TrainParams, has_val: bool, chief: bool) -> list[Any]:
     """The Keras callbacks the multi-worker loop drives: every worker stops early and cuts the rate alike (they
     share the validation loss); only the chief writes the best weights."""
@@ -446,8 +465,7 @@ def _multi_worker_callbacks(out: Path, params: TrainParams, has_val: bool, chief
     monitor = "val_loss" if has_val else "loss"
     callbacks: list[Any] = [keras.callbacks.EarlyStopping(monitor=monitor, patience=params.fit.patience)]
     if chief:
-        callbacks.append(keras.callbacks.ModelCheckpoint(str(out / "best.weights.h5"), monitor=monitor,
-                                                         save_best_only=True, save_weights_only=True))
+        callbacks.append(best_weights_checkpoint(out / "best.weights.h5", monitor))
     if params.schedule.name == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.1,
                                                            patience=params.schedule.plateau_patience))

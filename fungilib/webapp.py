@@ -23,8 +23,8 @@ from fungilib.stages import PROJECT_ROOT
 
 WEB_DIR = PROJECT_ROOT / "web"
 NODE_PREDICT = Path(__file__).resolve().parent / "js" / "tfjs_predict.cjs"
-WEB_FILES = ("index.html", "tf-globals.js", "app.js", "runtime.js", "preprocess.js", "rollup.js", "place_prior.js",
-             "exif.js", "journal.js", "style.css", "manifest.webmanifest", "icon.svg")
+WEB_FILES = ("index.html", "tf-globals.js", "app.js", "runtime.js", "preprocess.js", "prepare.js", "rollup.js",
+             "place_prior.js", "exif.js", "journal.js", "style.css", "manifest.webmanifest", "icon.svg")
 TFJS_PACKAGE = "@tensorflow/tfjs"
 LITERT_PACKAGE = "@litertjs/core"
 # LiteRT.js builds the page may load (the loader picks one by the browser's features); JSPI (WebNN, partial

@@ -34,13 +34,13 @@ def test_scores_agree_with_their_definitions() -> None:
     assert np.allclose(probability_score(p, "neg_entropy"), s["neg_entropy"])  # what the page computes
 
 
-def test_the_threshold_balances_right_answers_kept_and_unknowns_turned_away() -> None:
-    known = np.array([0.9, 0.85, 0.8, 0.7, 0.4])
-    correct = np.array([True, True, True, True, False])
-    unknown = np.array([0.3, 0.5, 0.95])
-    threshold, balanced = fit_threshold(known, correct, unknown)
-    assert 0.5 < threshold <= 0.7 and balanced == (4 / 5 + 2 / 3) / 2  # keeps the 4 right, turns 2 of 3 away
-    gate = OpenSetGate("msp", threshold)
+def test_the_threshold_keeps_the_stated_share_of_right_answers() -> None:
+    known = np.array([0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5, 0.45, 0.4, 0.3, 0.2])
+    correct = np.array([True] * 10 + [False])
+    threshold = fit_threshold(known, correct, keep=0.8)
+    assert threshold == 0.45 and (known[correct] >= threshold).mean() == 0.8  # 8 of the 10 right answers kept
+    assert fit_threshold(known, correct, keep=0.95) == 0.3  # never fewer than asked for
+    gate = OpenSetGate("msp", 0.55)
     assert gate.knows(np.array([0.7, 0.2, 0.1])) and not gate.knows(np.array([0.5, 0.3, 0.2]))
     labels = [{"species": "A a", "genus": "A", "family": "F"}, {"species": "B b", "genus": "B", "family": "F"},
               {"species": "C c", "genus": "C", "family": "F"}]
@@ -63,46 +63,66 @@ def test_open_set_metrics_are_fitted_on_validation_and_reported_on_test() -> Non
     test, test_y = logits(400, 4.0)
     val_unknown, _ = logits(200, 0.5)
     test_unknown, _ = logits(200, 0.5)
-    result = evaluate_open_set(val, val_y, val_unknown, test, test_y, test_unknown, 1.0, 0.6)
+    result = evaluate_open_set(val, val_y, val_unknown, test, test_y, test_unknown, 1.0, 0.6, keep=0.95)
     m = result.metrics
-    assert m["open_set_score"] in ("msp", "neg_entropy") and m["open_set_auroc"] > 0.85
-    assert m["unknown_named"] <= m["unknown_named_before"] and 0 <= m["known_turned_away"] < 0.5
+    assert m["open_set_score"] in ("msp", "neg_entropy") and m["open_set_auroc"] > 0.85 and result.gate is not None
+    assert m["unknown_named"] < m["unknown_named_before"] and m["known_right_turned_away"] < 0.1
     assert set(result.record["val_auroc"]) == {"msp", "neg_entropy", "max_logit", "neg_energy"}
     # changing the test photos changes the report, never the fitted gate
     other = evaluate_open_set(val, val_y, val_unknown, test[:100], test_y[:100], test_unknown[:50], 1.0, 0.6)
     assert other.gate == result.gate
+    # "unknown" photos that look like known ones: the score cannot separate them, and no gate is deployed
+    lookalike, _ = logits(200, 4.0)
+    blind = evaluate_open_set(val, val_y, lookalike, test, test_y, logits(200, 4.0)[0], 1.0, 0.6)
+    assert blind.gate is None and blind.metrics["open_set_threshold"] == "not deployed"
+    assert blind.metrics["unknown_named"] == blind.metrics["unknown_named_before"]
+    assert blind.metrics["known_turned_away"] == 0.0
 
 
 def test_a_run_with_held_out_species_reports_and_answers_not_a_species_it_knows(trained_run: Path, pipeline,  # noqa: ANN001
                                                                                  tmp_path: Path) -> None:
+    """The shared run (two species held out): evaluation reports the open set; re-evaluated with the gate
+    deployed whatever its AUROC, `predict` turns away what the metrics say it turns away."""
+    import shutil
+
     from fungilib.clean import load_manifest
 
     metrics = json.loads((trained_run / "metrics.json").read_text())
-    gate = json.loads((trained_run / "open_set.json").read_text())
+    record = json.loads((trained_run / "open_set.json").read_text())
     for key in ("open_set_auroc", "open_set_auroc_msp", "open_set_auroc_neg_energy", "unknown_named_before",
                 "unknown_named", "known_turned_away", "unknown_test_images"):
         assert key in metrics, key
     assert metrics["unknown_named"] <= metrics["unknown_named_before"]
-    assert gate["score"] == metrics["open_set_score"] and sorted(gate["held_out"]) == sorted(
+    assert record["score"] == metrics["open_set_score"] and sorted(record["held_out"]) == sorted(
         ["Coprinus comatus", "Morchella esculenta"])
-    assert gate["fitted_on"]["val_unknown_images"] > 0 and (trained_run / "open_set.png").stat().st_size > 5_000
+    assert record["deployed"] == (record["val_auroc"][record["score"]] >= 0.6)
+    assert record["fitted_on"]["val_unknown_images"] > 0 and (trained_run / "open_set.png").stat().st_size > 5_000
     manifest, _ = load_manifest(pipeline.root / "clean")
     unknown = manifest[manifest["split"] == "test_unknown"]
     assert metrics["unknown_test_images"] == len(unknown)
-    out = subprocess.run([sys.executable, "-m", "fungilib.cli", "predict", "--json", "--model", str(trained_run),
-                          *unknown["path"].tolist()], capture_output=True, text=True, check=True).stdout
-    rows = [json.loads(line) for line in out.splitlines()]
-    turned_away = sum(r["answer"]["rank"] == "unknown" for r in rows)
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("export", "logs"))
+    done = subprocess.run([sys.executable, "-m", "fungilib.cli", "evaluate", str(run), "--set", "open_set_min_auroc=0",
+                           "--set", "open_set_keep=0.9"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert json.loads((run / "open_set.json").read_text())["deployed"] and metrics["known_right_turned_away"] < 0.5
+
+    def predict(*flags: str) -> list[dict]:
+        out = subprocess.run([sys.executable, "-m", "fungilib.cli", "predict", "--json", *flags, "--model", str(run),
+                              *unknown["path"]], capture_output=True, text=True, check=True).stdout
+        return [json.loads(line) for line in out.splitlines()]
+
+    rows = predict()
     named = sum(r["answer"]["rank"] == "species" for r in rows)
     one = 1 / len(rows) + 1e-6  # predict decodes with Pillow, evaluation with tf.data: one photo at the edge may flip
     assert abs(named / len(rows) - metrics["unknown_named"]) <= one
-    assert all(len(r["top"]) == 5 for r in rows)  # the nearest known species, shown as such
-    if turned_away:
-        table = subprocess.run([sys.executable, "-m", "fungilib.cli", "predict", "--model", str(trained_run), *unknown["path"]],
+    assert all(len(r["top"]) == 5 and "open_set_score" in r for r in rows)  # the nearest known species, shown as such
+    if any(r["answer"]["rank"] == "unknown" for r in rows):
+        table = subprocess.run([sys.executable, "-m", "fungilib.cli", "predict", "--model", str(run), *unknown["path"]],
                                capture_output=True, text=True, check=True).stdout
         assert "not a species this model knows; the nearest known species:" in table
     # without the gate, every photo is named at the species threshold as before
-    plain = subprocess.run([sys.executable, "-m", "fungilib.cli", "predict", "--json", "--no-open-set", "--model", str(trained_run),
-                            *unknown["path"]], capture_output=True, text=True, check=True).stdout
-    ranks = pd.Series([json.loads(line)["answer"]["rank"] for line in plain.splitlines()])
+    ranks = pd.Series([r["answer"]["rank"] for r in predict("--no-open-set")])
     assert "unknown" not in set(ranks) and abs((ranks == "species").mean() - metrics["unknown_named_before"]) <= one

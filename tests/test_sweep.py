@@ -240,3 +240,30 @@ def test_dask_runs_hold_the_gpu_resource_one_at_a_time_per_worker(pipeline, swee
     assert [s["state"] for s in result.statuses] == ["done"] * 4
     assert len({s["pid"] for s in result.statuses}) == 2
     _spans_never_overlap(result.statuses, "pid")
+
+
+def test_a_training_folder_last_run_on_other_data_starts_afresh(tmp_path: Path) -> None:
+    """Training resumes (or skips) from what its folder holds, so a folder whose last run had other inputs or
+    parameters is emptied before the stage runs again — never a stale model reported as the new one — while a
+    folder of the same key keeps what it holds (resume after a kill). Stages that do not resume are left as they are."""
+    from fungilib.claims import CLAIM_FILE
+    from fungilib.sweep import StageRun, _clear_stale
+
+    def folder(name: str, key: str) -> Path:
+        path = tmp_path / name
+        (path / "backup").mkdir(parents=True)
+        (path / "model.keras").write_bytes(b"stale weights")
+        (path / "train_summary.json").write_text("{}")
+        (path / CLAIM_FILE).write_text("pid 1 on here\n")
+        (path / "status.json").write_text(json.dumps({"stage": "train", "key": key, "state": "done"}))
+        return path
+
+    stale = folder("stale", "old-key")
+    _clear_stale(StageRun("train", "new-key", stale, {}))
+    assert sorted(p.name for p in stale.iterdir()) == [CLAIM_FILE]
+    same = folder("same", "the-key")
+    _clear_stale(StageRun("train", "the-key", same, {}))
+    assert (same / "model.keras").exists() and (same / "backup").is_dir()
+    data_stage = folder("download", "old-key")
+    _clear_stale(StageRun("download", "new-key", data_stage, {}))  # photos already fetched are kept for reuse
+    assert (data_stage / "model.keras").exists()

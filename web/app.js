@@ -45,6 +45,54 @@ import { createRuntime } from "./runtime.js";
     return { data: pixels.data, width: canvas.width, height: canvas.height };
   }
 
+  // The photo decoded and prepared in a worker (prepare.js), so a camera-sized photo never freezes the page; the
+  // page's own thread only where a browser has no OffscreenCanvas in workers.
+  let preparer = null;
+  let prepared = 0;
+  const waiting = new Map();
+  function startPreparer() {
+    if (typeof Worker === "undefined" || typeof OffscreenCanvas === "undefined") return;
+    try {
+      preparer = new Worker("prepare.js");
+    } catch (err) {
+      preparer = null;
+      return;
+    }
+    preparer.onmessage = (event) => {
+      const { id, input, error } = event.data;
+      const pending = waiting.get(id);
+      waiting.delete(id);
+      if (pending) error ? pending.reject(error) : pending.resolve(input);
+    };
+    preparer.onerror = () => { // a worker that cannot start: every photo goes the page's own way from now on
+      preparer = null;
+      for (const pending of waiting.values()) pending.reject("no worker");
+      waiting.clear();
+    };
+  }
+
+  async function prepare(file) {
+    if (file.type && !file.type.startsWith("image/"))
+      throw new Error(`“${file.name}” is not a photo (${file.type}). Pick a JPEG, PNG or WebP picture.`);
+    if (preparer) {
+      const id = ++prepared;
+      try {
+        const input = await new Promise((resolve, reject) => {
+          waiting.set(id, { resolve, reject });
+          preparer.postMessage({ id, file, spec: state.spec });
+        });
+        document.body.dataset.prepared = "worker";
+        return input;
+      } catch (err) {
+        if (err === "unreadable") throw new Error(`“${file.name}” could not be read as a picture. Pick a JPEG, PNG or WebP photo.`);
+        if (err !== "no worker") throw new Error(String(err));
+      }
+    }
+    const image = await decode(file);
+    document.body.dataset.prepared = "page";
+    return FungiPreprocess.preprocessRGBA(image.data, image.width, image.height, state.spec);
+  }
+
   // Where and when for the prior: the device's position (asked for once), else the photo's EXIF GPS and date,
   // else none. The month: the photo's date, else today's.
   function placeFor(exif) {
@@ -192,6 +240,7 @@ import { createRuntime } from "./runtime.js";
       const item = document.createElement("li");
       item.dataset.id = entry.id;
       item.dataset.chosen = entry.chosen || "";
+      item.dataset.notes = entry.notes || "";
       const img = document.createElement("img");
       img.src = entry.photo;
       img.alt = "";
@@ -257,11 +306,10 @@ import { createRuntime } from "./runtime.js";
       state.where = placeFor(exif);
       state.logPrior = state.prior && state.where
         ? state.prior.logPrior(state.where.lat, state.where.lon, state.where.month) : null;
-      const image = await decode(file);
+      const start = performance.now();
+      const input = await prepare(file); // decoded, resized and cropped off the main thread
       preview.src = URL.createObjectURL(file);
       $("figure").hidden = false;
-      const start = performance.now();
-      const input = FungiPreprocess.preprocessRGBA(image.data, image.width, image.height, state.spec);
       const probabilities = await state.runtime.predict(input);
       state.last = probabilities;
       state.millis = performance.now() - start;
@@ -307,6 +355,7 @@ import { createRuntime } from "./runtime.js";
 
   async function start() {
     const offline = registerWorker().catch((err) => `offline copy failed: ${err.message}`);
+    startPreparer();
     try {
       [state.config, state.labels, state.spec] = await Promise.all(
         ["config.json", "labels.json", "preprocessing.json"].map(getJSON));
