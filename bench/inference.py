@@ -171,21 +171,35 @@ def _page_load(bundle: Path) -> dict[str, float]:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(description: str) -> argparse.Namespace:
+    """The options every inference benchmark takes: the run whose model is the demo row, and the repeats."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--run", type=Path, default=Path("runs/demo/train"))
     parser.add_argument("--repeats", type=int, default=30)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def exported_demo(run: Path) -> Path:
+    """``run`` exported once into bench/work/inference/demo-bundle (again when the run's model is newer)."""
+    from fungilib.export import WEB_TFLITE, ExportParams, export_run
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    bundle = WORK / "demo-bundle"
+    model = Path(run) / "model.keras"
+    if not (bundle / WEB_TFLITE).exists() or (bundle / WEB_TFLITE).stat().st_mtime < model.stat().st_mtime:
+        export_run(ExportParams(run=run, out=bundle, parity_images=4))
+    return bundle
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0])
     import numpy as np
 
-    from fungilib.export import WEB_TFLITE, ExportParams, export_run
+    from fungilib.export import WEB_TFLITE
     from fungilib.train import load_trained
     from fungilib.webapp import WEB_DIR, copy_litert, node_modules
 
-    WORK.mkdir(parents=True, exist_ok=True)
-    demo_bundle = WORK / "demo-bundle"
-    if not (demo_bundle / WEB_TFLITE).exists():
-        export_run(ExportParams(run=args.run, out=demo_bundle, parity_images=4))
+    demo_bundle = exported_demo(args.run)
     model, labels, prep = load_trained(args.run)
     size = int(prep["input_size"])
     rng = np.random.default_rng(0)

@@ -8,7 +8,6 @@ Usage: .venv/bin/python bench/web_variants.py [--run runs/demo/train] [--repeats
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -25,23 +24,18 @@ VARIANTS = ("float32", "float16", "dynamic")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, default=Path("runs/demo/train"))
-    parser.add_argument("--repeats", type=int, default=30)
-    args = parser.parse_args()
-    import numpy as np
-    from inference import CHROMIUM, COMMON_FLAGS, WORK, _litert_ms, _model_224
+    from inference import CHROMIUM, COMMON_FLAGS, WORK, _litert_ms, _model_224, exported_demo, parse_args
 
-    from fungilib.export import ExportParams, export_run, parity_images, web_tflite
+    args = parse_args(__doc__.splitlines()[0])
+    import numpy as np
+
+    from fungilib.export import parity_images, web_tflite
     from fungilib.litert import litert_runner
     from fungilib.serve import serving
     from fungilib.train import load_trained
     from fungilib.webapp import copy_litert
 
-    WORK.mkdir(parents=True, exist_ok=True)
-    demo_bundle = WORK / "demo-bundle"
-    if not (demo_bundle / "saved_model").exists():
-        export_run(ExportParams(run=args.run, out=demo_bundle, parity_images=4))
+    demo_bundle = exported_demo(args.run)
     _, labels, prep = load_trained(args.run)
     size = int(prep["input_size"])
     cases = {f"demo model ({size} px)": (demo_bundle, size, parity_images(args.run, size, 64))}
