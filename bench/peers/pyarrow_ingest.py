@@ -9,7 +9,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as csv
 import pyarrow.parquet as pq
 
-from fungilib.ingest import MEDIA_TERMS, OCCURRENCE_TERMS
+from fungilib.ingest import INGESTED_MEDIA_TERMS, INGESTED_TERMS
 
 
 def read(archive: zipfile.ZipFile, name: str, wanted: list[str]) -> pa.Table:
@@ -24,8 +24,8 @@ def read(archive: zipfile.ZipFile, name: str, wanted: list[str]) -> pa.Table:
 
 def main() -> None:
     with zipfile.ZipFile(sys.argv[1]) as archive:
-        occ = read(archive, "occurrence.txt", OCCURRENCE_TERMS)
-        media = read(archive, "multimedia.txt", ["gbifID", *MEDIA_TERMS])
+        occ = read(archive, "occurrence.txt", INGESTED_TERMS)
+        media = read(archive, "multimedia.txt", ["gbifID", *INGESTED_MEDIA_TERMS])
     media = media.filter(pc.equal(pc.utf8_lower(media["type"]), "stillimage"))
     joined = media.join(occ, "gbifID", right_suffix="_occ")
     pq.write_table(joined, sys.argv[2])
