@@ -41,6 +41,9 @@ class ExportParams:
     tfjs_quantization: list[Literal["none", "float16", "uint8"]] = field(
         default_factory=lambda: ["none", "float16", "uint8"])
     web_model: Literal["none", "float16", "uint8"] = "none"  # which TF.js model the page loads
+    # the page's LiteRT.js model: float32 (parity with Keras to 1e-4), or float16 weights — half the download at the
+    # same speed in LiteRT.js (bench/web_variants.py), probabilities within a few 1e-3 (checked: same top-1)
+    litert_web: Literal["float32", "float16"] = "float32"
     threshold: float = 0.6  # the page names a species (else genus, else family) at or above this probability
     top_k: int = 5
     toxicity: Path | None = None  # a CSV name,status the user supplies (fungilib.toxicity): the page marks toxic species
@@ -243,7 +246,7 @@ def export_run(params: ExportParams) -> ExportResult:
     tflite_dynamic = converter.convert()
     (work / "model_f32.tflite").write_bytes(tflite_f32)
     (work / "model_dynamic.tflite").write_bytes(tflite_dynamic)
-    tflite_web = web_tflite(saved, size)
+    tflite_web = web_tflite(saved, size, params.litert_web)
     (work / WEB_TFLITE).write_bytes(tflite_web)
     convert_saved_model(saved, {q: work / "tfjs" / TFJS_FOLDERS[q] for q in params.tfjs_quantization})
 
@@ -262,7 +265,11 @@ def export_run(params: ExportParams) -> ExportResult:
         parity[f"tfjs_{folder}_node"] = _compare(reference, *tfjs_predict_node(work / "tfjs" / folder, images))
     parity["images"] = {"count": float(len(images))}
     write_json(work / "parity.json", parity)
-    exact = ["saved_model", "tflite_f32", "tflite_web"] + (["tfjs_float32_node"] if "none" in params.tfjs_quantization else [])
+    exact = ["saved_model", "tflite_f32"] + (["tflite_web"] if params.litert_web == "float32" else []) + (
+        ["tfjs_float32_node"] if "none" in params.tfjs_quantization else [])
+    if params.litert_web != "float32" and parity["tflite_web"]["top1_agreement"] < 1.0:
+        raise FungilibError(f"export parity failed for the page's {params.litert_web} model: {parity['tflite_web']} "
+                            f"(it must name the same species as Keras); export with litert_web: float32")
     for name in exact:
         if parity[name]["top1_agreement"] < 1.0 or not parity[name]["max_abs_diff"] <= PARITY_MAX_ABS_DIFF:  # NaN too
             raise FungilibError(f"export parity failed for {name}: {parity[name]} (limit {PARITY_MAX_ABS_DIFF}); "

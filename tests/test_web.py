@@ -544,3 +544,37 @@ def test_a_full_journal_says_so_and_loses_nothing_already_saved(bundle: ExportRe
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_a_float16_page_model_halves_the_download_and_answers_alike(trained_run: Path, pipeline, tmp_path: Path,  # noqa: ANN001
+                                                                    free_port: int) -> None:
+    """`litert_web: float16`: the page's model at half the bytes, run by LiteRT.js in Chromium, naming what Keras
+    names with probabilities within a few thousandths (parity recorded, same top-1 required)."""
+    from playwright.sync_api import sync_playwright
+
+    from fungilib.clean import load_manifest
+    from fungilib.export import ExportParams
+
+    result = export_run(ExportParams(run=trained_run, out=tmp_path / "bundle", tfjs_quantization=["none"],
+                                     parity_images=8, litert_web="float16"))
+    f32 = (trained_run.parent / "export" / "bundle" / "model_f32.tflite").stat().st_size
+    assert result.files["model_web.tflite"] < 0.6 * f32
+    assert result.parity["tflite_web"]["top1_agreement"] == 1.0 and result.parity["tflite_web"]["max_abs_diff"] < 0.02
+    manifest, _ = load_manifest(pipeline.root / "clean")
+    images = [Path(p) for p in manifest.loc[manifest["split"] == "test", "path"].head(3)]
+    server = _start_server(result.bundle, free_port)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{free_port}/")
+            page.wait_for_selector("body[data-ready=true]", state="attached", timeout=60_000)
+            assert page.get_attribute("body", "data-runtime").startswith("LiteRT.js")
+            for image in images:
+                top = _classify(page, image)
+                keras = _keras_probabilities(trained_run, image)
+                assert top[0][0] == int(np.argmax(keras)) and abs(top[0][1] - keras.max()) < 0.02
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
