@@ -578,3 +578,35 @@ def test_a_float16_page_model_halves_the_download_and_answers_alike(trained_run:
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_the_webgpu_path_answers_as_webassembly_does(bundle: ExportResult, pipeline, free_port: int) -> None:  # noqa: ANN001
+    """LiteRT.js on WebGPU (`?runtime=webgpu`; here Chromium's SwiftShader adapter, a GPU emulated on the CPU — the
+    path a phone's GPU takes, not its speed) names the same top-5 as on WebAssembly, probabilities within 1e-5."""
+    from playwright.sync_api import sync_playwright
+
+    from fungilib.clean import load_manifest
+
+    manifest, _ = load_manifest(pipeline.root / "clean")
+    images = [Path(p) for p in manifest.loc[manifest["split"] == "test", "path"].head(3)]
+    webgpu = ["--enable-unsafe-webgpu", "--use-webgpu-adapter=swiftshader", "--enable-features=Vulkan",
+              "--use-vulkan=swiftshader"]
+    server = _start_server(bundle.bundle, free_port)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_FLAGS, *webgpu])
+            answers = {}
+            for query, runtime in (("", "LiteRT.js, WebAssembly"), ("?runtime=webgpu", "LiteRT.js, WebGPU")):
+                page = browser.new_page()
+                page.goto(f"http://127.0.0.1:{free_port}/{query}")
+                page.wait_for_selector("body[data-ready=true]", state="attached", timeout=120_000)
+                assert page.get_attribute("body", "data-runtime").startswith(runtime)
+                answers[query] = [_classify(page, image) for image in images]
+                page.close()
+            for wasm, gpu in zip(answers[""], answers["?runtime=webgpu"], strict=True):
+                assert [i for i, _ in wasm] == [i for i, _ in gpu]
+                assert np.allclose([p for _, p in wasm], [p for _, p in gpu], atol=1e-5)
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
