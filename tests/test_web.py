@@ -610,3 +610,42 @@ def test_the_webgpu_path_answers_as_webassembly_does(bundle: ExportResult, pipel
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_on_a_phone_the_camera_opens_and_the_answer_fits_the_screen(bundle: ExportResult, pipeline, tmp_path: Path,  # noqa: ANN001
+                                                                   free_port: int) -> None:
+    """A 360 × 800 phone with touch: "Take a photo" asks for the rear camera, a photo picked through it (tapped,
+    not clicked) is answered, and the page — verdict, top-5, journal, settings — never scrolls sideways."""
+    from playwright.sync_api import sync_playwright
+
+    from fungilib.clean import load_manifest
+
+    manifest, _ = load_manifest(pipeline.root / "clean")
+    image = Path(manifest.loc[manifest["split"] == "test", "path"].iloc[0])
+    server = _start_server(bundle.bundle, free_port)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+            phone = browser.new_context(viewport={"width": 360, "height": 800}, device_scale_factor=3, is_mobile=True,
+                                        has_touch=True, user_agent="Mozilla/5.0 (Linux; Android 14; Pixel 8) Mobile")
+            page = phone.new_page()
+            page.goto(f"http://127.0.0.1:{free_port}/")
+            page.wait_for_selector("body[data-ready=true]", state="attached", timeout=60_000)
+            camera = page.locator("#camera")
+            assert camera.get_attribute("capture") == "environment" and camera.get_attribute("accept") == "image/*"
+            with page.expect_file_chooser() as chooser:
+                page.tap("label:has(#camera)")
+            chooser.value.set_files(str(image))
+            page.wait_for_selector("body[data-result=done]", state="attached", timeout=60_000)
+            page.evaluate("document.querySelector('#settings').open = true")
+            assert page.is_visible("#verdict") and page.locator("#top li").count() == 5
+            widths = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+            assert widths[0] <= widths[1] == 360, widths  # nothing wider than the screen
+            for selector in ("#verdict", "#top", "#journal-list", "#settings"):
+                box = page.locator(selector).bounding_box()
+                assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 360, (selector, box)
+            page.screenshot(path=str(tmp_path / "phone.png"), full_page=True)
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
