@@ -6,8 +6,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.fungilib-installed
 # nbval runs the data notebooks top to bottom with their defaults, in one process after the tests (their cells
 # share a kernel, which pytest-xdist's scheduling can restart between cells); 04 (training) and 06 (comparison) run under
-# papermill in tests/test_sweep.py with small parameters, as sweeps run them
+# papermill in tests/test_sweep.py with small parameters, as sweeps run them. They run on copies in
+# $(NBVAL_DIR)/notebooks, so their default outputs (../runs/demo/…) land in $(NBVAL_DIR)/runs, never over the demo's.
 STAGE_NOTEBOOKS := $(sort $(wildcard notebooks/0[1-3]_*.ipynb))
+NBVAL_DIR := .nbval
 
 .PHONY: setup demo test lint bench clean-runs lab
 
@@ -60,7 +62,8 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup tests -p no:cacheprovider
-	$(BIN)/python -m pytest -q $(STAGE_NOTEBOOKS) --nbval-lax -p no:cacheprovider
+	rm -rf $(NBVAL_DIR)/notebooks && mkdir -p $(NBVAL_DIR)/notebooks && cp $(STAGE_NOTEBOOKS) $(NBVAL_DIR)/notebooks/
+	cd $(NBVAL_DIR) && $(CURDIR)/$(BIN)/python -m pytest -q notebooks --nbval-lax -p no:cacheprovider
 
 # The peers fungilib is measured against live in their own venv, never in .venv.
 PEERS_STAMP := bench/work/peers-venv/.installed
