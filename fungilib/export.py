@@ -107,6 +107,27 @@ def _folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
 
 
+HISTORY_COLUMNS = ("loss", "val_loss", "accuracy", "val_accuracy")
+
+
+def about_model(run_dir: Path, card: str) -> dict[str, Any]:
+    """What the page's *About this model* view shows: the model card, the training curves (history.csv) and each
+    class's test F1 with its number of test photos (per_class.csv), by label index."""
+    import pandas as pd
+
+    about: dict[str, Any] = {"card": card, "history": [], "per_class": {}}
+    if (run_dir / "history.csv").exists():
+        history = pd.read_csv(run_dir / "history.csv")
+        about["history"] = [{"epoch": int(row["epoch"]) + 1, **{k: round(float(row[k]), 4) for k in HISTORY_COLUMNS
+                                                                 if k in row and pd.notna(row[k])}}
+                            for _, row in history.iterrows()]
+    if (run_dir / "per_class.csv").exists():
+        table = pd.read_csv(run_dir / "per_class.csv")
+        about["per_class"] = {str(int(r["label"])): {"f1": round(float(r["f1"]), 3), "test_photos": int(r["support"])}
+                              for _, r in table.iterrows()}
+    return about
+
+
 def _open_set_lines(metrics: dict) -> list[str]:
     if "open_set_auroc" not in metrics:
         return ["- open set: not fitted (no species were held out of training: clean.holdout_classes); every photo "
@@ -284,6 +305,7 @@ def export_run(params: ExportParams) -> ExportResult:
              "tflite_web": len(tflite_web)}
     sizes |= {f"tfjs_{TFJS_FOLDERS[q]}": _folder_bytes(work / "tfjs" / TFJS_FOLDERS[q]) for q in params.tfjs_quantization}
     (work / "MODEL_CARD.md").write_text(_model_card(run_dir, labels, size, parity, sizes))
+    write_json(work / "about.json", about_model(run_dir, (work / "MODEL_CARD.md").read_text()))
 
     web_folder = Path("tfjs") / TFJS_FOLDERS[params.web_model]  # the TF.js fallback's model (loaded only if needed)
     prior = run_dir / "place_prior.npz"  # where and when (fungilib.place_prior), with its fitted weight
@@ -296,7 +318,8 @@ def export_run(params: ExportParams) -> ExportResult:
 
         write_json(work / "toxicity.json", {"source": Path(params.toxicity).name,
                                             "status": class_statuses(labels, load_toxicity(params.toxicity))})
-    config = {"model": str(web_folder / "model.json"), "litert_model": WEB_TFLITE, "threshold": params.threshold,
+    config = {"model": str(web_folder / "model.json"), "litert_model": WEB_TFLITE, "about": "about.json",
+              "threshold": params.threshold,
               "top_k": params.top_k, **({"place_prior": "place_prior.json"} if prior.exists() else {}),
               "run": run_dir.name, "created": str(date.today()), "fungilib": __version__,
               "metrics": ", ".join(f"test {k} {metrics[k]:.2f}" for k in ("top1", "macro_f1") if k in metrics)}
@@ -305,7 +328,7 @@ def export_run(params: ExportParams) -> ExportResult:
     gate = json.loads((run_dir / "open_set.json").read_text()) if (run_dir / "open_set.json").exists() else {}
     if gate.get("threshold") is not None:  # "not a species this model knows", fitted on held-out species
         config["open_set"] = {"score": gate["score"], "threshold": gate["threshold"]}
-    write_web_app(work, config, [WEB_TFLITE, *(["place_prior.json"] if prior.exists() else []),
+    write_web_app(work, config, [WEB_TFLITE, "about.json", *(["place_prior.json"] if prior.exists() else []),
                                  *(["toxicity.json"] if params.toxicity is not None else [])])
 
     old = bundle.with_name(f".{bundle.name}.old")

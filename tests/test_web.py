@@ -612,10 +612,13 @@ def test_the_webgpu_path_answers_as_webassembly_does(bundle: ExportResult, pipel
         server.wait(timeout=10)
 
 
-def test_on_a_phone_the_camera_opens_and_the_answer_fits_the_screen(bundle: ExportResult, pipeline, tmp_path: Path,  # noqa: ANN001
+def test_on_a_phone_the_camera_opens_and_the_answer_fits_the_screen(bundle: ExportResult, trained_run: Path,
+                                                                   pipeline, tmp_path: Path,  # noqa: ANN001
                                                                    free_port: int) -> None:
     """A 360 × 800 phone with touch: "Take a photo" asks for the rear camera, a photo picked through it (tapped,
-    not clicked) is answered, and the page — verdict, top-5, journal, settings — never scrolls sideways."""
+    not clicked) is answered, *About this model* shows the card and the run's training curves (and, beside a
+    species answer, the model's test F1 on that species), and nothing — verdict, top-5, journal, settings, about —
+    scrolls sideways."""
     from playwright.sync_api import sync_playwright
 
     from fungilib.clean import load_manifest
@@ -638,10 +641,19 @@ def test_on_a_phone_the_camera_opens_and_the_answer_fits_the_screen(bundle: Expo
             chooser.value.set_files(str(image))
             page.wait_for_selector("body[data-result=done]", state="attached", timeout=60_000)
             page.evaluate("document.querySelector('#settings').open = true")
+            page.tap("#about-model summary")  # About this model: the card and the training curves, offline
             assert page.is_visible("#verdict") and page.locator("#top li").count() == 5
+            assert "# Model card" in page.inner_text("#model-card")
+            history = pd.read_csv(trained_run / "history.csv")
+            points = page.get_attribute("#curves polyline[data-series=val_accuracy]", "points").split()
+            assert len(points) == len(history)
+            if page.get_attribute("#verdict", "data-rank") == "species":  # how the model did on this species
+                index = page.eval_on_selector("#top li", "e => +e.dataset.index")
+                f1 = pd.read_csv(trained_run / "per_class.csv").set_index("label").loc[index, "f1"]
+                assert f"F1 {f1:.2f}" in page.inner_text("#species-score")
             widths = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
             assert widths[0] <= widths[1] == 360, widths  # nothing wider than the screen
-            for selector in ("#verdict", "#top", "#journal-list", "#settings"):
+            for selector in ("#verdict", "#top", "#journal-list", "#settings", "#about-model"):
                 box = page.locator(selector).bounding_box()
                 assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 360, (selector, box)
             page.screenshot(path=str(tmp_path / "phone.png"), full_page=True)

@@ -6,7 +6,7 @@ import { createRuntime } from "./runtime.js";
 {
   const $ = (id) => document.getElementById(id);
   const state = { runtime: null, labels: null, spec: null, config: null, threshold: 0.6, last: null, millis: 0,
-    prior: null, usePrior: true, useOpenSet: true, position: null, where: null, logPrior: null, toxicity: null };
+    prior: null, usePrior: true, useOpenSet: true, about: null, position: null, where: null, logPrior: null, toxicity: null };
 
   function setStatus(text, kind) {
     $("status").textContent = text;
@@ -118,6 +118,45 @@ import { createRuntime } from "./runtime.js";
              expected: FungiPrior.expected(state.logPrior) };
   }
 
+  // About this model: its card, its training curves (an SVG drawn here: no plotting library offline) and, beside
+  // each species answer, how well the model did on that species' test photos.
+  function drawCurves(history) {
+    const svg = $("curves");
+    const ns = "http://www.w3.org/2000/svg";
+    const [w, h, pad] = [320, 150, 28];
+    const x = (i) => pad + (history.length > 1 ? (i * (w - pad - 8)) / (history.length - 1) : 0);
+    const y = (v) => 8 + (1 - v) * (h - 16);
+    const parts = [];
+    for (const v of [0, 0.5, 1]) {
+      parts.push(`<line x1="${pad}" x2="${w - 8}" y1="${y(v)}" y2="${y(v)}" class="grid"/>`);
+      parts.push(`<text x="2" y="${y(v) + 4}" class="tick">${v.toFixed(1)}</text>`);
+    }
+    for (const [key, css, label] of [["accuracy", "train", "training"], ["val_accuracy", "val", "validation"]]) {
+      const points = history.map((row, i) => (row[key] === undefined ? null : `${x(i).toFixed(1)},${y(row[key]).toFixed(1)}`))
+        .filter(Boolean);
+      if (points.length) parts.push(`<polyline points="${points.join(" ")}" class="${css}" data-series="${key}"/>`);
+      parts.push(`<text x="${key === "accuracy" ? pad : pad + 90}" y="${h + 16}" class="${css} tick">— ${label}</text>`);
+    }
+    parts.push(`<text x="${w - 8}" y="${h + 16}" class="tick" text-anchor="end">${history.length} epochs</text>`);
+    svg.replaceChildren();
+    svg.insertAdjacentHTML("beforeend", parts.join(""));
+    svg.setAttribute("xmlns", ns);
+  }
+
+  function showAbout(about) {
+    if (!about) return;
+    $("model-card").textContent = about.card || "";
+    if (about.history && about.history.length) drawCurves(about.history);
+    $("about-model").hidden = false;
+  }
+
+  function speciesScore(verdict, top) {
+    const line = $("species-score");
+    const row = verdict.rank === "species" && state.about && state.about.per_class[String(top[0].index)];
+    line.hidden = !row;
+    if (row) line.textContent = `On its test photos of this species (${row.test_photos}) the model scored F1 ${row.f1.toFixed(2)}.`;
+  }
+
   function render(imageProbabilities, millis) {
     const adjusted = withPrior(imageProbabilities);
     const probabilities = adjusted.probabilities;
@@ -133,6 +172,7 @@ import { createRuntime } from "./runtime.js";
     else if (verdict.rank === "unknown") heading.textContent = "Not a species this model knows — the nearest known ones:";
     else if (verdict.rank === "none") heading.textContent = "Not sure — no species, genus or family is likely enough";
     else heading.textContent = `Some ${verdict.rank === "genus" ? "genus" : "family"} ${verdict.name} (${percent(verdict.probability)}) — species uncertain`;
+    speciesScore(verdict, top);
     const list = $("top");
     list.dataset.nearest = String(verdict.rank === "unknown"); // the rows are the nearest known species, not an answer
     list.replaceChildren(...top.map((row) => {
@@ -377,6 +417,14 @@ import { createRuntime } from "./runtime.js";
         state.toxicity = await getJSON(state.config.toxicity);
       } catch (err) {
         state.toxicity = null;
+      }
+    }
+    if (state.config.about) {
+      try {
+        state.about = await getJSON(state.config.about);
+        showAbout(state.about);
+      } catch (err) {
+        state.about = null; // the identifier works without it
       }
     }
     state.usePrior = localStorage.getItem("fungilib.use-prior") !== "false";
