@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +25,7 @@ import numpy as np
 from fungilib import __version__
 from fungilib.clean import load_manifest
 from fungilib.errors import FungilibError
-from fungilib.fsutil import write_json
+from fungilib.fsutil import safe_id, write_json
 from fungilib.input_pipeline import RESIZE_RULE
 from fungilib.litert import litert_runner
 
@@ -44,6 +44,10 @@ class ExportParams:
     # the page's LiteRT.js model: float32 (parity with Keras to 1e-4), or float16 weights — half the download at the
     # same speed in LiteRT.js (bench/web_variants.py), probabilities within a few 1e-3 (checked: same top-1)
     litert_web: Literal["float32", "float16"] = "float32"
+    # add this run as one more model of an existing bundle (the page then offers a choice: a fast 96 px model and an
+    # accurate 224 px one, or models of different regions); ``name`` is what the page calls it (default: the run)
+    add_to: Path | None = None
+    name: str = ""
     threshold: float = 0.6  # the page names a species (else genus, else family) at or above this probability
     top_k: int = 5
     toxicity: Path | None = None  # a CSV name,status the user supplies (fungilib.toxicity): the page marks toxic species
@@ -226,12 +230,63 @@ def bundle_folder(params: ExportParams) -> Path:
     return bundle
 
 
+# what the page needs of each added model (under models/<id>/)
+MODEL_FILES = ("config.json", "labels.json", "preprocessing.json", "about.json", WEB_TFLITE, "place_prior.json",
+               "toxicity.json", "MODEL_CARD.md")
+
+
+def _model_entry(bundle: Path, model_id: str, name: str, path: str) -> dict[str, Any]:
+    folder = bundle / path if path else bundle
+    config = json.loads((folder / "config.json").read_text())
+    labels = json.loads((folder / "labels.json").read_text())
+    spec = json.loads((folder / "preprocessing.json").read_text())
+    return {"id": model_id, "name": name, "path": path, "species": len(labels), "input_size": spec["input_size"],
+            "mb": round((folder / config["litert_model"]).stat().st_size / 1e6, 1), "metrics": config.get("metrics", "")}
+
+
+def add_model(params: ExportParams) -> ExportResult:
+    """Export ``params.run`` as one more model of the bundle ``params.add_to``: its page files go to
+    ``models/<id>/`` (exported and parity-checked like any bundle first), the bundle's ``config.json`` lists every
+    model, and its service worker gets a new version. The page offers the choice and keeps a model offline once
+    picked."""
+    from fungilib.webapp import refresh_worker
+
+    bundle = Path(params.add_to).resolve()  # type: ignore[arg-type]
+    if not is_bundle(bundle):
+        raise FungilibError(f"add_to {params.add_to}: not an export bundle (no {', '.join(BUNDLE_MARKERS)})")
+    model_id = safe_id(params.name or Path(params.run).resolve().name)
+    if model_id == "main":
+        raise FungilibError("name 'main' is the bundle's own model; name the added one otherwise")
+    scratch = bundle.parent / f".{bundle.name}.add-{model_id}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        result = export_run(replace(params, add_to=None, out=scratch, tfjs_quantization=["none"], web_model="none"))
+        target = bundle / "models" / model_id
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        for name in MODEL_FILES:
+            if (scratch / name).exists():
+                shutil.copyfile(scratch / name, target / name)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    config = json.loads((bundle / "config.json").read_text())
+    models = [m for m in config.get("models", []) if m["id"] not in ("main", model_id)]
+    config["models"] = [_model_entry(bundle, "main", config.get("run", "main"), ""), *models,
+                        _model_entry(bundle, model_id, params.name or model_id, f"models/{model_id}/")]
+    write_json(bundle / "config.json", config)
+    refresh_worker(bundle)
+    files = {str(p.relative_to(bundle)): p.stat().st_size for p in sorted(bundle.rglob("*")) if p.is_file()}
+    return ExportResult(bundle, files, result.parity)
+
+
 def export_run(params: ExportParams) -> ExportResult:
     """Write the export bundle for ``params.run``; fail when an unquantized format disagrees with Keras.
 
     The bundle is built in a sibling folder and moved into place at the end, so a failed export leaves
     the previous bundle as it was.
     """
+    if params.add_to is not None:
+        return add_model(params)
     run_dir = Path(params.run)  # requests are checked before TensorFlow starts
     if not (run_dir / "model.keras").exists():
         raise FungilibError(f"{run_dir} holds no finished training run (no model.keras); train it first")

@@ -119,3 +119,15 @@ def write_web_app(bundle: Path, config: dict, model_files: list[str]) -> list[st
     worker = worker.replace("__PRECACHE_FILES__", json.dumps(precache))
     (bundle / "sw.js").write_text(worker)
     return precache
+
+
+def refresh_worker(bundle: Path) -> None:
+    """Give the bundle's service worker a new version after files it precaches changed (``config.json`` when a model
+    is added): a page that has the old one installs the new worker, whose cache then holds the new files."""
+    worker = (bundle / "sw.js").read_text()
+    precache = json.loads(worker.split("const FILES = ", 1)[1].split(";", 1)[0])
+    version = _digest([bundle / name for name in precache[1:]])
+    template = (WEB_DIR / "sw.js").read_text()
+    text = template.replace('"__BUNDLE_VERSION__"', json.dumps(version)).replace("__PRECACHE_FILES__",
+                                                                                   json.dumps(precache))
+    (bundle / "sw.js").write_text(text)

@@ -661,3 +661,57 @@ def test_on_a_phone_the_camera_opens_and_the_answer_fits_the_screen(bundle: Expo
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_one_bundle_offers_several_models_and_keeps_the_picked_one_offline(bundle: ExportResult, trained_run: Path,
+                                                                           pipeline, tmp_path: Path,  # noqa: ANN001
+                                                                           free_port: int) -> None:
+    """`export --set add_to=BUNDLE`: the run becomes a second model of the bundle (its page files under models/, the
+    bundle's config listing both, a new service-worker version). The page lists both, the pick is remembered across
+    reloads and answers with that model's labels, and with the server stopped the picked model still answers."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    from fungilib.clean import load_manifest
+    from fungilib.export import ExportParams
+
+    site = tmp_path / "bundle"
+    shutil.copytree(bundle.bundle, site)
+    worker_before = (site / "sw.js").read_text()
+    export_run(ExportParams(run=trained_run, add_to=site, name="accurate", parity_images=4, litert_web="float16"))
+    config = json.loads((site / "config.json").read_text())
+    assert [m["id"] for m in config["models"]] == ["main", "accurate"]
+    assert config["models"][1]["path"] == "models/accurate/" and (site / "models" / "accurate" / "model_web.tflite").exists()
+    assert (site / "sw.js").read_text() != worker_before  # a page that has the bundle picks up the new list
+    with pytest.raises(FungilibError, match="not an export bundle"):
+        export_run(ExportParams(run=trained_run, add_to=tmp_path, name="x"))
+    manifest, _ = load_manifest(pipeline.root / "clean")
+    image = Path(manifest.loc[manifest["split"] == "test", "path"].iloc[0])
+    origin = f"http://127.0.0.1:{free_port}"
+    server = _start_server(site, free_port)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+            page = browser.new_page()
+            page.goto(origin + "/")
+            page.wait_for_selector("body[data-ready=true]", state="attached", timeout=60_000)
+            assert page.get_attribute("body", "data-model") == "main"
+            options = page.eval_on_selector_all("#model-picker option", "os => os.map(o => o.value)")
+            assert options == ["main", "accurate"]
+            main_answer = _classify(page, image)
+            page.select_option("#model-picker", "accurate")  # the page reloads with it
+            page.wait_for_selector("body[data-ready=true][data-model=accurate]", state="attached", timeout=60_000)
+            page.wait_for_selector("body[data-offline=kept]", state="attached", timeout=60_000)
+            picked = _classify(page, image)
+            assert [i for i, _ in picked] == [i for i, _ in main_answer]  # the same run, float16 weights
+            assert np.allclose([p for _, p in picked], [p for _, p in main_answer], atol=0.02)
+            server.terminate()
+            server.wait(timeout=10)
+            page.reload()
+            page.wait_for_selector("body[data-ready=true][data-model=accurate]", state="attached", timeout=60_000)
+            assert _classify(page, image) == picked  # offline, the picked model and its labels
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

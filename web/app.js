@@ -381,7 +381,8 @@ import { createRuntime } from "./runtime.js";
   async function keepRuntimeFiles() {
     // the active worker (not the controller, which a first visit gets only after clients.claim())
     const worker = "serviceWorker" in navigator ? (await navigator.serviceWorker.ready).active : null;
-    const kept = ["litert/wasm/", "tfjs/", "tf.min.js", "tf-globals.js"].map((p) => new URL(p, location.href).href);
+    const kept = ["litert/wasm/", "tfjs/", "tf.min.js", "tf-globals.js", "models/"]
+      .map((p) => new URL(p, location.href).href);
     const files = performance.getEntriesByType("resource").map((e) => e.name)
       .filter((url) => kept.some((prefix) => url.startsWith(prefix)));
     if (!worker || !files.length) {
@@ -393,12 +394,44 @@ import { createRuntime } from "./runtime.js";
     worker.postMessage({ keep: files }, [channel.port2]);
   }
 
+  // Several models in one bundle (config.json "models"): the one picked last (remembered on this device), else
+  // the bundle's own. Picking another reloads the page with it; once loaded it is kept offline like the first.
+  function chooseModel(bundle) {
+    const models = bundle.models || [];
+    if (models.length < 2) return null;
+    const stored = localStorage.getItem("fungilib.model");
+    const model = models.find((m) => m.id === stored) || models[0];
+    const picker = $("model-picker");
+    picker.replaceChildren(...models.map((m) => {
+      const option = document.createElement("option");
+      option.value = m.id;
+      option.textContent = `${m.name} · ${m.species} species · ${m.input_size} px · ${m.mb} MB` +
+        (m.metrics ? ` · ${m.metrics}` : "");
+      return option;
+    }));
+    picker.value = model.id;
+    picker.addEventListener("change", () => {
+      localStorage.setItem("fungilib.model", picker.value);
+      location.reload();
+    });
+    $("model-choice").hidden = false;
+    return model;
+  }
+
   async function start() {
     const offline = registerWorker().catch((err) => `offline copy failed: ${err.message}`);
     startPreparer();
     try {
+      const bundle = await getJSON("config.json");
+      const model = chooseModel(bundle);
+      const base = model ? model.path : "";
       [state.config, state.labels, state.spec] = await Promise.all(
-        ["config.json", "labels.json", "preprocessing.json"].map(getJSON));
+        ["config.json", "labels.json", "preprocessing.json"].map((name) => getJSON(base + name)));
+      for (const key of ["litert_model", "place_prior", "toxicity", "about"]) { // relative to the model's folder
+        if (state.config[key]) state.config[key] = base + state.config[key];
+      }
+      if (base) delete state.config.model; // an added model has no TF.js copy: LiteRT.js only
+      document.body.dataset.model = model ? model.id : "main";
       const wanted = new URLSearchParams(location.search).get("runtime") || state.config.runtime || "";
       state.runtime = await createRuntime(state.config, state.spec, wanted);
     } catch (err) {
