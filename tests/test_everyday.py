@@ -49,11 +49,14 @@ def test_predict_agrees_with_evaluation_and_reports_bad_files(trained_run: Path,
     assert [r["ok"] for r in rows] == [True] * 9 + [False, False]
     assert rows[9]["error"].startswith("not a readable image") and rows[10]["error"] == "no such file"
     species = labels.set_index("label")["species"]
+    gate = json.loads((trained_run / "open_set.json").read_text())  # species held out: the run's open-set gate
     for row, media_id in zip(rows, test["media_id"], strict=False):
         want = evaluated.loc[media_id]
         assert len(row["top"]) == 3 and row["top"][0]["species"] == species[want["predicted"]]
         assert row["top"][0]["probability"] == pytest.approx(want["confidence"], abs=1e-4)
-        if want["confidence"] >= 0.6:  # the run's threshold (no bundle config): the species is named …
+        if row["answer"]["rank"] == "unknown":  # "not a species this model knows": turned away by the gate
+            assert gate["deployed"] and row["open_set_score"] < gate["threshold"]
+        elif want["confidence"] >= 0.6:  # the run's threshold (no bundle config): the species is named …
             assert row["answer"] == {"rank": "species", "name": row["top"][0]["species"],
                                      "probability": pytest.approx(want["confidence"], abs=1e-4)}
         else:  # … else a coarser rank whose summed probability reaches it, or none
