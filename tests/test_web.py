@@ -667,8 +667,9 @@ def test_one_bundle_offers_several_models_and_keeps_the_picked_one_offline(bundl
                                                                            pipeline, tmp_path: Path,  # noqa: ANN001
                                                                            free_port: int) -> None:
     """`export --set add_to=BUNDLE`: the run becomes a second model of the bundle (its page files under models/, the
-    bundle's config listing both, a new service-worker version). The page lists both, the pick is remembered across
-    reloads and answers with that model's labels, and with the server stopped the picked model still answers."""
+    bundle's config listing both, a new service-worker version). The page lists both; "Keep every model offline"
+    caches the second before it is ever picked, so with the server stopped it can be picked, is remembered across
+    reloads and answers with its own labels."""
     import shutil
 
     from playwright.sync_api import sync_playwright
@@ -700,14 +701,16 @@ def test_one_bundle_offers_several_models_and_keeps_the_picked_one_offline(bundl
             options = page.eval_on_selector_all("#model-picker option", "os => os.map(o => o.value)")
             assert options == ["main", "accurate"]
             main_answer = _classify(page, image)
+            page.click("#keep-all")  # every model into the offline cache, before any is picked
+            page.wait_for_selector("body[data-kept-all=true]", state="attached", timeout=60_000)
+            server.terminate()  # from here on offline: the second model was never loaded, only kept
+            server.wait(timeout=10)
             page.select_option("#model-picker", "accurate")  # the page reloads with it
             page.wait_for_selector("body[data-ready=true][data-model=accurate]", state="attached", timeout=60_000)
             page.wait_for_selector("body[data-offline=kept]", state="attached", timeout=60_000)
             picked = _classify(page, image)
             assert [i for i, _ in picked] == [i for i, _ in main_answer]  # the same run, float16 weights
             assert np.allclose([p for _, p in picked], [p for _, p in main_answer], atol=0.02)
-            server.terminate()
-            server.wait(timeout=10)
             page.reload()
             page.wait_for_selector("body[data-ready=true][data-model=accurate]", state="attached", timeout=60_000)
             assert _classify(page, image) == picked  # offline, the picked model and its labels

@@ -415,7 +415,32 @@ import { createRuntime } from "./runtime.js";
       location.reload();
     });
     $("model-choice").hidden = false;
+    $("keep-all").addEventListener("click", () => keepModels(models).catch(() => {
+      document.body.dataset.keptAll = "failed";
+    }));
     return model;
+  }
+
+  // Every model's files into the offline cache now (a hiker choosing before leaving the signal behind), not only
+  // as each is first picked.
+  async function keepModels(models) {
+    const worker = "serviceWorker" in navigator ? (await navigator.serviceWorker.ready).active : null;
+    if (!worker) throw new Error("no service worker");
+    const urls = [];
+    for (const m of models.filter((model) => model.path)) {
+      const config = await getJSON(m.path + "config.json");
+      const files = ["config.json", "labels.json", "preprocessing.json",
+        ...["litert_model", "place_prior", "toxicity", "about"].map((key) => config[key]).filter(Boolean)];
+      urls.push(...files.map((name) => new URL(m.path + name, location.href).href));
+    }
+    const channel = new MessageChannel();
+    const done = new Promise((resolve, reject) => {
+      channel.port1.onmessage = (event) => (event.data.error ? reject(new Error(event.data.error)) : resolve());
+    });
+    worker.postMessage({ keep: urls }, [channel.port2]);
+    await done;
+    document.body.dataset.keptAll = "true";
+    $("keep-all").textContent = "Every model is kept offline";
   }
 
   async function start() {
