@@ -164,8 +164,8 @@ def finish_dataset(pruner: Pruner, params: SplitParams, out: Path, base: Path | 
     fractions = {"train": 1 - params.val_fraction - params.test_fraction, "val": params.val_fraction,
                  "test": params.test_fraction}
     names = frame.groupby("class_key")["species"].first()
-    unknown = frame["class_key"].isin(held_out_classes(names, params.holdout_classes, params.holdout_species,
-                                                         params.seed))
+    held = held_out_classes(names, params.holdout_classes, params.holdout_species, params.seed)
+    unknown = frame["class_key"].isin(held)
     frame["split"] = pd.Series(pd.NA, index=frame.index, dtype=object)
     if unknown.any():
         frame.loc[unknown, "split"] = unknown_split(frame[unknown], "class_key", "group", params.seed)
@@ -185,7 +185,7 @@ def finish_dataset(pruner: Pruner, params: SplitParams, out: Path, base: Path | 
         manifest=out / MANIFEST_FILE, images=len(manifest), classes=len(labels),
         dropped={str(k): int(v) for k, v in reasons.items()},
         splits={s: int((manifest["split"] == s).sum()) for s in SPLITS + (UNKNOWN_SPLITS if unknown.any() else ())},
-        held_out=sorted(names[names.index.isin(frame.loc[unknown, "class_key"])].astype(str).tolist()),
+        held_out=sorted(names.loc[list(held)].astype(str).tolist()),
     )
     write_json(out / "clean_report.json", {**result.__dict__, "manifest": str(result.manifest), "seed": params.seed,
                                             "fractions": fractions})

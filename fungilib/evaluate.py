@@ -26,6 +26,7 @@ from fungilib.metrics import (
     top_confusions,
     top_k_accuracy,
 )
+from fungilib.open_set import MIN_AUROC
 from fungilib.plotting import plt, save_figure
 
 FULL_MATRIX_MAX_CLASSES = 60
@@ -119,7 +120,7 @@ class EvaluateParams:
     toxicity: Path | None = None  # a CSV name,status (see fungilib.toxicity): adds the poisonous-confusion rate
     # "not a species this model knows" (with species held out at clean): keep this share of the right answers
     open_set_keep: float = 0.95
-    open_set_min_auroc: float = 0.6  # a score separating worse than this on validation is not deployed
+    open_set_min_auroc: float = MIN_AUROC  # a score separating worse than this on validation is not deployed
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

@@ -28,6 +28,7 @@ from fungilib.errors import FungilibError
 from fungilib.fsutil import safe_id, write_json
 from fungilib.input_pipeline import RESIZE_RULE
 from fungilib.litert import litert_runner
+from fungilib.rollup import SPECIES_THRESHOLD
 
 PARITY_MAX_ABS_DIFF = 1e-4
 TFJS_FOLDERS = {"none": "float32", "float16": "float16", "uint8": "uint8"}
@@ -48,7 +49,7 @@ class ExportParams:
     # accurate 224 px one, or models of different regions); ``name`` is what the page calls it (default: the run)
     add_to: Path | None = None
     name: str = ""
-    threshold: float = 0.6  # the page names a species (else genus, else family) at or above this probability
+    threshold: float = SPECIES_THRESHOLD  # the page names a species (else genus, else family) at or above this
     top_k: int = 5
     toxicity: Path | None = None  # a CSV name,status the user supplies (fungilib.toxicity): the page marks toxic species
 

@@ -76,7 +76,16 @@ def write_json(path: Path, data: Any) -> None:
         handle.write("\n")
 
 
-def compact_text(frame: Any, min_rows: int = 1000) -> Any:
+COMPACT_MIN_ROWS = 1000  # text columns shorter than this stay plain text
+
+
+def worth_a_dictionary(distinct: int, rows: int) -> bool:
+    """Whether a text column repeats enough to store as codes and a dictionary (categorical): fewer distinct values
+    than a quarter of its rows (species, licences, ranks; not ids or URLs)."""
+    return rows >= COMPACT_MIN_ROWS and distinct < rows // 4
+
+
+def compact_text(frame: Any) -> Any:
     """Text columns with few distinct values (species, licence, rank, …) as categoricals, the rest as plain
     objects: at GBIF scale this divides memory, join and HDF write times several-fold."""
     frame = frame.copy(deep=False)  # new columns replace the old ones here only; the caller's frame is unchanged
@@ -85,11 +94,11 @@ def compact_text(frame: Any, min_rows: int = 1000) -> Any:
         if column.dtype.kind in "iufb" or isinstance(column.dtype, pd.CategoricalDtype):
             continue
         head = column.iloc[:10_000]
-        if len(column) < min_rows or head.nunique() > len(head) // 2:  # ids, URLs, dates: plain text
+        if len(column) < COMPACT_MIN_ROWS or head.nunique() > len(head) // 2:  # ids, URLs, dates: plain text
             frame[name] = column.fillna("").astype(str).astype(object)
             continue
         codes, uniques = pd.factorize(column.fillna(""))
-        if len(uniques) < len(column) // 4:
+        if worth_a_dictionary(len(uniques), len(column)):
             frame[name] = pd.Categorical.from_codes(codes, pd.Index(uniques.astype(str), dtype=object))
         else:
             frame[name] = column.fillna("").astype(str).astype(object)
@@ -109,6 +118,7 @@ def write_hdf(path: Path, tables: dict[str, Any]) -> None:
 
 
 HDF_CHUNK_ROWS = 200_000
+HDF_TABLE_OPTIONS = {"mode": "a", "format": "table", "index": False, "complevel": 5, "complib": "blosc:lz4"}
 
 
 def _write_table(frame: Any, path: Path, key: str) -> None:
@@ -116,7 +126,7 @@ def _write_table(frame: Any, path: Path, key: str) -> None:
     arrays, and at GBIF scale (millions of rows, URLs of 200 characters) doing that for the whole frame at once
     doubled the peak memory of ingest. Text columns then get the width of their longest value up front, so every
     chunk fits (which makes them PyTables data columns; a small table is written in one go, as before)."""
-    options = {"key": key, "mode": "a", "format": "table", "index": False, "complevel": 5, "complib": "blosc:lz4"}
+    options = {"key": key, **HDF_TABLE_OPTIONS}
     if len(frame) <= HDF_CHUNK_ROWS:
         frame.to_hdf(path, **options)
         return
@@ -126,8 +136,8 @@ def _write_table(frame: Any, path: Path, key: str) -> None:
 
 
 def write_arrow_hdf(path: Path, key: str, table: Any, chunk_rows: int = HDF_CHUNK_ROWS) -> None:
-    """An Arrow table → one HDF5 key in pandas' ``table`` format (``pandas.read_hdf`` reads it), atomically,
-    ``chunk_rows`` rows at a time: only one slice is ever a pandas frame. Dictionary columns become categoricals
+    """A non-empty Arrow table (an empty one goes through ``write_hdf``) → one HDF5 key in pandas' ``table`` format
+    (``pandas.read_hdf`` reads it), atomically, ``chunk_rows`` rows at a time: only one slice is ever a pandas frame. Dictionary columns become categoricals
     (one set of categories for every slice, as appends require), other text fixed-width strings as wide as the
     longest value in bytes, numbers as they are."""
     import pyarrow as pa
@@ -140,11 +150,10 @@ def write_arrow_hdf(path: Path, key: str, table: Any, chunk_rows: int = HDF_CHUN
         if pa.types.is_dictionary(column.type):
             categories[name] = pd.Index(column.dictionary.to_numpy(zero_copy_only=False).astype(object), dtype=object)
         elif pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-            longest = pc.max(pc.binary_length(column)).as_py() if len(column) else 0
-            widths[name] = max(1, int(longest or 0))
-    options = {"key": key, "mode": "a", "format": "table", "index": False, "complevel": 5, "complib": "blosc:lz4"}
+            widths[name] = max(1, int(pc.max(pc.binary_length(column)).as_py() or 0))
+    options = {"key": key, **HDF_TABLE_OPTIONS}
     with atomic_path(path) as tmp:
-        for start in range(0, max(table.num_rows, 1), chunk_rows):
+        for start in range(0, table.num_rows, chunk_rows):
             part = table.slice(start, chunk_rows)
             frame = pd.DataFrame(index=pd.RangeIndex(start, start + part.num_rows))
             for name in table.column_names:
@@ -156,9 +165,6 @@ def write_arrow_hdf(path: Path, key: str, table: Any, chunk_rows: int = HDF_CHUN
                     frame[name] = pd.Series(column.to_numpy(zero_copy_only=False), index=frame.index, dtype=object)
                 else:
                     frame[name] = column.to_numpy(zero_copy_only=False)
-            if not len(frame):  # an empty table: pandas skips empty ``table`` writes, so the key is fixed format
-                frame.to_hdf(tmp, key=key, mode="a", format="fixed")
-                break
             frame.to_hdf(tmp, append=start > 0, min_itemsize=widths or None, **options)
 
 

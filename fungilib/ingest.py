@@ -14,7 +14,13 @@ import pyarrow.compute as pc
 
 from fungilib.dwca import MEDIA_ROW_TYPES, OCCURRENCE, Archive, RowIssues, TableSpec, local_name, open_archive
 from fungilib.errors import FungilibError
-from fungilib.fsutil import read_stage_table, write_arrow_hdf, write_json
+from fungilib.fsutil import (
+    COMPACT_MIN_ROWS,
+    read_stage_table,
+    worth_a_dictionary,
+    write_arrow_hdf,
+    write_json,
+)
 from fungilib.params import write_params
 
 OBSERVATIONS_FILE = "observations.h5"
@@ -187,10 +193,10 @@ def _compact(column: pa.ChunkedArray | pa.Array) -> pa.Array:
     dictionary array, the rest as it is: 2,451 species names over 2.6 M photos are then 10 MB of indices, and a
     ``take`` to photo rows copies indices, not text. One dictionary for the whole column (HDF appends need it)."""
     column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if not pa.types.is_string(column.type) or len(column) < 1000:
+    if not pa.types.is_string(column.type) or len(column) < COMPACT_MIN_ROWS:
         return column
     encoded = pc.dictionary_encode(column)
-    return encoded if len(encoded.dictionary) < len(column) // 4 else column
+    return encoded if worth_a_dictionary(len(encoded.dictionary), len(column)) else column
 
 
 def _as_text(column: pa.Array) -> pa.Array:

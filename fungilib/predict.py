@@ -27,7 +27,6 @@ from fungilib.photos import upright_rgb
 from fungilib.rollup import SPECIES_THRESHOLD, Answer, RankIndex, answer, top_k
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-DEFAULT_THRESHOLD = SPECIES_THRESHOLD
 
 
 @dataclass
@@ -68,7 +67,7 @@ def _keras_predictor(run_dir: Path) -> Predictor:
 
     gate_file = run_dir / "open_set.json"
     gate = OpenSetGate.from_config(json.loads(gate_file.read_text())) if gate_file.exists() else None
-    return Predictor(labels.to_dict(orient="records"), prep, DEFAULT_THRESHOLD,
+    return Predictor(labels.to_dict(orient="records"), prep, SPECIES_THRESHOLD,
                      f"Keras {run_dir / 'model.keras'} (temperature {temperature:.3g})", run, gate)
 
 
@@ -77,7 +76,7 @@ def _tflite_predictor(bundle: Path) -> Predictor:
     run = litert_runner((bundle / "model_f32.tflite").read_bytes(), int(prep["input_size"]), batch_size=16)
     config = json.loads((bundle / "config.json").read_text()) if (bundle / "config.json").exists() else {}
     return Predictor(json.loads((bundle / "labels.json").read_text()), prep,
-                     float(config.get("threshold", DEFAULT_THRESHOLD)), f"TFLite {bundle / 'model_f32.tflite'}", run,
+                     float(config.get("threshold", SPECIES_THRESHOLD)), f"TFLite {bundle / 'model_f32.tflite'}", run,
                      OpenSetGate.from_config(config.get("open_set")))
 
 
@@ -168,6 +167,7 @@ def iter_predictions(inputs: Iterable[Path], model: Path, top: int = 5, threshol
                             input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
     paths = expand_inputs(inputs)
     ranks = RankIndex(predictor.labels)
+    gate = None if no_open_set else predictor.open_set
     workers = workers or min(8, (os.cpu_count() or 2) * 2)
     chunks = [paths[start:start + batch_size] for start in range(0, len(paths), batch_size)]
     with ThreadPoolExecutor(workers) as pool, tqdm(total=len(paths), unit="photo", desc="predicting",
@@ -187,7 +187,6 @@ def iter_predictions(inputs: Iterable[Path], model: Path, top: int = 5, threshol
                     yield Prediction(str(path), ok=False, error=decoded[i][1])
                     continue
                 p = by_index[i]
-                gate = None if no_open_set else predictor.open_set
                 yield Prediction(str(path), ok=True, top=top_k(p, predictor.labels, top), answer=answer(p, ranks, cut, gate),
                                  open_set_score=float(probability_score(p, gate.score)) if gate else None)
             bar.update(len(chunk))

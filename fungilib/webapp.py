@@ -113,21 +113,20 @@ def write_web_app(bundle: Path, config: dict, model_files: list[str]) -> list[st
     # the TF.js fallback (tf.min.js, its model) is not precached: a browser that needs it keeps what it fetched
     precache = ["./", *[name for name in WEB_FILES if name != "tf-globals.js"], *runtime, "config.json",
                 "labels.json", "preprocessing.json", *model_files]
+    _write_worker(bundle, precache)
+    return precache
+
+
+def _write_worker(bundle: Path, precache: list[str]) -> None:
+    """``sw.js`` from the template: the precached files and a version that changes whenever one of them does."""
     version = _digest([bundle / name for name in precache[1:]])
     template = (WEB_DIR / "sw.js").read_text()
     worker = template.replace('"__BUNDLE_VERSION__"', json.dumps(version))
-    worker = worker.replace("__PRECACHE_FILES__", json.dumps(precache))
-    (bundle / "sw.js").write_text(worker)
-    return precache
+    (bundle / "sw.js").write_text(worker.replace("__PRECACHE_FILES__", json.dumps(precache)))
 
 
 def refresh_worker(bundle: Path) -> None:
     """Give the bundle's service worker a new version after files it precaches changed (``config.json`` when a model
     is added): a page that has the old one installs the new worker, whose cache then holds the new files."""
     worker = (bundle / "sw.js").read_text()
-    precache = json.loads(worker.split("const FILES = ", 1)[1].split(";", 1)[0])
-    version = _digest([bundle / name for name in precache[1:]])
-    template = (WEB_DIR / "sw.js").read_text()
-    text = template.replace('"__BUNDLE_VERSION__"', json.dumps(version)).replace("__PRECACHE_FILES__",
-                                                                                   json.dumps(precache))
-    (bundle / "sw.js").write_text(text)
+    _write_worker(bundle, json.loads(worker.split("const FILES = ", 1)[1].split(";", 1)[0]))

@@ -3,6 +3,7 @@ rollup against their Python twins, and the page itself in Debian's Chromium (Pla
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -180,12 +182,18 @@ console.log(JSON.stringify(cases.map(([p, t, g]) => R.answer(p, labels, t, g))))
 
 
 
-def _start_server(bundle_dir: Path, port: int) -> subprocess.Popen:
+@contextlib.contextmanager
+def _served(bundle_dir: Path, port: int) -> Iterator[subprocess.Popen]:
+    """`fungilib serve BUNDLE` on the port for the block (a test may stop it earlier, to go offline)."""
     proc = subprocess.Popen([sys.executable, "-m", "fungilib.cli", "serve", str(bundle_dir), "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    line = proc.stdout.readline()  # type: ignore[union-attr]
-    assert f"http://127.0.0.1:{port}/" in line, line
-    return proc
+    try:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        assert f"http://127.0.0.1:{port}/" in line, line
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def _classify(page, image: Path) -> list[tuple[int, float]]:  # noqa: ANN001
@@ -207,8 +215,7 @@ def test_page_in_chromium_matches_keras_and_works_offline(bundle: ExportResult, 
     images = [Path(p) for p in manifest.loc[manifest["split"] == "test", "path"].head(3)]
     port = free_port
     origin = f"http://127.0.0.1:{port}"
-    server = _start_server(bundle.bundle, port)
-    try:
+    with _served(bundle.bundle, port) as server:
         with urllib.request.urlopen(origin + "/") as response:
             assert "default-src 'self'" in response.headers["Content-Security-Policy"]
             assert response.headers["Cross-Origin-Opener-Policy"] == "same-origin"
@@ -278,9 +285,6 @@ def test_page_in_chromium_matches_keras_and_works_offline(bundle: ExportResult, 
         assert requests and all(url.startswith(origin + "/") or url.startswith(("blob:", "data:"))
                                 for url in requests), [u for u in requests if not u.startswith(origin)]
         assert not errors, errors
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 def test_a_plain_static_host_gets_threads_after_one_reload_and_tfjs_still_answers(
@@ -372,14 +376,13 @@ def test_the_page_weighs_in_where_and_when(bundle: ExportResult, trained_run: Pa
     # the same photo with EXIF GPS (Hygrocybe's range) and a May date
     tagged = _with_gps(image, tmp_path / "tagged.jpg", (60.0, 0.0, 0.0), (6.0, 0.0, 0.0), "2024:05:10 10:00:00")
     origin = f"http://127.0.0.1:{free_port}"
-    server = _start_server(bundle.bundle, free_port)
 
     def rows(page) -> list[tuple[int, float, float, bool]]:  # noqa: ANN001
         return [(int(i), float(p), float(q), e == "true") for i, p, q, e in page.eval_on_selector_all(
             "#top li", "els => els.map(e => [e.dataset.index, e.dataset.probability, e.dataset.imageProbability, "
                        "e.dataset.expected])")]
 
-    try:
+    with _served(bundle.bundle, free_port):
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
             located = browser.new_context(geolocation={"latitude": lat, "longitude": lon}, permissions=["geolocation"])
@@ -413,9 +416,6 @@ def test_the_page_weighs_in_where_and_when(bundle: ExportResult, trained_run: Pa
             assert page.get_attribute("body", "data-prior") == "the photo's GPS position and date"
             assert "(60.0, 6.0, May)" in page.inner_text("#prior-source")
             browser.close()
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 def test_the_journal_keeps_identifications_offline_and_exports_darwin_core(bundle: ExportResult, pipeline,  # noqa: ANN001
@@ -432,8 +432,7 @@ def test_the_journal_keeps_identifications_offline_and_exports_darwin_core(bundl
     first, second = [Path(p) for p in manifest.loc[manifest["split"] == "test", "path"].head(2)]
     tagged = _with_gps(second, tmp_path / "tagged.jpg", (55.0, 30.0, 0.0), (12.0, 34.0, 30.0), "2024:10:03 09:00:00")
     origin = f"http://127.0.0.1:{free_port}"
-    server = _start_server(bundle.bundle, free_port)
-    try:
+    with _served(bundle.bundle, free_port) as server:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
             context = browser.new_context(accept_downloads=True)
@@ -481,9 +480,6 @@ def test_the_journal_keeps_identifications_offline_and_exports_darwin_core(bundl
             page.click("#journal-list li:last-child .delete")
             page.wait_for_selector("body[data-journal='1']", state="attached", timeout=10_000)
             browser.close()
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 def test_a_full_journal_says_so_and_loses_nothing_already_saved(bundle: ExportResult, pipeline, free_port: int  # noqa: ANN001
@@ -518,8 +514,7 @@ def test_a_full_journal_says_so_and_loses_nothing_already_saved(bundle: ExportRe
             assert time.monotonic() < deadline, f"the storage quota never took effect ({got})"
             time.sleep(2)
 
-    server = _start_server(bundle.bundle, free_port)
-    try:
+    with _served(bundle.bundle, free_port):
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
             page = browser.new_context().new_page()
@@ -541,9 +536,6 @@ def test_a_full_journal_says_so_and_loses_nothing_already_saved(bundle: ExportRe
             page.wait_for_selector("body[data-journal='2']", state="attached", timeout=30_000)
             assert page.is_hidden("#journal-error")
             browser.close()
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 def test_a_float16_page_model_halves_the_download_and_answers_alike(trained_run: Path, pipeline, tmp_path: Path,  # noqa: ANN001
@@ -562,8 +554,7 @@ def test_a_float16_page_model_halves_the_download_and_answers_alike(trained_run:
     assert result.parity["tflite_web"]["top1_agreement"] == 1.0 and result.parity["tflite_web"]["max_abs_diff"] < 0.02
     manifest, _ = load_manifest(pipeline.root / "clean")
     images = [Path(p) for p in manifest.loc[manifest["split"] == "test", "path"].head(3)]
-    server = _start_server(result.bundle, free_port)
-    try:
+    with _served(result.bundle, free_port):
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
             page = browser.new_page()
@@ -575,9 +566,6 @@ def test_a_float16_page_model_halves_the_download_and_answers_alike(trained_run:
                 keras = _keras_probabilities(trained_run, image)
                 assert top[0][0] == int(np.argmax(keras)) and abs(top[0][1] - keras.max()) < 0.02
             browser.close()
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 def test_the_webgpu_path_answers_as_webassembly_does(bundle: ExportResult, pipeline, free_port: int) -> None:  # noqa: ANN001
@@ -591,8 +579,7 @@ def test_the_webgpu_path_answers_as_webassembly_does(bundle: ExportResult, pipel
     images = [Path(p) for p in manifest.loc[manifest["split"] == "test", "path"].head(3)]
     webgpu = ["--enable-unsafe-webgpu", "--use-webgpu-adapter=swiftshader", "--enable-features=Vulkan",
               "--use-vulkan=swiftshader"]
-    server = _start_server(bundle.bundle, free_port)
-    try:
+    with _served(bundle.bundle, free_port):
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_FLAGS, *webgpu])
             answers = {}
@@ -607,9 +594,6 @@ def test_the_webgpu_path_answers_as_webassembly_does(bundle: ExportResult, pipel
                 assert [i for i, _ in wasm] == [i for i, _ in gpu]
                 assert np.allclose([p for _, p in wasm], [p for _, p in gpu], atol=1e-5)
             browser.close()
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 def test_on_a_phone_the_camera_opens_and_the_answer_fits_the_screen(bundle: ExportResult, trained_run: Path,
@@ -625,8 +609,7 @@ def test_on_a_phone_the_camera_opens_and_the_answer_fits_the_screen(bundle: Expo
 
     manifest, _ = load_manifest(pipeline.root / "clean")
     image = Path(manifest.loc[manifest["split"] == "test", "path"].iloc[0])
-    server = _start_server(bundle.bundle, free_port)
-    try:
+    with _served(bundle.bundle, free_port):
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
             phone = browser.new_context(viewport={"width": 360, "height": 800}, device_scale_factor=3, is_mobile=True,
@@ -658,9 +641,6 @@ def test_on_a_phone_the_camera_opens_and_the_answer_fits_the_screen(bundle: Expo
                 assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 360, (selector, box)
             page.screenshot(path=str(tmp_path / "phone.png"), full_page=True)
             browser.close()
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 def test_one_bundle_offers_several_models_and_keeps_the_picked_one_offline(bundle: ExportResult, trained_run: Path,
@@ -690,8 +670,7 @@ def test_one_bundle_offers_several_models_and_keeps_the_picked_one_offline(bundl
     manifest, _ = load_manifest(pipeline.root / "clean")
     image = Path(manifest.loc[manifest["split"] == "test", "path"].iloc[0])
     origin = f"http://127.0.0.1:{free_port}"
-    server = _start_server(site, free_port)
-    try:
+    with _served(site, free_port) as server:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
             page = browser.new_page()
@@ -715,6 +694,3 @@ def test_one_bundle_offers_several_models_and_keeps_the_picked_one_offline(bundl
             page.wait_for_selector("body[data-ready=true][data-model=accurate]", state="attached", timeout=60_000)
             assert _classify(page, image) == picked  # offline, the picked model and its labels
             browser.close()
-    finally:
-        server.terminate()
-        server.wait(timeout=10)

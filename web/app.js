@@ -378,54 +378,29 @@ import { createRuntime } from "./runtime.js";
 
   // The runtime's files this page actually fetched (one WebAssembly build of several, or the TF.js fallback): the
   // service worker keeps them, so a phone downloads what it runs, once.
-  async function keepRuntimeFiles() {
-    // the active worker (not the controller, which a first visit gets only after clients.claim())
+  // The service worker (the active one, not the controller, which a first visit gets only after clients.claim())
+  // adds ``urls`` to its offline cache: true once they are in it, false where there is no service worker.
+  async function keepOffline(urls) {
     const worker = "serviceWorker" in navigator ? (await navigator.serviceWorker.ready).active : null;
+    if (!worker) return false;
+    if (!urls.length) return true;
+    const channel = new MessageChannel();
+    const done = new Promise((resolve, reject) => {
+      channel.port1.onmessage = (event) => (event.data.error ? reject(new Error(event.data.error)) : resolve(true));
+    });
+    worker.postMessage({ keep: urls }, [channel.port2]);
+    return done;
+  }
+
+  async function keepRuntimeFiles() {
     const kept = ["litert/wasm/", "tfjs/", "tf.min.js", "tf-globals.js", "models/"]
       .map((p) => new URL(p, location.href).href);
     const files = performance.getEntriesByType("resource").map((e) => e.name)
       .filter((url) => kept.some((prefix) => url.startsWith(prefix)));
-    if (!worker || !files.length) {
-      document.body.dataset.offline = worker ? "kept" : "no";
-      return;
-    }
-    const channel = new MessageChannel(); // the worker answers once the files are in its cache
-    channel.port1.onmessage = (event) => { document.body.dataset.offline = event.data.error ? "failed" : "kept"; };
-    worker.postMessage({ keep: files }, [channel.port2]);
+    document.body.dataset.offline = await keepOffline(files).then((yes) => (yes ? "kept" : "no"), () => "failed");
   }
 
-  // Several models in one bundle (config.json "models"): the one picked last (remembered on this device), else
-  // the bundle's own. Picking another reloads the page with it; once loaded it is kept offline like the first.
-  function chooseModel(bundle) {
-    const models = bundle.models || [];
-    if (models.length < 2) return null;
-    const stored = localStorage.getItem("fungilib.model");
-    const model = models.find((m) => m.id === stored) || models[0];
-    const picker = $("model-picker");
-    picker.replaceChildren(...models.map((m) => {
-      const option = document.createElement("option");
-      option.value = m.id;
-      option.textContent = `${m.name} · ${m.species} species · ${m.input_size} px · ${m.mb} MB` +
-        (m.metrics ? ` · ${m.metrics}` : "");
-      return option;
-    }));
-    picker.value = model.id;
-    picker.addEventListener("change", () => {
-      localStorage.setItem("fungilib.model", picker.value);
-      location.reload();
-    });
-    $("model-choice").hidden = false;
-    $("keep-all").addEventListener("click", () => keepModels(models).catch(() => {
-      document.body.dataset.keptAll = "failed";
-    }));
-    return model;
-  }
-
-  // Every model's files into the offline cache now (a hiker choosing before leaving the signal behind), not only
-  // as each is first picked.
   async function keepModels(models) {
-    const worker = "serviceWorker" in navigator ? (await navigator.serviceWorker.ready).active : null;
-    if (!worker) throw new Error("no service worker");
     const urls = [];
     for (const m of models.filter((model) => model.path)) {
       const config = await getJSON(m.path + "config.json");
@@ -433,12 +408,7 @@ import { createRuntime } from "./runtime.js";
         ...["litert_model", "place_prior", "toxicity", "about"].map((key) => config[key]).filter(Boolean)];
       urls.push(...files.map((name) => new URL(m.path + name, location.href).href));
     }
-    const channel = new MessageChannel();
-    const done = new Promise((resolve, reject) => {
-      channel.port1.onmessage = (event) => (event.data.error ? reject(new Error(event.data.error)) : resolve());
-    });
-    worker.postMessage({ keep: urls }, [channel.port2]);
-    await done;
+    if (!(await keepOffline(urls))) throw new Error("no service worker");
     document.body.dataset.keptAll = "true";
     $("keep-all").textContent = "Every model is kept offline";
   }
