@@ -376,8 +376,6 @@ import { createRuntime } from "./runtime.js";
     return "works offline";
   }
 
-  // The runtime's files this page actually fetched (one WebAssembly build of several, or the TF.js fallback): the
-  // service worker keeps them, so a phone downloads what it runs, once.
   // The service worker (the active one, not the controller, which a first visit gets only after clients.claim())
   // adds ``urls`` to its offline cache: true once they are in it, false where there is no service worker.
   async function keepOffline(urls) {
@@ -392,6 +390,8 @@ import { createRuntime } from "./runtime.js";
     return done;
   }
 
+  // The runtime's files this page actually fetched (one WebAssembly build of several, or the TF.js fallback): the
+  // service worker keeps them, so a phone downloads what it runs, once.
   async function keepRuntimeFiles() {
     const kept = ["litert/wasm/", "tfjs/", "tf.min.js", "tf-globals.js", "models/"]
       .map((p) => new URL(p, location.href).href);
@@ -400,6 +400,35 @@ import { createRuntime } from "./runtime.js";
     document.body.dataset.offline = await keepOffline(files).then((yes) => (yes ? "kept" : "no"), () => "failed");
   }
 
+  // Several models in one bundle (config.json "models"): the one picked last (remembered on this device), else
+  // the bundle's own. Picking another reloads the page with it; once loaded it is kept offline like the first.
+  function chooseModel(bundle) {
+    const models = bundle.models || [];
+    if (models.length < 2) return null;
+    const stored = localStorage.getItem("fungilib.model");
+    const model = models.find((m) => m.id === stored) || models[0];
+    const picker = $("model-picker");
+    picker.replaceChildren(...models.map((m) => {
+      const option = document.createElement("option");
+      option.value = m.id;
+      option.textContent = `${m.name} · ${m.species} species · ${m.input_size} px · ${m.mb} MB` +
+        (m.metrics ? ` · ${m.metrics}` : "");
+      return option;
+    }));
+    picker.value = model.id;
+    picker.addEventListener("change", () => {
+      localStorage.setItem("fungilib.model", picker.value);
+      location.reload();
+    });
+    $("model-choice").hidden = false;
+    $("keep-all").addEventListener("click", () => keepModels(models).catch(() => {
+      document.body.dataset.keptAll = "failed";
+    }));
+    return model;
+  }
+
+  // Every model's files into the offline cache now (a hiker choosing before leaving the signal behind), not only
+  // as each is first picked.
   async function keepModels(models) {
     const urls = [];
     for (const m of models.filter((model) => model.path)) {
