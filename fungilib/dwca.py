@@ -6,9 +6,11 @@ import codecs
 import contextlib
 import csv
 import io
+import queue
 import shutil
 import tarfile
 import tempfile
+import threading
 import xml.etree.ElementTree as ET
 import zipfile
 import zlib
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -278,14 +281,19 @@ class Archive:
         """pyarrow's reader at full speed; a file with bytes invalid in its encoding is read again through a
         repairing stream (each bad byte replaced and counted), never failed whole for one byte.
 
-        A file on disk (folder or extracted tgz) is opened by pyarrow itself, with its threads. A zip member is a
-        Python stream: pyarrow then reads it on the calling thread, because its read-ahead threads would call
-        into Python during interpreter shutdown after an error (a fatal crash seen under load)."""
+        A file on disk (folder or extracted tgz) is opened by pyarrow itself, with its threads. A zip member is
+        inflated by a Python thread in blocks of whole lines, each parsed from memory with pyarrow's threads
+        (:meth:`_read_member_in_blocks`); pyarrow never reads a Python stream with its read-ahead threads, which
+        would call into Python during interpreter shutdown after an error (a fatal crash seen under load). The
+        repairing stream is read on the calling thread."""
         for repair in (False, True):
             try:
                 if not repair and self._zip is None:
                     return pacsv.read_csv(str(self._root / self._contained(spec.location)), read_opts, parse_opts,
                                           convert_opts)
+                if not repair and not parse_opts.newlines_in_values and \
+                        codecs.lookup(read_opts.encoding).name in _LINE_SAFE_ENCODINGS:
+                    return self._read_member_in_blocks(spec, read_opts, parse_opts, convert_opts, issues)
                 with self.open_binary(spec.location) as handle:
                     serial = {"column_names": read_opts.column_names, "skip_rows": read_opts.skip_rows,
                               "block_size": read_opts.block_size, "use_threads": False}
@@ -306,6 +314,44 @@ class Archive:
                 raise FungilibError(f"{self.source}: damaged archive: cannot read {spec.location} "
                                     f"({_damage(exc)})") from None
         raise AssertionError("unreachable")
+
+    def _read_member_in_blocks(self, spec: TableSpec, read_opts: pacsv.ReadOptions,
+                               parse_opts: pacsv.ParseOptions, convert_opts: pacsv.ConvertOptions,
+                               issues: RowIssues) -> pa.Table:
+        """A zip member, inflated one block ahead by a thread while pyarrow parses the previous block with all its
+        threads: at GBIF scale (1.4 M rows × 250 columns) twice as fast as one thread reading the stream. A block
+        with malformed rows is parsed again on one thread, which numbers them (lines of the whole file); its
+        counts join ``issues`` only when the whole file was read (a retry through the repairing stream would
+        count them again)."""
+        found = RowIssues()
+        tables: list[pa.Table] = []
+        lines_before = 0
+        with self.open_binary(spec.location) as handle, _line_too_long(self.source, spec.location):
+            for index, (block, newlines) in enumerate(_read_ahead(_line_blocks(handle, PARSE_BLOCK_BYTES))):
+                def options(threads: bool, first: bool = index == 0) -> pacsv.ReadOptions:
+                    return pacsv.ReadOptions(column_names=read_opts.column_names,
+                                             skip_rows=read_opts.skip_rows if first else 0,
+                                             encoding=read_opts.encoding, block_size=read_opts.block_size,
+                                             use_threads=threads)
+
+                bad = RowIssues()
+                table = pacsv.read_csv(pa.BufferReader(block), options(True), _with_handler(parse_opts, bad.handler),
+                                       convert_opts)
+                if bad.count:
+                    def numbered(row: pacsv.InvalidRow, offset: int = lines_before) -> str:
+                        number = None if row.number is None else row.number + offset
+                        return found.handler(pacsv.InvalidRow(row.expected_columns, row.actual_columns, number,
+                                                              row.text))
+
+                    table = pacsv.read_csv(pa.BufferReader(block), options(False),
+                                           _with_handler(parse_opts, numbered), convert_opts)
+                tables.append(table)
+                lines_before += newlines
+        issues.count += found.count
+        issues.first.extend(found.first[:max(0, 3 - len(issues.first))])
+        if not tables:
+            return pa.table({name: pa.array([], pa.string()) for name in convert_opts.include_columns})
+        return pa.concat_tables(tables)
 
     def _split(self, spec: TableSpec, line: str) -> list[str]:
         if spec.quote:
@@ -384,6 +430,101 @@ class Archive:
             if f is not None and f.index is None and f.default is not None:
                 columns[term] = pa.array([f.default] * table.num_rows, pa.string())
         return pa.table(columns)
+
+
+PARSE_BLOCK_BYTES = 1 << 24  # a zip member is parsed 16 MiB of whole lines at a time while the next is inflated
+# (measured at 1.4 M occurrences: 8–16 MiB 1.8 s, 32 MiB 2.7 s, 64 MiB 3.5 s; bigger reads inflate slower)
+
+
+class _LineTooLong(ValueError):
+    pass
+
+
+def _newlines(block: bytes) -> int:
+    return int(np.count_nonzero(np.frombuffer(block, np.uint8) == 10))  # NumPy lets the parsing thread run
+
+
+def _line_blocks(handle: IO[bytes], size: int) -> Iterator[tuple[bytes, int]]:
+    """The stream as blocks of whole lines of about ``size`` bytes (the last may lack its newline), each with its
+    number of line ends; a line longer than ``size`` raises :class:`_LineTooLong` before more of it is read."""
+    rest = b""
+    while True:
+        data = handle.read(size)
+        if not data:
+            if rest:
+                yield rest, _newlines(rest)
+            return
+        data = rest + data if rest else data
+        cut = data.rfind(b"\n") + 1
+        if cut == 0:
+            if len(data) > size:
+                raise _LineTooLong(size)
+            rest = data
+            continue
+        rest, block = data[cut:], data[:cut]
+        yield block, _newlines(block)
+
+
+def _read_ahead(blocks: Iterator[Any]) -> Iterator[Any]:
+    """``blocks`` produced by a thread one block ahead of the consumer (inflating a zip member releases the GIL,
+    so it overlaps the parsing). The thread stops when the consumer does, finished or not."""
+    slot: queue.Queue[Any] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+    end = object()
+
+    def produce() -> None:
+        try:
+            for block in blocks:
+                while not stop.is_set():
+                    try:
+                        slot.put(block, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            item: Any = end
+        except BaseException as exc:  # noqa: BLE001 — handed to the consumer, raised there
+            item = exc
+        while not stop.is_set():
+            try:
+                slot.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    thread = threading.Thread(target=produce, name="fungilib-inflate", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = slot.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+@contextlib.contextmanager
+def _line_too_long(source: Path, location: str) -> Iterator[None]:
+    try:
+        yield
+    except _LineTooLong as exc:
+        raise FungilibError(f"{source}: cannot read {location}: a line longer than {exc.args[0] >> 20} MiB "
+                            "(not a table row)") from None
+
+
+_LINE_SAFE_ENCODINGS = {"utf-8", "utf-8-sig", "ascii", "latin-1", "iso8859-1", "cp1252"}  # b"\n" ends a line
+
+
+def _with_handler(options: pacsv.ParseOptions, handler: Any) -> pacsv.ParseOptions:
+    return pacsv.ParseOptions(delimiter=options.delimiter, quote_char=options.quote_char,
+                              double_quote=options.double_quote, escape_char=options.escape_char,
+                              newlines_in_values=options.newlines_in_values,
+                              ignore_empty_lines=options.ignore_empty_lines, invalid_row_handler=handler)
 
 
 def _damage(exc: BaseException) -> str:

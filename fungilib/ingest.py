@@ -167,25 +167,39 @@ _SAFE_CORE_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 HASH_CHUNK_ROWS = 250_000
 
 
-def _hashes(values: pa.ChunkedArray | pa.Array) -> pa.Array:
-    """A stable 64-bit hash of each text (SipHash with pandas' fixed key), as decimal text; vectorised, in slices
-    (the texts become Python objects for hashing: a slice at a time keeps that to a few megabytes)."""
+def _hash_numbers(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A stable 64-bit hash of each text (SipHash with pandas' fixed key); vectorised, in slices (the texts become
+    Python objects for hashing: a slice at a time keeps that to a few megabytes)."""
     values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
     parts = [pd.util.hash_array(values.slice(start, HASH_CHUNK_ROWS).to_numpy(zero_copy_only=False).astype(object),
-                                categorize=True) for start in range(0, len(values), HASH_CHUNK_ROWS)]
-    codes = np.concatenate(parts) if parts else np.zeros(0, np.uint64)
-    return pc.cast(pa.array(codes, pa.uint64()), pa.string())
+                                categorize=False) for start in range(0, len(values), HASH_CHUNK_ROWS)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.uint64)
 
 
-def media_ids(core_ids: pa.ChunkedArray, urls: pa.ChunkedArray) -> pa.Array:
+def _hashes(values: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """:func:`_hash_numbers` as decimal text."""
+    return _as_decimal(_hash_numbers(values))
+
+
+def _as_decimal(numbers: np.ndarray) -> pa.Array:
+    return pc.cast(pa.array(numbers, pa.uint64()), pa.string())
+
+
+def media_ids(core_ids: pa.ChunkedArray, urls: pa.ChunkedArray, url_hashes: np.ndarray | None = None) -> pa.Array:
     """A photo's identity: its occurrence's core id (the join key; hashed when unfit for a file name) and a hash
-    of its URL. Stable when an archive reorders or changes an occurrence's photo list (a new URL is a new file,
-    never a stale one credited to it), unique per occurrence and photo."""
+    of its URL (``url_hashes``, when the caller has them: :func:`_hash_numbers` of ``urls``). Stable when an
+    archive reorders or changes an occurrence's photo list (a new URL is a new file, never a stale one credited to
+    it), unique per occurrence and photo."""
+    url_hashes = _hash_numbers(urls) if url_hashes is None else url_hashes
     core_ids = core_ids.combine_chunks() if isinstance(core_ids, pa.ChunkedArray) else core_ids
     safe = pc.and_(pc.match_substring_regex(core_ids, _SAFE_CORE_ID),
                    pc.invert(pc.match_substring(core_ids, "..")))
-    prefix = pc.if_else(safe, core_ids, pc.binary_join_element_wise("h", _hashes(core_ids), ""))
-    return pc.binary_join_element_wise(prefix, _hashes(urls), "-")
+    unsafe = pc.invert(safe)
+    prefix = core_ids
+    if pc.any(unsafe).as_py():  # only the unfit ids are hashed (GBIF's numeric gbifIDs are all fit)
+        hashed = pc.binary_join_element_wise("h", _hashes(core_ids.filter(unsafe)), "")
+        prefix = pc.replace_with_mask(core_ids, unsafe, hashed)
+    return pc.binary_join_element_wise(prefix, _as_decimal(url_hashes), "-")
 
 
 def _compact(column: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -235,7 +249,8 @@ def _occurrence_columns(occ: pa.Table) -> dict[str, pa.Array]:
     return out
 
 
-def _observation_table(media: pa.Table, occurrence: dict[str, pa.Array], positions: pa.Array) -> pa.Table:
+def _observation_table(media: pa.Table, occurrence: dict[str, pa.Array], positions: pa.Array,
+                       url_hashes: np.ndarray) -> pa.Table:
     """The stable observations schema, one row per photo: media rows, and their occurrence's columns taken by
     ``positions`` (row i of the media is a photo of occurrence ``positions[i]``, see ``_join_positions``)."""
 
@@ -243,11 +258,15 @@ def _observation_table(media: pa.Table, occurrence: dict[str, pa.Array], positio
         return occurrence[name].take(positions)
 
     def photo_or_occurrence(name: str) -> pa.Array:  # the photo's own licence or rights holder, else the record's
-        own = _as_text(_column(media, name).combine_chunks())
-        return _compact(pc.if_else(pc.equal(own, ""), _as_text(of_photo(name)), own))
+        own = _column(media, name).combine_chunks()
+        missing = pc.equal(own, "")
+        if not pc.any(missing).as_py():  # every photo has its own (usual in GBIF exports): kept as compacted
+            return own
+        own = _as_text(own)
+        return _compact(pc.if_else(missing, _as_text(of_photo(name)), own))
 
     return pa.table({
-        "media_id": media_ids(media.column("coreid"), media.column("identifier")),
+        "media_id": media_ids(media.column("coreid"), media.column("identifier"), url_hashes),
         "gbifID": of_photo("gbifID"),
         "url": media.column("identifier").combine_chunks(),
         "format": _compact(_as_text(_column(media, "format").combine_chunks())),
@@ -262,11 +281,17 @@ def _observation_table(media: pa.Table, occurrence: dict[str, pa.Array], positio
     })
 
 
-def _first_of_each(values: pa.Array) -> np.ndarray:
-    """A mask keeping the first row of each distinct value (Arrow's hashing: no Python objects)."""
-    indices = pc.dictionary_encode(values).indices.to_numpy(zero_copy_only=False)
-    keep = np.zeros(len(values), bool)
-    keep[np.unique(indices, return_index=True)[1]] = True
+def _first_of_each_photo(positions: np.ndarray, url_hashes: np.ndarray) -> np.ndarray:
+    """A mask keeping the first row of each (occurrence, URL) pair — of each media id, which is made of the two.
+    One stable sort of a 64-bit key mixing both; rows are dropped only when occurrence and URL hash both equal
+    the previous row's (a key collision can then keep a duplicate, never drop a photo)."""
+    key = url_hashes ^ (positions.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+    order = np.argsort(key, kind="stable")
+    p, h = positions[order], url_hashes[order]
+    repeat = np.zeros(len(order), bool)
+    repeat[1:] = (key[order][1:] == key[order][:-1]) & (p[1:] == p[:-1]) & (h[1:] == h[:-1])
+    keep = np.ones(len(order), bool)
+    keep[order[repeat]] = False
     return keep
 
 
@@ -309,9 +334,10 @@ def ingest(params: IngestParams) -> IngestResult:
     del occ_ids
     media = media.filter(found)
     del found
-    table = _observation_table(media, occurrence, positions)
-    del media, occurrence, positions
-    unique = _first_of_each(table.column("media_id").combine_chunks()) if table.num_rows else np.zeros(0, bool)
+    url_hashes = _hash_numbers(media.column("identifier"))
+    table = _observation_table(media, occurrence, positions, url_hashes)
+    unique = _first_of_each_photo(positions.to_numpy(zero_copy_only=False), url_hashes)
+    del media, occurrence, positions, url_hashes
     skipped["same photo listed twice for one occurrence"] = int((~unique).sum())
     if not unique.all():
         table = table.filter(pa.array(unique))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import zipfile
 from pathlib import Path
@@ -151,3 +152,57 @@ def test_every_real_archive_ingests_or_is_refused_in_one_line(shared_dwca: Path,
     assert "2 occurrences but no multimedia" in outcomes["dwca-simple-test-archive.tgz"]
     assert "3 occurrences but no multimedia" in outcomes["dwca-simple-csv.zip"]
     assert "not a simple Darwin Core archive" in outcomes["dwca-invalid-simple-two.zip"]
+
+
+def test_arrow_tables_are_written_as_pandas_reads_them_across_chunks(tmp_path: Path) -> None:
+    """write_arrow_hdf lays out the head through pandas and appends the rest from Arrow's buffers: the file reads
+    back with pandas.read_hdf as the same frame — categories, multi-byte text, empty text, NaN, blocks of floats."""
+    import numpy as np
+    import pyarrow as pa
+
+    from fungilib.fsutil import write_arrow_hdf
+
+    rows = 2_345
+    rng = np.random.default_rng(0)
+    names = ["Amanita muscaria", "Cortinarius violaceus", "Lactarius deliciosus"]
+    species = pa.array([names[i] for i in rng.integers(0, 3, rows)]).dictionary_encode()
+    text = pa.array([("" if i % 7 == 0 else f"https://example.org/ü/{i}/{'ñ' * (i % 13)}.jpg") for i in range(rows)])
+    latitude = np.where(rng.random(rows) < 0.1, np.nan, rng.uniform(-60, 70, rows))
+    table = pa.table({"url": text, "species": species, "latitude": latitude, "longitude": rng.uniform(-180, 180, rows),
+                      "year": pa.array(rng.integers(1990, 2026, rows).astype(np.float32)), "media_id": text.slice(0)})
+    path = tmp_path / "t.h5"
+    write_arrow_hdf(path, "observations", table, chunk_rows=500, head_rows=100)
+    got = pd.read_hdf(path, "observations")
+    expected = table.to_pandas()
+    expected["species"] = pd.Categorical(expected["species"].astype(str), categories=species.dictionary.to_pylist())
+    for name in ("url", "media_id"):
+        expected[name] = expected[name].astype(object)
+        got[name] = got[name].astype(object)
+    pd.testing.assert_frame_equal(got, expected, check_index_type=False)
+    assert got["url"].str.len().max() == max(len(v) for v in text.to_pylist())
+    assert got.index.tolist() == list(range(rows))
+
+
+def test_zip_members_read_in_blocks_give_the_same_table_and_number_bad_lines(pipeline, tmp_path: Path,
+                                                                             monkeypatch) -> None:
+    """A zip member is parsed in blocks of whole lines while the next block is inflated: with blocks of 2 KiB (a
+    few rows each) the table is the one read with the default 16 MiB blocks, and a malformed row far into the
+    file is counted once and named by its line in the whole file."""
+    import fungilib.dwca
+
+    def edit(name: str, data: bytes) -> bytes:
+        if name == "occurrence.txt":
+            lines = data.split(b"\n")
+            lines[40] = lines[40] + b"\tan extra column"
+            return b"\n".join(lines)
+        return data
+
+    archive = _rewrite(pipeline.sample.archive, tmp_path / "extra.zip", edit)
+    whole = ingest(IngestParams(archive, tmp_path / "whole"))
+    monkeypatch.setattr(fungilib.dwca, "PARSE_BLOCK_BYTES", 2048)
+    blocks = ingest(IngestParams(archive, tmp_path / "blocks"))
+    assert blocks.malformed_rows == whole.malformed_rows == 1
+    report = json.loads((tmp_path / "blocks" / "ingest_report.json").read_text())
+    assert report["malformed_row_examples"][0].startswith("line 41: expected"), report["malformed_row_examples"]
+    pd.testing.assert_frame_equal(load_observations(tmp_path / "blocks"), load_observations(tmp_path / "whole"))
+    assert blocks.images == whole.images and blocks.occurrences == whole.occurrences == pipeline.ingest.occurrences - 1
