@@ -179,12 +179,13 @@ def parse_args(description: str) -> argparse.Namespace:
     return parser.parse_args()
 
 
-def exported_demo(run: Path) -> Path:
-    """``run`` exported once into bench/work/inference/demo-bundle (again when the run's model is newer)."""
+def exported_demo(run: Path, bundle: Path | None = None) -> Path:
+    """``run`` exported once into ``bundle`` (bench/work/inference/demo-bundle; again when the run's model is
+    newer)."""
     from fungilib.export import WEB_TFLITE, ExportParams, export_run
 
     WORK.mkdir(parents=True, exist_ok=True)
-    bundle = WORK / "demo-bundle"
+    bundle = bundle or WORK / "demo-bundle"
     model = Path(run) / "model.keras"
     if not (bundle / WEB_TFLITE).exists() or (bundle / WEB_TFLITE).stat().st_mtime < model.stat().st_mtime:
         export_run(ExportParams(run=run, out=bundle, parity_images=4))

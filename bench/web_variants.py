@@ -1,9 +1,13 @@
-"""The page's batch-1 model in three variants — float32, float16 weights, dynamic-range int8 — for the demo model
-and MobileNetV3Small / EfficientNetB0 at 224 px: size, agreement with float32 (max |Δp|, top-1 on real or random
-inputs), native LiteRT and LiteRT.js (WebAssembly in headless Chromium, 1 and all threads) latency.
+"""The page's batch-1 model in four variants — float32, float16 weights, dynamic-range int8, full int8 (weights and
+activations, calibrated) — for the demo model, an EfficientNetB0 trained on the sample (when
+bench/work/int8/effb0-train exists) and MobileNetV3Small / EfficientNetB0 at 224 px: size, agreement with float32
+(max |Δp|, top-1 on the test photos, or on random inputs for the untrained 224 px models: speed rows), native LiteRT
+and LiteRT.js (WebAssembly in headless Chromium, 1 and all threads) latency.
 
 Usage: .venv/bin/python bench/web_variants.py [--run runs/demo/train] [--repeats 30]
-(reuses bench/inference.py's models and page harness under bench/work/inference)
+(reuses bench/inference.py's models and page harness under bench/work/inference; the EfficientNetB0 run:
+ fungilib train --params runs/demo/train/params.yaml --out bench/work/int8/effb0-train
+   --set model.base=EfficientNetB0 --set fit.epochs=8)
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-VARIANTS = ("float32", "float16", "dynamic")
+VARIANTS = ("float32", "float16", "dynamic", "int8")
+EFFNET_RUN = HERE / "work" / "int8" / "effb0-train"
 
 
 def main() -> None:
@@ -29,7 +34,7 @@ def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
     import numpy as np
 
-    from fungilib.export import parity_images, web_tflite
+    from fungilib.export import parity_images, split_rows, web_tflite
     from fungilib.litert import litert_runner
     from fungilib.serve import serving
     from fungilib.train import load_trained
@@ -38,11 +43,23 @@ def main() -> None:
     demo_bundle = exported_demo(args.run)
     _, labels, prep = load_trained(args.run)
     size = int(prep["input_size"])
-    cases = {f"demo model ({size} px)": (demo_bundle, size, parity_images(args.run, size, 64))}
+
+    def photos(run: Path, bundle: Path) -> tuple[Path, int, np.ndarray, np.ndarray, np.ndarray]:
+        """The run's test photos with their labels, and 200 training photos for the int8 calibration."""
+        run_labels = load_trained(run)[1]
+        truth = split_rows(run, 400)["class_key"].map(dict(zip(run_labels["class_key"], run_labels["label"],
+                                                               strict=True))).to_numpy()
+        return (bundle, size, parity_images(run, size, 400), parity_images(run, size, 200, split="train"), truth)
+
+    cases = {f"demo model, MobileNetV3Small ({size} px)": photos(args.run, demo_bundle)}
+    if (EFFNET_RUN / "model.keras").exists():
+        cases[f"EfficientNetB0 trained on the sample ({size} px)"] = photos(
+            EFFNET_RUN, exported_demo(EFFNET_RUN, WORK / "effb0-bundle"))
     rng = np.random.default_rng(0)
     for base in ("MobileNetV3Small", "EfficientNetB0"):
         _, folder = _model_224(base, WORK / f"{base.lower()}-224", len(labels))
-        cases[f"{base} 224 px"] = (folder, 224, rng.uniform(0, 255, (16, 224, 224, 3)).astype(np.float32))
+        cases[f"{base} 224 px (untrained: speed)"] = (folder, 224, rng.uniform(0, 255, (16, 224, 224, 3)).astype(
+            np.float32), rng.uniform(0, 255, (16, 224, 224, 3)).astype(np.float32), None)
     site = WORK / "variants-site"
     shutil.rmtree(site, ignore_errors=True)
     site.mkdir(parents=True)
@@ -52,11 +69,11 @@ def main() -> None:
                                      "<p>fungilib LiteRT.js variants</p>")
     (site / "config.json").write_text("{}")
     rows, threads = [], os.cpu_count() or 2
-    for name, (folder, px, images) in cases.items():
+    for number, (name, (folder, px, images, calibration, truth)) in enumerate(cases.items()):
         reference = None
         for variant in VARIANTS:
-            path = site / f"{name.split()[0].lower()}-{px}-{variant}.tflite"
-            path.write_bytes(web_tflite(folder / "saved_model", px, variant))
+            path = site / f"case{number}-{px}-{variant}.tflite"
+            path.write_bytes(web_tflite(folder / "saved_model", px, variant, calibration))
             run = litert_runner(path.read_bytes(), px, batch_size=1)
             probs = np.concatenate([run(images[i:i + 1]) for i in range(len(images))])
             reference = probs if reference is None else reference
@@ -66,7 +83,8 @@ def main() -> None:
                          "top1_agreement_vs_f32": float(np.mean(probs.argmax(1) == reference.argmax(1))),
                          "native_1_thread_ms": _litert_ms(path, x, args.repeats, 1),
                          f"native_{threads}_threads_ms": _litert_ms(path, x, args.repeats, threads),
-                         "url": path.name, "px": px})
+                         "url": path.name, "px": px,
+                         "test_top1": None if truth is None else float(np.mean(probs.argmax(1) == truth))})
     from playwright.sync_api import sync_playwright
 
     with serving(site) as url, sync_playwright() as pw:
@@ -88,7 +106,7 @@ def main() -> None:
               "repeats": args.repeats, "rows": rows}
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "web_variants.json").write_text(json.dumps(result, indent=2) + "\n")
-    keys = ["size_mb", "max_abs_diff_vs_f32", "top1_agreement_vs_f32", "native_1_thread_ms",
+    keys = ["size_mb", "max_abs_diff_vs_f32", "top1_agreement_vs_f32", "test_top1", "native_1_thread_ms",
             f"native_{threads}_threads_ms", "litert_js_1_thread_ms", f"litert_js_{threads}_threads_ms"]
     print("| model | variant | " + " | ".join(keys) + " |\n|" + "---|" * (len(keys) + 2))
     for r in rows:

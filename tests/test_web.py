@@ -549,7 +549,7 @@ def test_a_float16_page_model_halves_the_download_and_answers_alike(trained_run:
 
     result = export_run(ExportParams(run=trained_run, out=tmp_path / "bundle", tfjs_quantization=["none"],
                                      parity_images=8, litert_web="float16"))
-    f32 = (trained_run.parent / "export" / "bundle" / "model_f32.tflite").stat().st_size
+    f32 = (result.bundle / "model_f32.tflite").stat().st_size
     assert result.files["model_web.tflite"] < 0.6 * f32
     assert result.parity["tflite_web"]["top1_agreement"] == 1.0 and result.parity["tflite_web"]["max_abs_diff"] < 0.02
     manifest, _ = load_manifest(pipeline.root / "clean")
@@ -565,6 +565,46 @@ def test_a_float16_page_model_halves_the_download_and_answers_alike(trained_run:
                 top = _classify(page, image)
                 keras = _keras_probabilities(trained_run, image)
                 assert top[0][0] == int(np.argmax(keras)) and abs(top[0][1] - keras.max()) < 0.02
+            browser.close()
+
+
+def test_an_int8_page_model_is_a_quarter_of_the_bytes_and_answers_as_native_litert(trained_run: Path, pipeline,  # noqa: ANN001
+                                                                                  tmp_path: Path, free_port: int) -> None:
+    """`litert_web: int8`: weights and activations in 8 bits, calibrated on training photos; the export checks it
+    against Keras on the test photos (agreement and both top-1 recorded; int8's at most int8_max_top1_drop lower),
+    the page runs it in LiteRT.js and answers what native LiteRT answers with the same file."""
+    from playwright.sync_api import sync_playwright
+
+    from fungilib.clean import load_manifest
+    from fungilib.export import ExportParams
+    from fungilib.input_pipeline import decode_file, eval_transform
+    from fungilib.litert import litert_runner
+
+    with pytest.raises(FungilibError, match="int8_max_top1_drop must lie in"):
+        ExportParams(run=trained_run, litert_web="int8", int8_max_top1_drop=1.5)
+    result = export_run(ExportParams(run=trained_run, out=tmp_path / "bundle", tfjs_quantization=["none"],
+                                     parity_images=4, litert_web="int8"))
+    f32 = (result.bundle / "model_f32.tflite").stat().st_size
+    assert result.files["model_web.tflite"] < 0.35 * f32
+    check = result.parity["tflite_web"]
+    manifest, _ = load_manifest(pipeline.root / "clean")
+    tests = manifest.loc[manifest["split"] == "test", "path"]
+    assert check["images"] == min(len(tests), 200) and check["top1_keras"] - check["top1"] <= 0.02, check
+    assert 0 < check["top1_agreement"] <= 1 and check["max_abs_diff"] > 0, check
+    assert json.loads((result.bundle / "config.json").read_text())["litert_variant"] == "int8"
+    size = json.loads((result.bundle / "preprocessing.json").read_text())["input_size"]
+    native = litert_runner((result.bundle / "model_web.tflite").read_bytes(), size, batch_size=1)
+    with _served(result.bundle, free_port):
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{free_port}/")
+            page.wait_for_selector("body[data-ready=true]", state="attached", timeout=60_000)
+            assert page.get_attribute("body", "data-runtime").startswith("LiteRT.js")
+            for image in [Path(p) for p in tests.head(3)]:
+                top = _classify(page, image)
+                expected = native(eval_transform(decode_file(str(image)), size).numpy()[None])[0]
+                assert top[0][0] == int(np.argmax(expected)) and abs(top[0][1] - expected.max()) < 0.02
             browser.close()
 
 
