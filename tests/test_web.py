@@ -582,15 +582,21 @@ def test_an_int8_page_model_is_a_quarter_of_the_bytes_and_answers_as_native_lite
 
     with pytest.raises(FungilibError, match="int8_max_top1_drop must lie in"):
         ExportParams(run=trained_run, litert_web="int8", int8_max_top1_drop=1.5)
-    result = export_run(ExportParams(run=trained_run, out=tmp_path / "bundle", tfjs_quantization=["none"],
-                                     parity_images=4, litert_web="int8"))
+    # the tests' model is small and weak (top-1 about 0.65 on 41 test photos), where one photo is 2.4 points
+    int8 = {"run": trained_run, "tfjs_quantization": ["none"], "parity_images": 4, "litert_web": "int8"}
+    result = export_run(ExportParams(**int8, out=tmp_path / "bundle", int8_max_top1_drop=0.2))
     f32 = (result.bundle / "model_f32.tflite").stat().st_size
     assert result.files["model_web.tflite"] < 0.35 * f32
     check = result.parity["tflite_web"]
     manifest, _ = load_manifest(pipeline.root / "clean")
     tests = manifest.loc[manifest["split"] == "test", "path"]
-    assert check["images"] == min(len(tests), 200) and check["top1_keras"] - check["top1"] <= 0.02, check
+    assert check["images"] == min(len(tests), 200) and check["top1_keras"] - check["top1"] <= 0.2, check
     assert 0 < check["top1_agreement"] <= 1 and check["max_abs_diff"] > 0, check
+    assert json.loads((result.bundle / "parity.json").read_text())["tflite_web"] == check
+    if check["top1"] < check["top1_keras"]:  # the same model, held to no drop at all, is refused in one line
+        with pytest.raises(FungilibError, match=r"int8 model scores top-1 .* \(int8_max_top1_drop 0.0\); export with"):
+            export_run(ExportParams(**int8, out=tmp_path / "refused", int8_max_top1_drop=0.0))
+        assert not (tmp_path / "refused").exists()
     assert json.loads((result.bundle / "config.json").read_text())["litert_variant"] == "int8"
     size = json.loads((result.bundle / "preprocessing.json").read_text())["input_size"]
     native = litert_runner((result.bundle / "model_web.tflite").read_bytes(), size, batch_size=1)
