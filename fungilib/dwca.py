@@ -472,26 +472,25 @@ def _read_ahead(blocks: Iterator[Any]) -> Iterator[Any]:
     stop = threading.Event()
     end = object()
 
+    def hand_over(item: Any) -> bool:
+        """Put ``item`` in the slot unless the consumer has stopped; whether it was put."""
+        while not stop.is_set():
+            try:
+                slot.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for block in blocks:
-                while not stop.is_set():
-                    try:
-                        slot.put(block, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not hand_over(block):
                     return
             item: Any = end
         except BaseException as exc:  # noqa: BLE001 — handed to the consumer, raised there
             item = exc
-        while not stop.is_set():
-            try:
-                slot.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
+        hand_over(item)
 
     thread = threading.Thread(target=produce, name="fungilib-inflate", daemon=True)
     thread.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,12 +73,23 @@ def ensure_kernel(force: bool = False) -> str:
     return KERNEL_NAME
 
 
+KERNEL_START_TRIES = 3  # a kernel that dies before answering is started again, this many times in all
+
+
+def _kernel_died_starting(exc: BaseException) -> bool:
+    """jupyter_client's error for a kernel that exited before its first reply — before any cell ran. Seen when
+    several sweep runs start kernels at once on a loaded machine (their TCP ports are picked, released and then
+    bound, so two kernels can race for one)."""
+    return isinstance(exc, RuntimeError) and "before replying to kernel_info" in str(exc)
+
+
 def run_notebook(notebook: Path, output: Path, parameters: dict[str, Any], source: str = "parameters",
-                 raise_on_error: bool = True) -> NotebookRun:
+                 raise_on_error: bool = True, kernel_name: str | None = None) -> NotebookRun:
     """Execute ``notebook`` into ``output`` with ``parameters`` (checked against its parameters cell).
 
     The executed notebook is written even when a cell fails: papermill keeps the traceback in it, so the
     notebook is the log of the failed run. With ``raise_on_error`` the failure is then re-raised as one line.
+    A kernel that dies while starting (no cell has run) is started again, up to ``KERNEL_START_TRIES`` times.
     """
     notebook, output = Path(notebook), Path(output)
     check_parameters(notebook, parameters, source)
@@ -85,8 +97,16 @@ def run_notebook(notebook: Path, output: Path, parameters: dict[str, Any], sourc
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the kernel inherits it: no TensorFlow start-up chatter
     start = time.perf_counter()
     try:
-        pm.execute_notebook(str(notebook), str(output), parameters=parameters, cwd=str(notebook.parent),
-                            progress_bar=False, kernel_name=ensure_kernel(), log_output=False)
+        for attempt in range(1, KERNEL_START_TRIES + 1):
+            try:
+                pm.execute_notebook(str(notebook), str(output), parameters=parameters, cwd=str(notebook.parent),
+                                    progress_bar=False, kernel_name=kernel_name or ensure_kernel(), log_output=False)
+                break
+            except RuntimeError as exc:
+                if not _kernel_died_starting(exc) or attempt == KERNEL_START_TRIES:
+                    raise
+                print(f"[notebook] {notebook.name}: the kernel died while starting ({attempt} of "
+                      f"{KERNEL_START_TRIES}); starting another", file=sys.stderr, flush=True)
     except pm.PapermillExecutionError as exc:
         run = NotebookRun(notebook, output, parameters, time.perf_counter() - start, False,
                           f"{exc.ename}: {exc.evalue}".splitlines()[0])

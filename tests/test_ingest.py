@@ -101,15 +101,20 @@ def test_broken_archives_give_one_clear_line(pipeline, tmp_path: Path, case: str
     assert str(target) in str(info.value) or case in {"empty_occurrences"}
 
 
-def test_malformed_rows_are_counted_not_lost_silently(pipeline, tmp_path: Path) -> None:
+def _extra_column_at(line_index: int):  # noqa: ANN202 - an edit for _rewrite
+    """An edit giving occurrence.txt's line ``line_index`` (0: the header) one column too many."""
     def edit(name: str, data: bytes) -> bytes:
         if name == "occurrence.txt":
             lines = data.split(b"\n")
-            lines[3] = lines[3] + b"\tan extra column"
+            lines[line_index] = lines[line_index] + b"\tan extra column"
             return b"\n".join(lines)
         return data
 
-    archive = _rewrite(pipeline.sample.archive, tmp_path / "extra.zip", edit)
+    return edit
+
+
+def test_malformed_rows_are_counted_not_lost_silently(pipeline, tmp_path: Path) -> None:
+    archive = _rewrite(pipeline.sample.archive, tmp_path / "extra.zip", _extra_column_at(3))
     result = ingest(IngestParams(archive, tmp_path / "out"))
     assert result.malformed_rows == 1
     assert result.occurrences == pipeline.ingest.occurrences - 1
@@ -190,14 +195,7 @@ def test_zip_members_read_in_blocks_give_the_same_table_and_number_bad_lines(pip
     file is counted once and named by its line in the whole file."""
     import fungilib.dwca
 
-    def edit(name: str, data: bytes) -> bytes:
-        if name == "occurrence.txt":
-            lines = data.split(b"\n")
-            lines[40] = lines[40] + b"\tan extra column"
-            return b"\n".join(lines)
-        return data
-
-    archive = _rewrite(pipeline.sample.archive, tmp_path / "extra.zip", edit)
+    archive = _rewrite(pipeline.sample.archive, tmp_path / "extra.zip", _extra_column_at(40))
     whole = ingest(IngestParams(archive, tmp_path / "whole"))
     monkeypatch.setattr(fungilib.dwca, "PARSE_BLOCK_BYTES", 2048)
     blocks = ingest(IngestParams(archive, tmp_path / "blocks"))

@@ -73,3 +73,40 @@ def test_failed_notebook_is_kept_with_its_traceback(tmp_path: Path) -> None:
         "ZeroDivisionError")[-1].split('"source"')[0]
     with pytest.raises(FungilibError, match=r"broken.ipynb failed \(ZeroDivisionError.*the executed notebook is"):
         run_notebook(HERE / "notebooks" / "broken.ipynb", tmp_path / "again.ipynb", {"divisor": 0})
+
+
+def test_a_kernel_that_dies_while_starting_is_started_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel spec whose first launches exit at once (as a kernel that lost a port race does): run_notebook starts
+    another kernel, and the notebook runs; one that never starts fails after KERNEL_START_TRIES launches."""
+    import json
+    import sys
+
+    from fungilib.notebooks import KERNEL_START_TRIES
+
+    def kernel_spec(name: str, failures: int) -> None:
+        folder = tmp_path / "jupyter" / "kernels" / name
+        folder.mkdir(parents=True)
+        launcher = folder / "launch.py"
+        launcher.write_text(
+            "import os, sys, pathlib, runpy\n"
+            f"count = pathlib.Path({str(folder / 'launches')!r})\n"
+            "n = int(count.read_text()) + 1 if count.exists() else 1\n"
+            "count.write_text(str(n))\n"
+            f"if n <= {failures}:\n    sys.exit(1)\n"
+            "sys.argv = ['ipykernel_launcher', *sys.argv[1:]]\n"
+            "runpy.run_module('ipykernel_launcher', run_name='__main__')\n")
+        (folder / "kernel.json").write_text(json.dumps({
+            "argv": [sys.executable, str(launcher), "-f", "{connection_file}"], "display_name": name,
+            "language": "python"}))
+
+    kernel_spec("dies-twice", KERNEL_START_TRIES - 1)
+    kernel_spec("never-starts", 99)
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    out = tmp_path / "twice.ipynb"
+    run = run_notebook(HERE / "notebooks" / "broken.ipynb", out, {"divisor": 2}, kernel_name="dies-twice")
+    assert run.ok and "before the failure" in out.read_text()
+    assert (tmp_path / "jupyter" / "kernels" / "dies-twice" / "launches").read_text() == str(KERNEL_START_TRIES)
+    with pytest.raises(RuntimeError, match="before replying to kernel_info"):
+        run_notebook(HERE / "notebooks" / "broken.ipynb", tmp_path / "never.ipynb", {"divisor": 2},
+                     kernel_name="never-starts")
+    assert (tmp_path / "jupyter" / "kernels" / "never-starts" / "launches").read_text() == str(KERNEL_START_TRIES)

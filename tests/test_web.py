@@ -538,12 +538,25 @@ def test_a_full_journal_says_so_and_loses_nothing_already_saved(bundle: ExportRe
             browser.close()
 
 
+def _litert_page_answers(bundle: Path, port: int, images: list[Path]) -> list[list[tuple[int, float]]]:
+    """The page of ``bundle``, served on ``port`` and opened in Chromium, on LiteRT.js: its top list per photo."""
+    from playwright.sync_api import sync_playwright
+
+    with _served(bundle, port), sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.wait_for_selector("body[data-ready=true]", state="attached", timeout=60_000)
+        assert page.get_attribute("body", "data-runtime").startswith("LiteRT.js")
+        answers = [_classify(page, image) for image in images]
+        browser.close()
+    return answers
+
+
 def test_a_float16_page_model_halves_the_download_and_answers_alike(trained_run: Path, pipeline, tmp_path: Path,  # noqa: ANN001
                                                                     free_port: int) -> None:
     """`litert_web: float16`: the page's model at half the bytes, run by LiteRT.js in Chromium, naming what Keras
     names with probabilities within a few thousandths (parity recorded, same top-1 required)."""
-    from playwright.sync_api import sync_playwright
-
     from fungilib.clean import load_manifest
     from fungilib.export import ExportParams
 
@@ -554,18 +567,9 @@ def test_a_float16_page_model_halves_the_download_and_answers_alike(trained_run:
     assert result.parity["tflite_web"]["top1_agreement"] == 1.0 and result.parity["tflite_web"]["max_abs_diff"] < 0.02
     manifest, _ = load_manifest(pipeline.root / "clean")
     images = [Path(p) for p in manifest.loc[manifest["split"] == "test", "path"].head(3)]
-    with _served(result.bundle, free_port):
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-            page = browser.new_page()
-            page.goto(f"http://127.0.0.1:{free_port}/")
-            page.wait_for_selector("body[data-ready=true]", state="attached", timeout=60_000)
-            assert page.get_attribute("body", "data-runtime").startswith("LiteRT.js")
-            for image in images:
-                top = _classify(page, image)
-                keras = _keras_probabilities(trained_run, image)
-                assert top[0][0] == int(np.argmax(keras)) and abs(top[0][1] - keras.max()) < 0.02
-            browser.close()
+    for image, top in zip(images, _litert_page_answers(result.bundle, free_port, images), strict=True):
+        keras = _keras_probabilities(trained_run, image)
+        assert top[0][0] == int(np.argmax(keras)) and abs(top[0][1] - keras.max()) < 0.02
 
 
 def test_an_int8_page_model_is_a_quarter_of_the_bytes_and_answers_as_native_litert(trained_run: Path, pipeline,  # noqa: ANN001
@@ -573,8 +577,6 @@ def test_an_int8_page_model_is_a_quarter_of_the_bytes_and_answers_as_native_lite
     """`litert_web: int8`: weights and activations in 8 bits, calibrated on training photos; the export checks it
     against Keras on the test photos (agreement and both top-1 recorded; int8's at most int8_max_top1_drop lower),
     the page runs it in LiteRT.js and answers what native LiteRT answers with the same file."""
-    from playwright.sync_api import sync_playwright
-
     from fungilib.clean import load_manifest
     from fungilib.export import ExportParams
     from fungilib.input_pipeline import decode_file, eval_transform
@@ -600,18 +602,10 @@ def test_an_int8_page_model_is_a_quarter_of_the_bytes_and_answers_as_native_lite
     assert json.loads((result.bundle / "config.json").read_text())["litert_variant"] == "int8"
     size = json.loads((result.bundle / "preprocessing.json").read_text())["input_size"]
     native = litert_runner((result.bundle / "model_web.tflite").read_bytes(), size, batch_size=1)
-    with _served(result.bundle, free_port):
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-            page = browser.new_page()
-            page.goto(f"http://127.0.0.1:{free_port}/")
-            page.wait_for_selector("body[data-ready=true]", state="attached", timeout=60_000)
-            assert page.get_attribute("body", "data-runtime").startswith("LiteRT.js")
-            for image in [Path(p) for p in tests.head(3)]:
-                top = _classify(page, image)
-                expected = native(eval_transform(decode_file(str(image)), size).numpy()[None])[0]
-                assert top[0][0] == int(np.argmax(expected)) and abs(top[0][1] - expected.max()) < 0.02
-            browser.close()
+    images = [Path(p) for p in tests.head(3)]
+    for image, top in zip(images, _litert_page_answers(result.bundle, free_port, images), strict=True):
+        expected = native(eval_transform(decode_file(str(image)), size).numpy()[None])[0]
+        assert top[0][0] == int(np.argmax(expected)) and abs(top[0][1] - expected.max()) < 0.02
 
 
 def test_the_webgpu_path_answers_as_webassembly_does(bundle: ExportResult, pipeline, free_port: int) -> None:  # noqa: ANN001
