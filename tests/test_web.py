@@ -595,6 +595,8 @@ def test_an_int8_page_model_is_a_quarter_of_the_bytes_and_answers_as_native_lite
     assert check["images"] == min(len(tests), 200) and check["top1_keras"] - check["top1"] <= 0.2, check
     assert 0 < check["top1_agreement"] <= 1 and check["max_abs_diff"] > 0, check
     assert json.loads((result.bundle / "parity.json").read_text())["tflite_web"] == check
+    assert f"the page's model is int8 (weights and activations), checked on {len(tests.head(200))} test photos: top-1 " \
+           f"{check['top1']:.3f}" in (result.bundle / "MODEL_CARD.md").read_text()
     if check["top1"] < check["top1_keras"]:  # the same model, held to no drop at all, is refused in one line
         with pytest.raises(FungilibError, match=r"int8 model scores top-1 .* \(int8_max_top1_drop 0.0\); export with"):
             export_run(ExportParams(**int8, out=tmp_path / "refused", int8_max_top1_drop=0.0))
