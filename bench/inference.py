@@ -10,14 +10,22 @@ Usage: .venv/bin/python bench/inference.py [--run runs/demo/train] [--repeats 30
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import json
 import os
 import platform
 import shutil
 import statistics
+import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from datetime import date
+from functools import partial
+from http.server import ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
@@ -131,31 +139,49 @@ def _browser(site: Path, models: dict[str, tuple[str, str, int]], repeats: int) 
     return results
 
 
+@contextlib.contextmanager
+def _counting_server(bundle: Path) -> Iterator[tuple[str, collections.Counter]]:
+    """``fungilib serve``'s handler (same headers), counting the body bytes it sends per path: what a visit
+    downloads, the service worker's own precache included (a browser-side count misses what the worker fetches)."""
+    from fungilib.serve import BundleHandler, bundle_dir
+
+    sent: collections.Counter = collections.Counter()
+
+    class Counting(BundleHandler):
+        quiet = True
+
+        def copyfile(self, source: Any, outputfile: Any) -> None:
+            while chunk := source.read(1 << 16):
+                outputfile.write(chunk)
+                sent[self.path.split("?")[0]] += len(chunk)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Counting, directory=str(bundle_dir(bundle))))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/", sent
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def _page_load(bundle: Path) -> dict[str, float]:
-    """The identifier itself, served by fungilib serve: bytes a first visit downloads, and the time from opening
+    """The identifier itself, served as by fungilib serve: bytes a first visit downloads, and the time from opening
     the page to its first answer, cold (a new browser profile) and warm (a reload, from the service worker)."""
     from playwright.sync_api import sync_playwright
-
-    from fungilib.serve import serving
 
     photo = WORK / "photo.jpg"
     from PIL import Image
 
     Image.new("RGB", (640, 480), (120, 90, 60)).save(photo)
     out: dict[str, float] = {}
-    with serving(bundle) as url, sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=COMMON_FLAGS + BACKEND_FLAGS["cpu"])
-        page = browser.new_context().new_page()
-        sizes: dict[str, int] = {}
-
-        def record(response) -> None:  # noqa: ANN001
-            if response.request.method == "GET" and not response.from_service_worker:
-                try:
-                    sizes[response.url] = len(response.body())
-                except Exception:  # a redirect or an aborted request has no body
-                    pass
-
-        page.on("response", record)
+    # a new on-disk profile, as a phone's browser has: an incognito-like context keeps its HTTP cache in memory and
+    # stores no 9 MB WebAssembly file there, so the service worker would download the runtime a second time
+    with _counting_server(bundle) as (url, sent), sync_playwright() as pw, \
+            tempfile.TemporaryDirectory() as profile:
+        browser = pw.chromium.launch_persistent_context(profile, executable_path=CHROMIUM,
+                                                        args=COMMON_FLAGS + BACKEND_FLAGS["cpu"])
+        page = browser.new_page()
         for label in ("cold", "warm"):
             start = time.perf_counter()
             page.goto(url) if label == "cold" else page.reload()
@@ -165,7 +191,7 @@ def _page_load(bundle: Path) -> dict[str, float]:
             out[f"{label}_seconds_to_first_answer"] = round(time.perf_counter() - start, 2)
             if label == "cold":
                 page.wait_for_timeout(2000)  # the service worker's precache and the runtime it keeps
-                out["first_load_mb"] = round(sum(sizes.values()) / 1e6, 2)
+                out["first_load_mb"] = round(sum(sent.values()) / 1e6, 2)
         out["runtime"] = page.get_attribute("body", "data-runtime")
         browser.close()
     return out
@@ -179,16 +205,16 @@ def parse_args(description: str) -> argparse.Namespace:
     return parser.parse_args()
 
 
-def exported_demo(run: Path, bundle: Path | None = None) -> Path:
+def exported_demo(run: Path, bundle: Path | None = None, litert_web: str = "float32") -> Path:
     """``run`` exported once into ``bundle`` (bench/work/inference/demo-bundle; again when the run's model is
-    newer)."""
+    newer), the page's model in ``litert_web`` precision."""
     from fungilib.export import WEB_TFLITE, ExportParams, export_run
 
     WORK.mkdir(parents=True, exist_ok=True)
     bundle = bundle or WORK / "demo-bundle"
     model = Path(run) / "model.keras"
     if not (bundle / WEB_TFLITE).exists() or (bundle / WEB_TFLITE).stat().st_mtime < model.stat().st_mtime:
-        export_run(ExportParams(run=run, out=bundle, parity_images=4))
+        export_run(ExportParams(run=run, out=bundle, parity_images=4, litert_web=litert_web))
     return bundle
 
 

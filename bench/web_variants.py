@@ -29,7 +29,16 @@ EFFNET_RUN = HERE / "work" / "int8" / "effb0-train"
 
 
 def main() -> None:
-    from inference import CHROMIUM, COMMON_FLAGS, WORK, _litert_ms, _model_224, exported_demo, parse_args
+    from inference import (
+        CHROMIUM,
+        COMMON_FLAGS,
+        WORK,
+        _litert_ms,
+        _model_224,
+        _page_load,
+        exported_demo,
+        parse_args,
+    )
 
     args = parse_args(__doc__.splitlines()[0])
     import numpy as np
@@ -54,7 +63,7 @@ def main() -> None:
     cases = {f"demo model, MobileNetV3Small ({size} px)": photos(args.run, demo_bundle)}
     if (EFFNET_RUN / "model.keras").exists():
         cases[f"EfficientNetB0 trained on the sample ({size} px)"] = photos(
-            EFFNET_RUN, exported_demo(EFFNET_RUN, WORK / "effb0-bundle"))
+            EFFNET_RUN, exported_demo(EFFNET_RUN, WORK / "effb0-bundle-float32"))
     rng = np.random.default_rng(0)
     for base in ("MobileNetV3Small", "EfficientNetB0"):
         _, folder = _model_224(base, WORK / f"{base.lower()}-224", len(labels))
@@ -102,8 +111,11 @@ def main() -> None:
                     ms, row["litert_js_error"] = None, str(exc).splitlines()[0][:200]
                 row[f"litert_js_{count}_thread{'s' if count > 1 else ''}_ms"] = ms
         browser.close()
+    # the page itself with the accurate model: bytes of a first visit, time to the first answer cold and warm
+    page_loads = {variant: _page_load(exported_demo(EFFNET_RUN, WORK / f"effb0-bundle-{variant}", variant))
+                  for variant in ("float32", "int8")} if (EFFNET_RUN / "model.keras").exists() else {}
     result = {"benchmark": "web_variants", "date": str(date.today()), "machine": f"{platform.machine()}, {threads} cores",
-              "repeats": args.repeats, "rows": rows}
+              "repeats": args.repeats, "rows": rows, "efficientnet_page_load": page_loads}
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "web_variants.json").write_text(json.dumps(result, indent=2) + "\n")
     keys = ["size_mb", "max_abs_diff_vs_f32", "top1_agreement_vs_f32", "test_top1", "native_1_thread_ms",
@@ -112,6 +124,12 @@ def main() -> None:
     for r in rows:
         cells = [f"{r.get(k):.3g}" if isinstance(r.get(k), float) else str(r.get(k)) for k in keys]
         print(f"| {r['model']} | {r['variant']} | " + " | ".join(cells) + " |")
+    if page_loads:
+        print("\n| EfficientNetB0 bundle, page model | first visit MB | cold s to first answer | warm s | runtime |\n"
+              "|---|---|---|---|---|")
+        for variant, load in page_loads.items():
+            print(f"| {variant} | {load['first_load_mb']} | {load['cold_seconds_to_first_answer']} | "
+                  f"{load['warm_seconds_to_first_answer']} | {load['runtime']} |")
 
 
 if __name__ == "__main__":
