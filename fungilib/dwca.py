@@ -446,7 +446,9 @@ def _newlines(block: bytes) -> int:
 
 def _line_blocks(handle: IO[bytes], size: int) -> Iterator[tuple[bytes, int]]:
     """The stream as blocks of whole lines of about ``size`` bytes (the last may lack its newline), each with its
-    number of line ends; a line longer than ``size`` raises :class:`_LineTooLong` before more of it is read."""
+    number of newlines (for the line numbers of malformed rows); a line longer than ``size`` raises
+    :class:`_LineTooLong` before more of it is read. A block cut between a CR and its LF leaves the next one an
+    empty first line, which pyarrow skips."""
     rest = b""
     while True:
         data = handle.read(size)
@@ -455,7 +457,7 @@ def _line_blocks(handle: IO[bytes], size: int) -> Iterator[tuple[bytes, int]]:
                 yield rest, _newlines(rest)
             return
         data = rest + data if rest else data
-        cut = data.rfind(b"\n") + 1
+        cut = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1  # a line ends at LF, CRLF or a lone CR (as for pyarrow)
         if cut == 0:
             if len(data) > size:
                 raise _LineTooLong(size)

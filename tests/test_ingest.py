@@ -204,3 +204,19 @@ def test_zip_members_read_in_blocks_give_the_same_table_and_number_bad_lines(pip
     assert report["malformed_row_examples"][0].startswith("line 41: expected"), report["malformed_row_examples"]
     pd.testing.assert_frame_equal(load_observations(tmp_path / "blocks"), load_observations(tmp_path / "whole"))
     assert blocks.images == whole.images and blocks.occurrences == whole.occurrences == pipeline.ingest.occurrences - 1
+
+
+def test_a_zip_member_with_old_mac_line_ends_reads_in_blocks_as_with_newlines(pipeline, tmp_path: Path,
+                                                                              monkeypatch) -> None:
+    """Lines ended by a carriage return alone (pyarrow reads them) are cut into blocks there too: a file with no
+    newline at all is not one 'line longer than the block'."""
+    import fungilib.dwca
+
+    def cr_only(name: str, data: bytes) -> bytes:
+        return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r") if name.endswith(".txt") else data
+
+    archive = _rewrite(pipeline.sample.archive, tmp_path / "cr.zip", cr_only)
+    monkeypatch.setattr(fungilib.dwca, "PARSE_BLOCK_BYTES", 2048)
+    result = ingest(IngestParams(archive, tmp_path / "cr"))
+    assert result.malformed_rows == 0 and result.occurrences == pipeline.ingest.occurrences
+    pd.testing.assert_frame_equal(load_observations(tmp_path / "cr"), load_observations(pipeline.root / "ingest"))
