@@ -45,10 +45,10 @@ class ExportParams:
     # the page's LiteRT.js model: float32 (parity with Keras to 1e-4), or float16 weights — half the download at the
     # same speed in LiteRT.js (bench/web_variants.py), probabilities within a few 1e-3 (checked: same top-1) — or
     # int8: weights and activations in 8 bits (calibrated on training photos), a quarter of the download and, for
-    # EfficientNet, 3× faster in LiteRT.js (1.35× native float32); MobileNetV3 runs slower in int8 (hard-swish and
-    # squeeze-excite stay float in XNNPACK's int8 path). Checked on up to ``int8_check_images`` test photos: its
-    # top-1 there may fall at most ``int8_max_top1_drop`` below Keras', else the export stops and says so (agreement
-    # with Keras is recorded too: an EfficientNetB0 on the sample agreed on 96.6 % and scored 0.921 vs 0.916).
+    # EfficientNet, 3× faster in LiteRT.js (1.4–1.6× native float32); MobileNetV3 runs slower in int8 (its int8
+    # graph falls into 20 XNNPACK partitions around its hard-swish ops). Checked on up to ``int8_check_images`` test
+    # photos: its top-1 there may fall at most ``int8_max_top1_drop`` below Keras', else the export stops and says so
+    # (agreement with Keras is recorded too: an EfficientNetB0 on the sample agreed on 96.6 %, top-1 0.921 vs 0.916).
     litert_web: Literal["float32", "float16", "int8"] = "float32"
     int8_calibration_images: int = 200
     int8_check_images: int = 200
