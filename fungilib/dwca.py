@@ -457,7 +457,7 @@ def _line_blocks(handle: IO[bytes], size: int) -> Iterator[tuple[bytes, int]]:
                 yield rest, _newlines(rest)
             return
         data = rest + data if rest else data
-        cut = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1  # a line ends at LF, CRLF or a lone CR (as for pyarrow)
+        cut = (data.rfind(b"\n") + 1) or (data.rfind(b"\r") + 1)  # LF or CRLF; a lone CR (old Mac), as pyarrow reads
         if cut == 0:
             if len(data) > size:
                 raise _LineTooLong(size)
