@@ -11,19 +11,14 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import json
 import os
 import platform
 import shutil
 import statistics
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
 from datetime import date
-from functools import partial
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -139,30 +134,19 @@ def _browser(site: Path, models: dict[str, tuple[str, str, int]], repeats: int) 
     return results
 
 
-@contextlib.contextmanager
-def _counting_server(bundle: Path) -> Iterator[tuple[str, collections.Counter]]:
-    """``fungilib serve``'s handler (same headers), counting the body bytes it sends per path: what a visit
-    downloads, the service worker's own precache included (a browser-side count misses what the worker fetches)."""
-    from fungilib.serve import BundleHandler, bundle_dir
-
-    sent: collections.Counter = collections.Counter()
+def _counting_handler(sent: collections.Counter) -> type:
+    """``fungilib serve``'s handler (same headers), counting into ``sent`` the body bytes it sends per path: what a
+    visit downloads, the service worker's own precache included (a browser-side count misses what the worker
+    fetches)."""
+    from fungilib.serve import BundleHandler
 
     class Counting(BundleHandler):
-        quiet = True
-
         def copyfile(self, source: Any, outputfile: Any) -> None:
             while chunk := source.read(1 << 16):
                 outputfile.write(chunk)
                 sent[self.path.split("?")[0]] += len(chunk)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Counting, directory=str(bundle_dir(bundle))))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/", sent
-    finally:
-        server.shutdown()
-        server.server_close()
+    return Counting
 
 
 def _page_load(bundle: Path) -> dict[str, float]:
@@ -177,7 +161,10 @@ def _page_load(bundle: Path) -> dict[str, float]:
     out: dict[str, float] = {}
     # a new on-disk profile, as a phone's browser has: an incognito-like context keeps its HTTP cache in memory and
     # stores no 9 MB WebAssembly file there, so the service worker would download the runtime a second time
-    with _counting_server(bundle) as (url, sent), sync_playwright() as pw, \
+    from fungilib.serve import serving
+
+    sent: collections.Counter = collections.Counter()
+    with serving(bundle, handler_class=_counting_handler(sent)) as url, sync_playwright() as pw, \
             tempfile.TemporaryDirectory() as profile:
         browser = pw.chromium.launch_persistent_context(profile, executable_path=CHROMIUM,
                                                         args=COMMON_FLAGS + BACKEND_FLAGS["cpu"])

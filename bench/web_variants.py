@@ -43,7 +43,7 @@ def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
     import numpy as np
 
-    from fungilib.export import parity_images, split_rows, web_tflite
+    from fungilib.export import labelled_test_images, parity_images, web_tflite
     from fungilib.litert import litert_runner
     from fungilib.serve import serving
     from fungilib.train import load_trained
@@ -55,10 +55,8 @@ def main() -> None:
 
     def photos(run: Path, bundle: Path) -> tuple[Path, int, np.ndarray, np.ndarray, np.ndarray]:
         """The run's test photos with their labels, and 200 training photos for the int8 calibration."""
-        run_labels = load_trained(run)[1]
-        truth = split_rows(run, 400)["class_key"].map(dict(zip(run_labels["class_key"], run_labels["label"],
-                                                               strict=True))).to_numpy()
-        return (bundle, size, parity_images(run, size, 400), parity_images(run, size, 200, split="train"), truth)
+        images, truth = labelled_test_images(run, size, 400, load_trained(run)[1])
+        return (bundle, size, images, parity_images(run, size, 200, split="train"), truth)
 
     cases = {f"demo model, MobileNetV3Small ({size} px)": photos(args.run, demo_bundle)}
     if (EFFNET_RUN / "model.keras").exists():

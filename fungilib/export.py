@@ -93,11 +93,24 @@ def split_rows(run_dir: Path, count: int, split: str = "test") -> Any:
     return rows.iloc[np.unique(np.linspace(0, len(rows) - 1, min(count, len(rows))).round().astype(int))]
 
 
-def parity_images(run_dir: Path, size: int, count: int, split: str = "test") -> np.ndarray:
-    """The images of :func:`split_rows`, preprocessed exactly as evaluation does."""
+def _preprocessed(paths: Any, size: int) -> np.ndarray:
+    """Photos preprocessed exactly as evaluation does, stacked."""
     from fungilib.input_pipeline import decode_file, eval_transform
 
-    return np.stack([eval_transform(decode_file(p), size).numpy() for p in split_rows(run_dir, count, split)["path"]])
+    return np.stack([eval_transform(decode_file(p), size).numpy() for p in paths])
+
+
+def parity_images(run_dir: Path, size: int, count: int, split: str = "test") -> np.ndarray:
+    """The images of :func:`split_rows`, preprocessed exactly as evaluation does."""
+    return _preprocessed(split_rows(run_dir, count, split)["path"], size)
+
+
+def labelled_test_images(run_dir: Path, size: int, count: int, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``count`` test photos of the run, preprocessed, and their label indices (``labels``: the run's label
+    table, ``class_key`` → ``label``)."""
+    rows = split_rows(run_dir, count)
+    truth = rows["class_key"].map(dict(zip(labels["class_key"], labels["label"], strict=True))).to_numpy()
+    return _preprocessed(rows["path"], size), truth
 
 
 def _litert_probs(model_bytes: bytes, images: np.ndarray) -> tuple[np.ndarray, float]:
@@ -128,11 +141,7 @@ def _compare(reference: np.ndarray, other: np.ndarray, ms: float | None = None) 
 def _int8_check(model: Any, tflite: bytes, run_dir: Path, labels: Any, size: int, count: int) -> dict[str, float]:
     """The int8 model against Keras on up to ``count`` test photos: agreement, largest probability difference,
     and each one's top-1 against the photos' labels."""
-    from fungilib.input_pipeline import decode_file, eval_transform
-
-    rows = split_rows(run_dir, count)
-    images = np.stack([eval_transform(decode_file(p), size).numpy() for p in rows["path"]])
-    truth = rows["class_key"].map(dict(zip(labels["class_key"], labels["label"], strict=True))).to_numpy()
+    images, truth = labelled_test_images(run_dir, size, count, labels)
     reference = np.asarray(model.predict(images, verbose=0))
     probs, ms = _litert_probs(tflite, images)
     return _compare(reference, probs, ms) | {"images": float(len(images)),
@@ -380,7 +389,9 @@ def export_run(params: ExportParams) -> ExportResult:
         "saved_model": _compare(reference, np.asarray(reloaded.serve(tf.constant(images)))),
         "tflite_f32": _compare(reference, *_litert_probs(tflite_f32, images)),
         "tflite_dynamic": _compare(reference, *_litert_probs(tflite_dynamic, images)),
-        "tflite_web": _compare(reference, *_litert_probs(tflite_web, images)),
+        # an int8 model is checked on more photos, against their labels too (its probabilities differ by design)
+        "tflite_web": (_int8_check(with_softmax, tflite_web, run_dir, labels, size, params.int8_check_images)
+                       if params.litert_web == "int8" else _compare(reference, *_litert_probs(tflite_web, images))),
     }
     for quantization in params.tfjs_quantization:
         folder = TFJS_FOLDERS[quantization]
@@ -390,14 +401,12 @@ def export_run(params: ExportParams) -> ExportResult:
     exact = ["saved_model", "tflite_f32"] + (["tflite_web"] if params.litert_web == "float32" else []) + (
         ["tfjs_float32_node"] if "none" in params.tfjs_quantization else [])
     if params.litert_web == "int8":
-        parity["tflite_web"] = _int8_check(with_softmax, tflite_web, run_dir, labels, size, params.int8_check_images)
         drop = parity["tflite_web"]["top1_keras"] - parity["tflite_web"]["top1"]
         if not drop <= params.int8_max_top1_drop:
             raise FungilibError(
                 f"export: the page's int8 model scores top-1 {parity['tflite_web']['top1']:.3f} on "
                 f"{parity['tflite_web']['images']:.0f} test photos, Keras {parity['tflite_web']['top1_keras']:.3f} "
                 f"(int8_max_top1_drop {params.int8_max_top1_drop}); export with litert_web: float16 or float32")
-        write_json(work / "parity.json", parity)
     elif params.litert_web != "float32" and parity["tflite_web"]["top1_agreement"] < 1.0:
         raise FungilibError(f"export parity failed for the page's {params.litert_web} model: {parity['tflite_web']} "
                             f"(it must name the same species as Keras); export with litert_web: float32")

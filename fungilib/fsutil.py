@@ -153,8 +153,9 @@ def _fixed_width(column: Any, width: int) -> np.ndarray:
     return out.view(f"S{width}").ravel()
 
 
-def _pandas_slice(part: Any, start: int, categories: dict[str, Any], widths: dict[str, int]) -> Any:
-    frame = pd.DataFrame(index=pd.RangeIndex(start, start + part.num_rows))
+def _pandas_head(part: Any, categories: dict[str, Any], widths: dict[str, int]) -> Any:
+    """The table's first rows as the pandas frame whose ``to_hdf`` lays out the HDF5 table."""
+    frame = pd.DataFrame(index=pd.RangeIndex(part.num_rows))
     for name in part.column_names:
         column = part.column(name).combine_chunks()
         if name in categories:
@@ -214,8 +215,7 @@ def write_arrow_hdf(path: Path, key: str, table: Any, chunk_rows: int = HDF_CHUN
             widths[name] = max(1, int(pc.max(pc.binary_length(column)).as_py() or 0))
     with atomic_path(path) as tmp:
         head = table.slice(0, head_rows)
-        _pandas_slice(head, 0, categories, widths).to_hdf(tmp, key=key, min_itemsize=widths or None,
-                                                         **HDF_TABLE_OPTIONS)
+        _pandas_head(head, categories, widths).to_hdf(tmp, key=key, min_itemsize=widths or None, **HDF_TABLE_OPTIONS)
         if table.num_rows > head.num_rows:
             with tables.open_file(tmp, mode="a") as handle:
                 store_table = handle.get_node(f"/{key}/table")

@@ -185,12 +185,11 @@ def _as_decimal(numbers: np.ndarray) -> pa.Array:
     return pc.cast(pa.array(numbers, pa.uint64()), pa.string())
 
 
-def media_ids(core_ids: pa.ChunkedArray, urls: pa.ChunkedArray, url_hashes: np.ndarray | None = None) -> pa.Array:
-    """A photo's identity: its occurrence's core id (the join key; hashed when unfit for a file name) and a hash
-    of its URL (``url_hashes``, when the caller has them: :func:`_hash_numbers` of ``urls``). Stable when an
-    archive reorders or changes an occurrence's photo list (a new URL is a new file, never a stale one credited to
-    it), unique per occurrence and photo."""
-    url_hashes = _hash_numbers(urls) if url_hashes is None else url_hashes
+def media_ids(core_ids: pa.ChunkedArray, url_hashes: np.ndarray) -> pa.Array:
+    """A photo's identity: its occurrence's core id (the join key; hashed when unfit for a file name) and the hash
+    of its URL (``url_hashes``: :func:`_hash_numbers` of the URLs). Stable when an archive reorders or changes an
+    occurrence's photo list (a new URL is a new file, never a stale one credited to it), unique per occurrence and
+    photo."""
     core_ids = core_ids.combine_chunks() if isinstance(core_ids, pa.ChunkedArray) else core_ids
     safe = pc.and_(pc.match_substring_regex(core_ids, _SAFE_CORE_ID),
                    pc.invert(pc.match_substring(core_ids, "..")))
@@ -266,7 +265,7 @@ def _observation_table(media: pa.Table, occurrence: dict[str, pa.Array], positio
         return _compact(pc.if_else(missing, _as_text(of_photo(name)), own))
 
     return pa.table({
-        "media_id": media_ids(media.column("coreid"), media.column("identifier"), url_hashes),
+        "media_id": media_ids(media.column("coreid"), url_hashes),
         "gbifID": of_photo("gbifID"),
         "url": media.column("identifier").combine_chunks(),
         "format": _compact(_as_text(_column(media, "format").combine_chunks())),
@@ -287,9 +286,9 @@ def _first_of_each_photo(positions: np.ndarray, url_hashes: np.ndarray) -> np.nd
     the previous row's (a key collision can then keep a duplicate, never drop a photo)."""
     key = url_hashes ^ (positions.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
     order = np.argsort(key, kind="stable")
-    p, h = positions[order], url_hashes[order]
+    k, p, h = key[order], positions[order], url_hashes[order]
     repeat = np.zeros(len(order), bool)
-    repeat[1:] = (key[order][1:] == key[order][:-1]) & (p[1:] == p[:-1]) & (h[1:] == h[:-1])
+    repeat[1:] = (k[1:] == k[:-1]) & (p[1:] == p[:-1]) & (h[1:] == h[:-1])
     keep = np.ones(len(order), bool)
     keep[order[repeat]] = False
     return keep

@@ -58,8 +58,11 @@ class BundleHandler(SimpleHTTPRequestHandler):
             super().log_message(format, *args)
 
 
-def make_server(bundle: Path, host: str = "127.0.0.1", port: int = 8000, quiet: bool = False) -> ThreadingHTTPServer:
-    handler = type("Handler", (BundleHandler,), {"quiet": quiet})
+def make_server(bundle: Path, host: str = "127.0.0.1", port: int = 8000, quiet: bool = False,
+                handler_class: type[BundleHandler] = BundleHandler) -> ThreadingHTTPServer:
+    """A server for ``bundle``; ``handler_class``: :class:`BundleHandler` or a subclass (a benchmark's, counting
+    the bytes it sends)."""
+    handler = type("Handler", (handler_class,), {"quiet": quiet})
     try:
         server = ThreadingHTTPServer((host, port), partial(handler, directory=str(bundle_dir(bundle))))
     except OSError as exc:
@@ -69,9 +72,10 @@ def make_server(bundle: Path, host: str = "127.0.0.1", port: int = 8000, quiet: 
 
 
 @contextlib.contextmanager
-def serving(bundle: Path, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+def serving(bundle: Path, host: str = "127.0.0.1", port: int = 0,
+            handler_class: type[BundleHandler] = BundleHandler) -> Iterator[str]:
     """Serve ``bundle`` in a background thread for the duration of the block; yields the page's URL."""
-    server = make_server(bundle, host, port, quiet=True)
+    server = make_server(bundle, host, port, quiet=True, handler_class=handler_class)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

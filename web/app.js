@@ -427,6 +427,9 @@ import { createRuntime } from "./runtime.js";
     return model;
   }
 
+  // A model's files that config.json names, relative to the model's folder.
+  const MODEL_FILE_KEYS = ["litert_model", "place_prior", "toxicity", "about"];
+
   // Every model's files into the offline cache now (a hiker choosing before leaving the signal behind), not only
   // as each is first picked.
   async function keepModels(models) {
@@ -434,7 +437,7 @@ import { createRuntime } from "./runtime.js";
     for (const m of models.filter((model) => model.path)) {
       const config = await getJSON(m.path + "config.json");
       const files = ["config.json", "labels.json", "preprocessing.json",
-        ...["litert_model", "place_prior", "toxicity", "about"].map((key) => config[key]).filter(Boolean)];
+        ...MODEL_FILE_KEYS.map((key) => config[key]).filter(Boolean)];
       urls.push(...files.map((name) => new URL(m.path + name, location.href).href));
     }
     if (!(await keepOffline(urls))) throw new Error("no service worker");
@@ -449,9 +452,9 @@ import { createRuntime } from "./runtime.js";
       const bundle = await getJSON("config.json");
       const model = chooseModel(bundle);
       const base = model ? model.path : "";
-      [state.config, state.labels, state.spec] = await Promise.all(
-        ["config.json", "labels.json", "preprocessing.json"].map((name) => getJSON(base + name)));
-      for (const key of ["litert_model", "place_prior", "toxicity", "about"]) { // relative to the model's folder
+      [state.config, state.labels, state.spec] = await Promise.all([ // the bundle's own config is already here
+        base ? getJSON(base + "config.json") : bundle, getJSON(base + "labels.json"), getJSON(base + "preprocessing.json")]);
+      for (const key of MODEL_FILE_KEYS) { // relative to the model's folder
         if (state.config[key]) state.config[key] = base + state.config[key];
       }
       if (base) delete state.config.model; // an added model has no TF.js copy: LiteRT.js only
