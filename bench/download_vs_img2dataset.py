@@ -50,8 +50,9 @@ def main() -> None:
     args = parser.parse_args()
     if not (PEERS / "img2dataset").exists():
         sys.exit("img2dataset is not installed: run `make bench` (it builds bench/work/peers-venv)")
+    from fungilib.artifacts.observations import load_observations
     from fungilib.download import DownloadParams, download_images
-    from fungilib.ingest import IngestParams, ingest, load_observations
+    from fungilib.ingest import IngestParams, ingest
     from fungilib.sample import SampleSpec, generate_sample
 
     work = HERE / "work" / f"vs-img2dataset-{args.observations}-{args.image_size}"

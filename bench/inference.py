@@ -75,7 +75,8 @@ def _model_224(base: str, folder: Path, classes: int) -> tuple:  # noqa: ANN001
     import keras
     import tensorflow as tf
 
-    from fungilib.export import WEB_TFLITE, web_tflite
+    from fungilib.artifacts.bundle import WEB_TFLITE
+    from fungilib.export_checks import web_tflite
     from fungilib.models import build_classifier
     from fungilib.tfjs_convert import convert_saved_model
 
@@ -195,7 +196,8 @@ def parse_args(description: str) -> argparse.Namespace:
 def exported_demo(run: Path, bundle: Path | None = None, litert_web: str = "float32") -> Path:
     """``run`` exported once into ``bundle`` (bench/work/inference/demo-bundle; again when the run's model is
     newer), the page's model in ``litert_web`` precision."""
-    from fungilib.export import WEB_TFLITE, ExportParams, export_run
+    from fungilib.artifacts.bundle import WEB_TFLITE
+    from fungilib.export import ExportParams, export_run
 
     WORK.mkdir(parents=True, exist_ok=True)
     bundle = bundle or WORK / "demo-bundle"
@@ -209,8 +211,8 @@ def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
     import numpy as np
 
-    from fungilib.export import WEB_TFLITE
-    from fungilib.train import load_trained
+    from fungilib.artifacts.bundle import WEB_TFLITE
+    from fungilib.artifacts.trained_run import load_trained
     from fungilib.webapp import WEB_DIR, copy_litert, node_modules
 
     demo_bundle = exported_demo(args.run)

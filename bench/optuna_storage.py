@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 def worker(url: str, trials: int, queue: multiprocessing.Queue) -> None:
     import optuna
 
-    from fungilib.search import open_storage
+    from fungilib.optuna_storage import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     errors: list[str] = []
@@ -46,7 +46,7 @@ def worker(url: str, trials: int, queue: multiprocessing.Queue) -> None:
 def measure(url: str, processes: int, trials: int) -> dict:
     import optuna
 
-    from fungilib.search import open_storage
+    from fungilib.optuna_storage import open_storage
 
     optuna.create_study(study_name="bench", storage=open_storage(url), direction="maximize")
     ctx = multiprocessing.get_context("spawn")

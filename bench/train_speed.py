@@ -31,7 +31,7 @@ def main() -> None:
     import numpy as np
     import tensorflow as tf
 
-    from fungilib.clean import load_manifest
+    from fungilib.artifacts.dataset import load_manifest
     from fungilib.input_pipeline import Augmentation, decode_file, make_dataset
     from fungilib.models import build_classifier
 

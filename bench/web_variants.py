@@ -43,10 +43,10 @@ def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
     import numpy as np
 
-    from fungilib.export import labelled_test_images, parity_images, web_tflite
+    from fungilib.artifacts.trained_run import load_trained
+    from fungilib.export_checks import labelled_test_images, parity_images, web_tflite
     from fungilib.litert import litert_runner
     from fungilib.serve import serving
-    from fungilib.train import load_trained
     from fungilib.webapp import copy_litert
 
     demo_bundle = exported_demo(args.run)

@@ -13,7 +13,7 @@ from typing import Any
 from fungilib import __version__
 from fungilib.errors import FungilibError
 from fungilib.params import ParamLayers, parse_value
-from fungilib.stages import COMMANDS, Command, Flag, command_layers
+from fungilib.stages import COMMANDS, Command, Flag, command_layers, stage
 
 OVERRIDES = "overrides"  # the namespace attribute holding (key, value, source) in command-line order
 
@@ -241,7 +241,6 @@ def _run(args: argparse.Namespace) -> int:
         result = run_demo(args.out, args.observations, args.port, args.sweep)
         root = result.root
         print(f"\nThe demo is in {root}:")
-        from fungilib.stages import stage
 
         notebooks = [r.folder / stage(r.stage).notebook_path.name for r in result.runs]
         print(f"  executed notebooks: {', '.join(str(n.relative_to(root)) for n in notebooks)}"

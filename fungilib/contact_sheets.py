@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from fungilib.artifacts.downloads import reason_kind
 from fungilib.fsutil import atomic_path
 
 THUMB = 112
@@ -120,7 +121,6 @@ def class_sheets(manifest: pd.DataFrame, out: Path, per_row: int = 6, seed: int 
 
 def dropped_sheet(dropped: pd.DataFrame, out: Path, per_row: int = 6) -> Path:
     """What cleaning left out, one row per kind of reason (corrupt, duplicate, too small, …)."""
-    from fungilib.download import reason_kind
 
     shown = dropped[dropped["path"].fillna("").astype(str) != ""].copy()
     shown["row"] = shown["reason"].astype(str).map(reason_kind)

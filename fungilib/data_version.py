@@ -8,6 +8,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from fungilib.artifacts.dataset import has_manifest, manifest_file
+from fungilib.fsutil import read_hdf
+
 MANIFEST_TABLES = ("manifest", "labels")
 
 
@@ -27,11 +30,9 @@ def _manifest_digest(folder: Path) -> str:
     the HDF5 file's own bytes, which change on every write, do not count)."""
     import pandas as pd
 
-    from fungilib.fsutil import read_hdf
-
     digest = hashlib.sha256()
     for key in MANIFEST_TABLES:
-        table = read_hdf(folder / "manifest.h5", key)
+        table = read_hdf(manifest_file(folder), key)
         table = table[sorted(table.columns)]
         digest.update(key.encode() + json.dumps(list(table.columns)).encode())
         digest.update(pd.util.hash_pandas_object(table.astype(str), index=False).to_numpy().tobytes())
@@ -46,7 +47,7 @@ def source_version(path: str | Path) -> str:
         digest = hashlib.sha256()
         _file_digest(path, digest)
         return digest.hexdigest()[:16]
-    if (path / "manifest.h5").is_file():
+    if has_manifest(path):
         return _manifest_digest(path)
     if path.is_dir():
         digest = hashlib.sha256()

@@ -4,17 +4,19 @@ nothing changed only reports: every stage is keyed by its parameters and what it
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fungilib.artifacts.run_record import read_status
+from fungilib.artifacts.trained_run import TrainedRun
 from fungilib.data_version import content_key, source_version
 from fungilib.errors import FungilibError
 from fungilib.params import deep_merge
+from fungilib.run_execution import execute
 from fungilib.sample import ARCHIVE_NAME, DEFAULT_PORT, ensure_sample
 from fungilib.stages import DEMO_PIPELINE, SOURCE, stage
-from fungilib.sweep import StageRun, execute, read_status, stage_parameters
+from fungilib.sweep_plan import StageRun, stage_parameters
 
 
 @dataclass
@@ -42,7 +44,7 @@ DEMO_VALUES = {"download": {"timeout": 3.0, "retries": 2}, "clean": {"holdout_sp
 
 
 def _headline(run_dir: Path) -> str:
-    m = json.loads((run_dir / "metrics.json").read_text())
+    m = TrainedRun(run_dir).metrics()
     return f"top-1 {m['top1']:.3f}, top-3 {m['top3']:.3f}, macro-F1 {m['macro_f1']:.3f} on {m['images']} images"
 
 

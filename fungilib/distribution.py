@@ -21,7 +21,7 @@ from fungilib.errors import FungilibError
 
 
 @dataclass
-class Placement:
+class DevicePlacement:
     """The strategy a run trains under and this process's part in it."""
 
     strategy: Any = None  # None: TensorFlow's default (one device)
@@ -139,10 +139,10 @@ def _cpu_devices(count: int) -> list[str]:
     return [d.name for d in devices[:count]]
 
 
-def make_placement(distribution: str, devices: str, replicas: int, batch_size: int, worker_timeout_s: float) -> Placement:
+def make_placement(distribution: str, devices: str, replicas: int, batch_size: int, worker_timeout_s: float) -> DevicePlacement:
     """The strategy for ``fit.distribution`` (call before any other TensorFlow work in the process)."""
     if distribution == "none":
-        return Placement()
+        return DevicePlacement()
     import tensorflow as tf
 
     if distribution == "mirrored":
@@ -157,17 +157,17 @@ def make_placement(distribution: str, devices: str, replicas: int, batch_size: i
             if replicas > len(gpus):
                 raise FungilibError(f"fit.replicas={replicas}: only {len(gpus)} GPU(s) visible to TensorFlow")
             names = [g.name for g in gpus[: replicas or len(gpus)]]
-        placement = Placement(tf.distribute.MirroredStrategy(names), len(names), distribution=distribution)
+        placement = DevicePlacement(tf.distribute.MirroredStrategy(names), len(names), distribution=distribution)
     else:
         workers, me = read_tf_config()
         rendezvous(workers, me, worker_timeout_s)
         options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=worker_timeout_s)
         strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
-        placement = Placement(strategy, strategy.num_replicas_in_sync, me, len(workers), distribution)
+        placement = DevicePlacement(strategy, strategy.num_replicas_in_sync, me, len(workers), distribution)
     if batch_size % placement.replicas:
         raise FungilibError(f"dataset.batch_size={batch_size} is the global batch: it must divide evenly across the "
                             f"{placement.replicas} replicas of fit.distribution={distribution}")
     return placement
 
 
-__all__ = ["Placement", "free_loopback_ports", "rendezvous", "make_placement", "read_tf_config", "silent_workers"]
+__all__ = ["DevicePlacement", "free_loopback_ports", "rendezvous", "make_placement", "read_tf_config", "silent_workers"]

@@ -9,9 +9,15 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
+from fungilib.artifacts.observations import (
+    CLASS_COUNTS,
+    CUT_TABLE,
+    EDA_PARAMS,
+    EDA_SUMMARY,
+    load_observations,
+)
 from fungilib.errors import FungilibError
 from fungilib.fsutil import write_json
-from fungilib.ingest import IngestParams, IngestResult, ingest, load_observations
 from fungilib.params import write_params
 from fungilib.plotting import plt, save_figure
 
@@ -187,8 +193,8 @@ def run_eda(params: EdaParams) -> EdaResult:
     per_obs = photos_per_observation(obs)
     licenses = license_counts(obs)
     plots = _plots(obs, counts, pareto, cuts, per_obs, licenses, out)
-    counts.to_csv(out / "class_counts.csv", index=False)
-    cuts.to_csv(out / "cut_table.csv", index=False)
+    counts.to_csv(out / CLASS_COUNTS, index=False)
+    cuts.to_csv(out / CUT_TABLE, index=False)
     top20 = pareto["image_share"].iloc[max(int(np.ceil(0.2 * len(pareto))) - 1, 0)]
     summary = {
         "images": len(obs), "observations": int(obs["gbifID"].nunique()), "classes": len(counts),
@@ -196,20 +202,6 @@ def run_eda(params: EdaParams) -> EdaResult:
         "largest_class": counts.iloc[0]["name"], "largest_class_images": int(counts.iloc[0]["images"]),
         "smallest_class_images": int(counts["images"].min()),
     }
-    write_json(out / "eda_summary.json", summary)
-    write_params(out / "eda_params.yaml", params)
+    write_json(out / EDA_SUMMARY, summary)
+    write_params(out / EDA_PARAMS, params)
     return EdaResult(counts, cuts, pareto, per_obs, licenses, plots, summary)
-
-
-@dataclass
-class IngestEdaResult:
-    ingest: IngestResult
-    eda: EdaResult
-
-
-def ingest_and_describe(params: IngestEdaParams) -> IngestEdaResult:
-    """Stage ingest_eda: the archive into ``observations.h5`` under ``out``, then the EDA of it in the same folder."""
-    ingested = ingest(IngestParams(archive=params.archive, out=params.out))
-    eda = run_eda(EdaParams(observations=params.out, out=params.out, min_images=params.min_images,
-                            species_only=params.species_only, max_side=params.max_side))
-    return IngestEdaResult(ingested, eda)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -10,10 +9,10 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from fungilib.clean import load_manifest
+from fungilib.artifacts.dataset import load_manifest
+from fungilib.artifacts.trained_run import TrainedRun
 from fungilib.contact_sheets import confidently_wrong_sheet
 from fungilib.errors import FungilibError
-from fungilib.fsutil import write_json
 from fungilib.input_pipeline import make_dataset
 from fungilib.metrics import (
     confusion_matrix,
@@ -26,8 +25,11 @@ from fungilib.metrics import (
     top_confusions,
     top_k_accuracy,
 )
-from fungilib.open_set import MIN_AUROC
+from fungilib.open_set import MIN_AUROC, evaluate_open_set
+from fungilib.place_prior import PlacePrior, combine, fit_weight, knows_place, place_and_season
 from fungilib.plotting import plt, save_figure
+from fungilib.rollup import SPECIES_THRESHOLD
+from fungilib.toxicity import class_statuses, load_toxicity, poisonous_as_edible
 
 FULL_MATRIX_MAX_CLASSES = 60
 
@@ -136,7 +138,6 @@ def _with_place_prior(frame: pd.DataFrame, rows: pd.DataFrame, probs: np.ndarray
     """Metrics of the evaluated ``rows`` with the place-and-season prior (built from training photos only, its
     weight fitted on the validation split), and those probabilities; ``place_prior.npz`` and ``.json`` into the
     run. Nothing (and None) when the manifest does not know where and when, or has no validation photos."""
-    from fungilib.place_prior import PlacePrior, combine, fit_weight, knows_place, place_and_season
 
     if not knows_place(frame) or not len(val_probs):
         return {}, None
@@ -148,11 +149,9 @@ def _with_place_prior(frame: pd.DataFrame, rows: pd.DataFrame, probs: np.ndarray
     combined = combine(np.log(probs), prior.log_prior(where), weight)
     with_prior = classification_metrics(np.log(np.maximum(combined, 1e-30)), rows["label"].to_numpy(), labels)
     data = prior.to_bytes()
-    (run_dir / "place_prior.npz").write_bytes(data)
-    write_json(run_dir / "place_prior.json", {"weight": weight, "bytes": len(data), "cell_deg": prior.cell_deg,
-                                              "region_deg": prior.region_deg, "validation_nll_by_weight": curve,
-                                              "training_photos_dropped": prior.dropped,
-                                              "test_photos_dropped": where.dropped})
+    TrainedRun(run_dir).write_prior(data, {"weight": weight, "bytes": len(data), "cell_deg": prior.cell_deg,
+                                       "region_deg": prior.region_deg, "validation_nll_by_weight": curve,
+                                       "training_photos_dropped": prior.dropped, "test_photos_dropped": where.dropped})
     metrics = {"prior_weight": weight, "prior_bytes": len(data),
                **{f"{k}_with_prior": with_prior[k] for k in ("top1", "top3", "macro_f1") if k in with_prior}}
     return metrics, combined
@@ -163,19 +162,17 @@ def _open_set(model: Any, frame: pd.DataFrame, val_logits: np.ndarray, logits: n
               ) -> tuple[dict[str, Any], dict[str, Path]]:
     """Open-set metrics when the manifest holds photos of species kept out of training (``clean.holdout_*``):
     the gate fitted on validation (known + held-out), reported on test; ``open_set.json`` and a plot into the run."""
-    from fungilib.open_set import evaluate_open_set
-    from fungilib.rollup import SPECIES_THRESHOLD
 
     val, val_unknown = frame[frame["split"] == "val"], frame[frame["split"] == "val_unknown"]
     test_unknown = frame[frame["split"] == "test_unknown"]
     if val_unknown.empty or test_unknown.empty or val.empty:
-        (run_dir / "open_set.json").unlink(missing_ok=True)
+        TrainedRun(run_dir).write_open_set(None)
         return {}, {}
     n = logits.shape[1]
     result = evaluate_open_set(val_logits, val["label"].to_numpy(), predict_logits(model, val_unknown, n, size, batch_size),
                                logits, y, predict_logits(model, test_unknown, n, size, batch_size), temperature,
                                SPECIES_THRESHOLD, keep, min_auroc)
-    write_json(run_dir / "open_set.json", {**result.record, "held_out": sorted(
+    TrainedRun(run_dir).write_open_set({**result.record, "held_out": sorted(
         frame.loc[frame["split"].isin(["val_unknown", "test_unknown"]), "species"].astype(str).unique().tolist())})
     known, unknown = result.test_scores
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -196,7 +193,6 @@ def _open_set(model: Any, frame: pd.DataFrame, val_logits: np.ndarray, logits: n
 def _poisonous_confusion(toxicity: Path, labels: pd.DataFrame, probs: np.ndarray, y: np.ndarray,
                          with_prior: np.ndarray | None) -> dict[str, Any]:
     """How often a deadly or toxic species is predicted as an edible one, with and without the place prior."""
-    from fungilib.toxicity import class_statuses, load_toxicity, poisonous_as_edible
 
     statuses = class_statuses(labels, load_toxicity(toxicity))
     rate = poisonous_as_edible(probs.argmax(axis=1), y, statuses)
@@ -210,13 +206,12 @@ def _poisonous_confusion(toxicity: Path, labels: pd.DataFrame, probs: np.ndarray
 
 def evaluate_run(params: EvaluateParams) -> EvalResult:
     """Evaluate a finished training run; writes metrics.json, per_class.csv, confusions.csv and plots into it."""
-    from fungilib.train import load_trained
-
     run_dir, manifest, split = Path(params.run), params.manifest, params.split
     temperature_scaling, batch_size = params.temperature_scaling, params.batch_size
-    model, labels, prep = load_trained(run_dir)
+    run = TrainedRun(run_dir)
+    model, labels, prep = run.load()
     if manifest is None:
-        manifest = Path(json.loads((run_dir / "train_summary.json").read_text())["params"]["dataset"]["manifest"])
+        manifest = run.summary().manifest
     frame, manifest_labels = load_manifest(manifest)
     if manifest_labels["class_key"].astype(str).tolist() != labels["class_key"].astype(str).tolist():
         raise FungilibError(f"{manifest}: its label table differs from the one {run_dir} was trained with")
@@ -228,7 +223,6 @@ def evaluate_run(params: EvaluateParams) -> EvalResult:
     y = test["label"].to_numpy()
     temperature = 1.0
     val = frame[frame["split"] == "val"]
-    from fungilib.place_prior import knows_place
 
     holds_unknown = split == "test" and (frame["split"] == "val_unknown").any()
     needs_val = len(val) and (temperature_scaling or knows_place(frame) or holds_unknown)  # fitted on val
@@ -255,11 +249,9 @@ def evaluate_run(params: EvaluateParams) -> EvalResult:
     confusions = top_confusions(cm, names)
     _, reliability = expected_calibration_error(probs, y)
     plots = {**_plots(cm, names, confusions, reliability, per_class, run_dir), **open_set_plots}
-    write_json(run_dir / "metrics.json", {k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()})
-    per_class.to_csv(run_dir / "per_class.csv", index=False)
-    confusions.to_csv(run_dir / "confusions.csv", index=False)
-    pd.DataFrame({"media_id": test["media_id"].to_numpy(), "label": y, "predicted": predicted,
-                  "confidence": probs.max(axis=1)}).to_csv(run_dir / "predictions.csv", index=False)
+    run.write_metrics({k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()})
+    run.write_tables(per_class, confusions, pd.DataFrame({
+        "media_id": test["media_id"].to_numpy(), "label": y, "predicted": predicted, "confidence": probs.max(axis=1)}))
     plots["confidently_wrong"] = confidently_wrong_sheet(pd.DataFrame({
         "path": test["path"].to_numpy(), "true": [names[i] for i in y], "predicted": [names[i] for i in predicted],
         "confidence": probs.max(axis=1)}), run_dir)

@@ -7,16 +7,17 @@ from pathlib import Path
 
 import pandas as pd
 
+from fungilib.artifacts.trained_run import TrainedRun
 from fungilib.errors import FungilibError
 from fungilib.plotting import plt, save_figure
 
 
 def read_history(run_dir: Path) -> pd.DataFrame:
     """history.csv with a 1-based ``epoch`` column (one row per finished epoch, resumed runs included)."""
-    path = Path(run_dir) / "history.csv"
-    if not path.exists():
-        raise FungilibError(f"{run_dir}: no history.csv (the run has not finished an epoch)")
-    frame = pd.read_csv(path)
+    run = TrainedRun(run_dir)
+    if not run.history_file.exists():
+        raise FungilibError(f"{run_dir}: no {run.history_file.name} (the run has not finished an epoch)")
+    frame = pd.read_csv(run.history_file)
     return frame.assign(epoch=range(1, len(frame) + 1))
 
 

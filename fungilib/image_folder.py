@@ -15,7 +15,8 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from fungilib.clean import MANIFEST_FILE, CleanResult, Pruner, SplitParams, finish_dataset
+from fungilib.artifacts.dataset import IMPORT_REPORT, MANIFEST_FILE, STAGE_PARAMS
+from fungilib.dataset_builder import CleanResult, Pruner, SplitParams, finish_dataset
 from fungilib.errors import FungilibError
 from fungilib.fsutil import write_json
 from fungilib.params import write_params
@@ -168,7 +169,7 @@ def import_folder(params: FolderParams) -> FolderResult:
     report = {"source": str(source), "images": result.images, "classes": result.classes, "dropped": result.dropped,
               "splits": result.splits, "empty_classes": empty,
               "normalised": int(sum(1 for s in stored if s and Path(s).is_relative_to(images)))}
-    write_json(out / "import_report.json", report)
-    write_params(out / "params.yaml", params)
+    write_json(out / IMPORT_REPORT, report)
+    write_params(out / STAGE_PARAMS, params)
     return FolderResult(out / MANIFEST_FILE, result.images, result.classes, result.dropped, result.splits,
                         result.held_out, empty, report["normalised"])

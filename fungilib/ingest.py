@@ -12,18 +12,17 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from fungilib.artifacts.observations import INGEST_REPORT, OBSERVATIONS_FILE, STAGE_PARAMS
 from fungilib.dwca import MEDIA_ROW_TYPES, OCCURRENCE, Archive, RowIssues, TableSpec, local_name, open_archive
 from fungilib.errors import FungilibError
 from fungilib.fsutil import (
     COMPACT_MIN_ROWS,
-    read_stage_table,
     worth_a_dictionary,
     write_arrow_hdf,
     write_json,
 )
 from fungilib.params import write_params
 
-OBSERVATIONS_FILE = "observations.h5"
 NAME_TERMS = ("species", "scientificName", "acceptedScientificName")
 # the occurrence terms the observations are made of (a GBIF export has ~250; only these are parsed)
 INGESTED_TERMS = [
@@ -361,15 +360,10 @@ def ingest(params: IngestParams) -> IngestResult:
         seconds=round(seconds, 2),
         peak_memory_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     )
-    write_json(out / "ingest_report.json", {**result.__dict__, "observations": str(result.observations),
+    write_json(out / INGEST_REPORT, {**result.__dict__, "observations": str(result.observations),
                                              "malformed_row_examples": issues.first, "archive": str(params.archive)})
-    write_params(out / "params.yaml", params)
+    write_params(out / STAGE_PARAMS, params)
     return result
 
 
-def load_observations(path: Path) -> pd.DataFrame:
-    """Read observations.h5 (or the folder holding it)."""
-    return read_stage_table(path, OBSERVATIONS_FILE, "observations", "ingest")
-
-
-__all__ = ["IngestParams", "IngestResult", "ingest", "load_observations"]
+__all__ = ["IngestParams", "IngestResult", "ingest"]

@@ -8,6 +8,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from fungilib.errors import FungilibError
+
 EVAL_CROP = 0.875  # evaluation: resize the shorter side to size / 0.875, then a central square crop
 # How eval_transform resizes, spelled out for other implementations (web/preprocess.js reads it):
 # tf.image.resize bilinear with antialias is a triangle kernel widened by the downscale factor; the resized
@@ -149,7 +151,6 @@ def plan_cache(frames: list[pd.DataFrame], mode: str, budget_mb: int) -> CachePl
     """``auto``: in memory only when the decoded training and validation photos fit ``budget_mb``, else read
     from the files every epoch (only each random crop's window is decoded). ``memory`` over the budget is refused
     before training starts, with the number and the parameter to change — never an out-of-memory kill mid-epoch."""
-    from fungilib.errors import FungilibError
 
     decoded = sum(decoded_megabytes(f) for f in frames)
     if mode == "memory" and decoded > budget_mb:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fungilib.errors import FungilibError
+from fungilib.input_pipeline import colour_jitter
 
 
 @dataclass(frozen=True)
@@ -194,8 +195,6 @@ def colour_jitter_layer_class() -> Any:
     if _JITTER_LAYER is None:
         import keras
         import tensorflow as tf
-
-        from fungilib.input_pipeline import colour_jitter
 
         @keras.saving.register_keras_serializable(package="fungilib")
         class ColourJitter(keras.layers.Layer):

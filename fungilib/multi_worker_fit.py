@@ -20,20 +20,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fungilib.distribution import Placement
+from fungilib.artifacts.trained_run import BACKUP_DIR, HISTORY, LOGS_DIR
+from fungilib.distribution import DevicePlacement
 from fungilib.errors import FungilibError
 
 
 def _write_history(out: Path, rows: list[dict[str, float]]) -> None:
     frame = pd.DataFrame(rows)
     frame = frame[["epoch", *sorted(c for c in frame.columns if c != "epoch")]]  # CSVLogger's column order
-    tmp = out / "history.csv.tmp"
+    tmp = out / f"{HISTORY}.tmp"
     frame.to_csv(tmp, index=False)
-    tmp.replace(out / "history.csv")
+    tmp.replace(out / HISTORY)
 
 
 def _read_history(out: Path, before_epoch: int) -> list[dict[str, float]]:
-    path = out / "history.csv"
+    path = out / HISTORY
     if not path.exists():
         return []
     frame = pd.read_csv(path)
@@ -41,7 +42,7 @@ def _read_history(out: Path, before_epoch: int) -> list[dict[str, float]]:
 
 
 def fit_multi_worker(model: Any, optimizer: Any, loss: Any, train_rows: pd.DataFrame, val_rows: pd.DataFrame,
-                     make_ds: Any, placement: Placement, out: Path, phase: str, first_epoch: int, last_epoch: int,
+                     make_ds: Any, placement: DevicePlacement, out: Path, phase: str, first_epoch: int, last_epoch: int,
                      global_batch: int, class_weight: dict[int, float] | None, callbacks: list[Any],
                      jit_compile: bool) -> int:
     """Train epochs ``first_epoch``..``last_epoch`` (resuming from the phase's checkpoint); returns epochs run now.
@@ -53,8 +54,8 @@ def fit_multi_worker(model: Any, optimizer: Any, loss: Any, train_rows: pd.DataF
     import tensorflow as tf
 
     strategy = placement.strategy
-    backup = out / "backup" / phase
-    scratch = out / "backup" / f"{phase}.worker{placement.worker_index}"
+    backup = out / BACKUP_DIR / phase
+    scratch = out / BACKUP_DIR / f"{phase}.worker{placement.worker_index}"
 
     def replica_dataset(context: Any) -> Any:  # one input pipeline per worker, batched per replica
         shard = train_rows.iloc[context.input_pipeline_id::context.num_input_pipelines]
@@ -116,7 +117,7 @@ def fit_multi_worker(model: Any, optimizer: Any, loss: Any, train_rows: pd.DataF
     rows = _read_history(out, start_epoch) if placement.chief else []
     callback_list = keras.callbacks.CallbackList(callbacks, model=model)
     callback_list.on_train_begin()
-    writers = {name: tf.summary.create_file_writer(str(out / "logs" / name)) for name in ("train", "validation")} \
+    writers = {name: tf.summary.create_file_writer(str(out / LOGS_DIR / name)) for name in ("train", "validation")} \
         if placement.chief else {}
     model.stop_training = False
     ran = 0

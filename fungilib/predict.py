@@ -8,7 +8,6 @@ an export bundle uses its float TFLite model (LiteRT), whose softmax already hol
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +18,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from fungilib.artifacts import bundle as bundle_files
+from fungilib.artifacts.trained_run import PREPROCESSING, TrainedRun
 from fungilib.errors import FungilibError
+from fungilib.input_pipeline import eval_transform
 from fungilib.litert import litert_runner
 from fungilib.metrics import softmax
 from fungilib.open_set import UNKNOWN_ANSWER, OpenSetGate, probability_score
@@ -55,38 +57,36 @@ class Predictor:
 
 
 def _keras_predictor(run_dir: Path) -> Predictor:
-    from fungilib.train import load_trained
-
-    model, labels, prep = load_trained(run_dir)
-    metrics_file = run_dir / "metrics.json"
-    temperature = float(json.loads(metrics_file.read_text()).get("temperature", 1.0)) if metrics_file.exists() else 1.0
+    trained = TrainedRun(run_dir)
+    model, labels, prep = trained.load()
+    temperature = float(trained.metrics().get("temperature", 1.0))
 
     def run(images: np.ndarray) -> np.ndarray:
         logits = model.predict_on_batch(images.astype(np.float32))
         return softmax(np.asarray(logits, dtype=np.float64), temperature)
 
-    gate_file = run_dir / "open_set.json"
-    gate = OpenSetGate.from_config(json.loads(gate_file.read_text())) if gate_file.exists() else None
+    gate = OpenSetGate.from_config(trained.open_set_gate() or None)
     return Predictor(labels.to_dict(orient="records"), prep, SPECIES_THRESHOLD,
-                     f"Keras {run_dir / 'model.keras'} (temperature {temperature:.3g})", run, gate)
+                     f"Keras {trained.model_file} (temperature {temperature:.3g})", run, gate)
 
 
 def _tflite_predictor(bundle: Path) -> Predictor:
-    prep = json.loads((bundle / "preprocessing.json").read_text())
-    run = litert_runner((bundle / "model_f32.tflite").read_bytes(), int(prep["input_size"]), batch_size=16)
-    config = json.loads((bundle / "config.json").read_text()) if (bundle / "config.json").exists() else {}
-    return Predictor(json.loads((bundle / "labels.json").read_text()), prep,
-                     float(config.get("threshold", SPECIES_THRESHOLD)), f"TFLite {bundle / 'model_f32.tflite'}", run,
+    prep = bundle_files.read_json(bundle, PREPROCESSING)
+    model_file = bundle / bundle_files.TFLITE_F32
+    run = litert_runner(model_file.read_bytes(), int(prep["input_size"]), batch_size=16)
+    config = bundle_files.read_json(bundle, bundle_files.CONFIG, default={})
+    return Predictor(bundle_files.read_json(bundle, bundle_files.LABELS), prep,
+                     float(config.get("threshold", SPECIES_THRESHOLD)), f"TFLite {model_file}", run,
                      OpenSetGate.from_config(config.get("open_set")))
 
 
 def load_predictor(model: Path) -> Predictor:
     """A run folder (``model.keras``), an export bundle (``model_f32.tflite``), or a run holding ``export/``."""
     model = Path(model)
-    if (model / "model.keras").exists():
+    if TrainedRun(model).model_file.exists():
         return _keras_predictor(model)
     for bundle in (model, model / "export"):
-        if (bundle / "model_f32.tflite").exists() and (bundle / "labels.json").exists():
+        if bundle_files.has_litert_model(bundle):
             return _tflite_predictor(bundle)
     raise FungilibError(f"{model} holds no model: pass a training run folder (model.keras) or an export bundle "
                         "(model_f32.tflite, labels.json)")
@@ -157,8 +157,6 @@ def iter_predictions(inputs: Iterable[Path], model: Path, top: int = 5, threshol
 
     import tensorflow as tf
     from tqdm.auto import tqdm
-
-    from fungilib.input_pipeline import eval_transform
 
     predictor = load_predictor(model)
     size = int(predictor.preprocessing["input_size"])

@@ -9,6 +9,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from fungilib.artifacts.run_record import INDEX_CSV, INDEX_H5, OUTPUT_DIR, PARAMS_FILE
+from fungilib.artifacts.trained_run import TrainedRun
 from fungilib.errors import FungilibError
 from fungilib.fsutil import atomic_path, safe_id, write_hdf
 from fungilib.stages import PATH_PARAMETERS
@@ -50,12 +52,11 @@ def collect_runs(runs_root: Path, sweep: str | None = None) -> pd.DataFrame:
         if "trial" in status:  # an Optuna trial: its number, how it ended, its objective value
             row.update(trial=status["trial"], trial_state=status.get("trial_state", ""), value=status.get("value"),
                        pruned_at_epoch=status.get("pruned_at_epoch", 0), direction=status.get("direction", ""))
-        params_file = folder / "params.yaml"
+        params_file = folder / PARAMS_FILE
         if params_file.exists():
             row.update({f"param.{k}": v for k, v in _flatten(yaml.safe_load(params_file.read_text()) or {}).items()})
-        metrics_file = folder / "output" / "metrics.json"
-        if metrics_file.exists():
-            metrics = json.loads(metrics_file.read_text())
+        metrics = TrainedRun(folder / OUTPUT_DIR).metrics()
+        if metrics:
             row.update({m: metrics.get(m) for m in HEADLINE})
         rows.append(row)
     return pd.DataFrame(rows)
@@ -75,8 +76,8 @@ def write_index(runs_root: Path, sweep: str | None = None) -> pd.DataFrame:
     for name in stored.columns:
         if stored[name].dtype == object:
             stored[name] = stored[name].map(lambda v: "" if v is None else str(v))
-    write_hdf(root / "index.h5", {"runs": stored})
-    with atomic_path(root / "index.csv") as tmp:
+    write_hdf(root / INDEX_H5, {"runs": stored})
+    with atomic_path(root / INDEX_CSV) as tmp:
         table.to_csv(tmp, index=False)
     return table if sweep is None else table[table["sweep"] == sweep].reset_index(drop=True)
 
@@ -84,8 +85,6 @@ def write_index(runs_root: Path, sweep: str | None = None) -> pd.DataFrame:
 def render_report(run_dir: Path) -> list[Path]:
     """Render every executed notebook of a run folder to HTML beside it, for reading without Jupyter."""
     from nbconvert import HTMLExporter
-
-    from fungilib.errors import FungilibError
 
     notebooks = sorted(Path(run_dir).glob("*.ipynb"))
     if not notebooks:

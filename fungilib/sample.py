@@ -381,7 +381,6 @@ def ensure_sample_for(archive: str | Path, sample_dir: str | Path | None) -> Non
     if Path(archive).exists():
         return
     if sample_dir is None:
-        from fungilib.errors import FungilibError
 
         raise FungilibError(f"archive {archive} does not exist")
     ensure_sample(Path(sample_dir))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import colorsys
+import io
 import math
 from dataclasses import dataclass
 
@@ -263,3 +264,11 @@ def draw_mushroom(species: str | Look, rng: np.random.Generator, size: int = 256
     if rng.random() < 0.5:
         img = img.transpose(Image.FLIP_LEFT_RIGHT)
     return img
+
+
+def draw_scale_photo(seed: int, species: int, photo_id: int, size: int) -> bytes:
+    """Photo ``photo_id`` of rehearsal species ``species``: its species' look, a pose of its own (distinct bytes)."""
+    img = draw_mushroom(look_for(species), np.random.default_rng([seed, photo_id]), size)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=85)
+    return buf.getvalue()

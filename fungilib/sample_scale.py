@@ -27,7 +27,6 @@ from fungilib.sample import (
     Sample,
     _meta_xml,
 )
-from fungilib.sample_art import draw_mushroom, look_for
 from fungilib.sample_server import SCALE_PREFIX
 
 SCALE_FILE = "scale.json"
@@ -155,14 +154,6 @@ def generate_scale_sample(spec: ScaleSpec) -> Sample:
                                    "photos": len(media["identifier"]), "occurrences": len(occ["gbifID"])})
     write_json(root / "faults.json", {})
     return Sample(root, archive, root / "media", {}, len(occ["gbifID"]), len(media["identifier"]))
-
-
-def draw_scale_photo(seed: int, species: int, photo_id: int, size: int) -> bytes:
-    """Photo ``photo_id`` of rehearsal species ``species``: its species' look, a pose of its own (distinct bytes)."""
-    img = draw_mushroom(look_for(species), np.random.default_rng([seed, photo_id]), size)
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=85)
-    return buf.getvalue()
 
 
 def read_scale(root: Path) -> dict | None:

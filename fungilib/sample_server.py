@@ -18,6 +18,7 @@ from typing import Any
 
 from fungilib.errors import FungilibError
 from fungilib.fsutil import join_inside
+from fungilib.sample_art import draw_scale_photo
 
 SCALE_PREFIX = "/scale/"  # rehearsal photos (fungilib.sample_scale), drawn on request
 
@@ -107,11 +108,8 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(HTTPStatus.OK, body, mimetypes.guess_type(file.name)[0] or "application/octet-stream")
 
-
     def _scale_photo(self, state: ServerState, path: str) -> None:
         """A rehearsal photo, drawn on request: /scale/<species>/<photo id>.jpg."""
-        from fungilib.sample_scale import draw_scale_photo
-
         parts = path[len(SCALE_PREFIX):].removesuffix(".jpg").split("/")
         scale = state.scale or {}
         if len(parts) != 2 or not all(p.isdigit() for p in parts) or int(parts[0]) >= scale.get("species", 0):

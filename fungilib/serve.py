@@ -14,6 +14,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from fungilib.artifacts.bundle import is_page
 from fungilib.errors import FungilibError
 
 CSP = ("default-src 'self'; img-src 'self' blob: data:; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; "
@@ -29,7 +30,7 @@ def bundle_dir(path: Path) -> Path:
     """The bundle folder for an export folder or a run folder holding ``export/``."""
     path = Path(path)
     for candidate in (path, path / "export"):
-        if (candidate / "index.html").is_file() and (candidate / "config.json").is_file():
+        if is_page(candidate):
             return candidate.resolve()
     raise FungilibError(f"{path} is not an export bundle (no index.html and config.json); "
                         f"run `fungilib export RUN` first and serve RUN/export")

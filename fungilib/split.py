@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from fungilib.errors import FungilibError
+
 SPLITS = ("train", "val", "test")
 
 
@@ -60,7 +62,6 @@ UNKNOWN_SPLITS = ("val_unknown", "test_unknown")  # photos of species held out o
 def held_out_classes(classes: pd.Series, count: int, names: list[str], seed: int) -> set[str]:
     """The class keys kept out of training as "unknown": the ``names`` (species names or class keys) given, plus
     ``count`` more drawn (seeded) from the other classes. Fewer than two known classes left is an error."""
-    from fungilib.errors import FungilibError
 
     by_name = dict(zip(classes.index.astype(str), classes.index, strict=True)) | {
         str(name): key for key, name in classes.items()}

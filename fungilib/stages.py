@@ -102,7 +102,7 @@ class Stage(Runnable):
 
 _PATH = {"path": True}
 STAGES: dict[str, Stage] = {stage.name: stage for stage in [
-    Stage("ingest_eda", "fungilib.eda:IngestEdaParams", "fungilib.eda:ingest_and_describe", "01_ingest_eda.ipynb",
+    Stage("ingest_eda", "fungilib.eda:IngestEdaParams", "fungilib.composed:ingest_and_describe", "01_ingest_eda.ipynb",
           {"archive": SOURCE}, "ingest", runner_parameters=("sample_dir",), commands=(
               Command("ingest", "fungilib.ingest:IngestParams", "fungilib.ingest:ingest",
                       "read a GBIF Darwin Core Archive into observations.h5",
@@ -139,9 +139,9 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in [
                       "(path,label[,group,genus,family]) into a manifest for training",
                       (Flag("source", help="DIR/<label>/... or a CSV", **_PATH),
                        Flag("out", "--out", "the output folder", **_PATH))),)),
-    Stage("train", "fungilib.train:TrainParams", "fungilib.train:train_and_evaluate", "04_train.ipynb",
+    Stage("train", "fungilib.train:TrainParams", "fungilib.composed:train_and_evaluate", "04_train.ipynb",
           {"dataset.manifest": "clean"}, "train", commands=(
-              Command("train", "fungilib.train:TrainParams", "fungilib.train:train_and_evaluate",
+              Command("train", "fungilib.train:TrainParams", "fungilib.composed:train_and_evaluate",
                       "train a classifier on a manifest (resumes when rerun with the same --out), then evaluate it",
                       (Flag("dataset.manifest", "--manifest", "the clean stage's folder (manifest.h5)", **_PATH),
                        Flag("out", "--out", "the run folder", **_PATH),

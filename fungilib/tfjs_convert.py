@@ -14,6 +14,7 @@ import sys
 import types
 from pathlib import Path
 
+from fungilib.artifacts.bundle import TFJS_MODEL
 from fungilib.errors import FungilibError
 
 QUANTIZATIONS: tuple[str, ...] = ("none", "float16", "uint8")
@@ -35,7 +36,7 @@ def convert_saved_model(saved_model: Path, outputs: dict[str, Path], timeout: fl
         last = [line for line in done.stderr.strip().splitlines() if line.strip()][-1:] or ["(no output)"]
         raise FungilibError(f"TF.js conversion of {saved_model} failed: {last[0]}")
     for out_dir in outputs.values():
-        if not (out_dir / "model.json").exists():
+        if not (out_dir / TFJS_MODEL).exists():
             raise FungilibError(f"TF.js conversion of {saved_model} wrote no model.json in {out_dir}")
     return outputs
 

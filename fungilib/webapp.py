@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fungilib.artifacts.bundle import CONFIG, LABELS, PREPROCESSING
 from fungilib.errors import FungilibError
 from fungilib.fsutil import write_json
 from fungilib.stages import PROJECT_ROOT
@@ -109,10 +110,10 @@ def write_web_app(bundle: Path, config: dict, model_files: list[str]) -> list[st
         shutil.copyfile(WEB_DIR / name, bundle / name)
     shutil.copyfile(node_modules() / TFJS_PACKAGE / "dist" / "tf.min.js", bundle / "tf.min.js")
     runtime = copy_litert(bundle / "litert")
-    write_json(bundle / "config.json", config)
+    write_json(bundle / CONFIG, config)
     # the TF.js fallback (tf.min.js, its model) is not precached: a browser that needs it keeps what it fetched
-    precache = ["./", *[name for name in WEB_FILES if name != "tf-globals.js"], *runtime, "config.json",
-                "labels.json", "preprocessing.json", *model_files]
+    precache = ["./", *[name for name in WEB_FILES if name != "tf-globals.js"], *runtime, CONFIG, LABELS,
+                PREPROCESSING, *model_files]
     _write_worker(bundle, precache)
     return precache
 

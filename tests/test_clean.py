@@ -7,9 +7,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fungilib.clean import CleanParams, clean_dataset, load_dropped, load_manifest
+from fungilib.artifacts.dataset import load_dropped, load_manifest
+from fungilib.artifacts.observations import load_observations
+from fungilib.clean import CleanParams, clean_dataset
 from fungilib.errors import FungilibError
-from fungilib.ingest import load_observations
 from fungilib.split import connected_groups, stratified_group_split
 
 

@@ -132,8 +132,8 @@ def test_mixed_precision_trains_on_cpu_and_the_export_keeps_parity(pipeline, tmp
                                      "fit.mixed_precision=true", "evaluate=false"),
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    from fungilib.artifacts.trained_run import load_trained
     from fungilib.export import ExportParams, export_run
-    from fungilib.train import load_trained
 
     model, _, _ = load_trained(out)
     assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}  # the saved model computes in float32

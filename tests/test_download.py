@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from fungilib.download import download_images, load_downloads
+from fungilib.artifacts.downloads import load_downloads
+from fungilib.artifacts.observations import load_observations
+from fungilib.download import download_images
 from fungilib.errors import FungilibError
 from fungilib.fsutil import join_inside, safe_id
-from fungilib.ingest import load_observations
 
 from .conftest import fast_download_params
 

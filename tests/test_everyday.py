@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from fungilib.clean import load_dropped, load_manifest
+from fungilib.artifacts.dataset import load_dropped, load_manifest
 from fungilib.contact_sheets import class_sheets, dropped_sheet
 
 ROOT = Path(__file__).resolve().parents[1]

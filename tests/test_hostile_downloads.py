@@ -14,8 +14,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fungilib.download import DownloadParams, download_images, load_downloads
-from fungilib.ingest import IngestParams, ingest, load_observations
+from fungilib.artifacts.downloads import load_downloads
+from fungilib.artifacts.observations import load_observations
+from fungilib.download import DownloadParams, download_images
+from fungilib.ingest import IngestParams, ingest
 
 from .hostile import HostileServer, write_archive
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fungilib.artifacts.downloads import DOWNLOAD_CLAIM
 from fungilib.claims import claim
-from fungilib.download import DOWNLOAD_CLAIM
 
 
 def _cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -46,10 +46,10 @@ def test_a_sweep_name_cannot_leave_the_runs_root(pipeline, tmp_path: Path, file_
 
 # -- 12. a perfectly clean input cleans (an empty `dropped` table is written and read back) ------------------------
 def test_clean_with_nothing_to_drop_runs_its_notebook(pipeline, tmp_path: Path) -> None:  # noqa: ANN001
-    from fungilib.clean import load_dropped, load_manifest
-    from fungilib.download import load_downloads
+    from fungilib.artifacts.dataset import load_dropped, load_manifest
+    from fungilib.artifacts.downloads import load_downloads
+    from fungilib.artifacts.observations import load_observations
     from fungilib.fsutil import write_hdf
-    from fungilib.ingest import load_observations
     from fungilib.notebooks import run_notebook
     from fungilib.stages import stage
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from fungilib.clean import load_dropped, load_manifest
+from fungilib.artifacts.dataset import load_dropped, load_manifest
 from fungilib.errors import FungilibError
 from fungilib.image_folder import FolderParams, import_folder
 
@@ -136,7 +136,8 @@ def test_import_folder_with_no_images_is_one_clear_error(tmp_path: Path) -> None
 
 
 def test_a_sweep_can_name_an_image_folder_as_its_source(pipeline, tmp_path: Path) -> None:  # noqa: ANN001
-    from fungilib.sweep import load_sweep, plan, prepare_source
+    from fungilib.sweep_file import load_sweep
+    from fungilib.sweep_plan import plan, prepare_source
 
     tree = tmp_path / "photos"
     for folder, taxon in CLASSES.items():

@@ -10,8 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from fungilib.artifacts.observations import load_observations
 from fungilib.errors import FungilibError
-from fungilib.ingest import IngestParams, ingest, load_observations
+from fungilib.ingest import IngestParams, ingest
 
 
 def _rewrite(src: Path, dst: Path, edit) -> Path:  # noqa: ANN001 - edit(name, bytes) -> bytes | None

@@ -85,7 +85,7 @@ def test_a_run_with_held_out_species_reports_and_answers_not_a_species_it_knows(
     deployed whatever its AUROC, `predict` turns away what the metrics say it turns away."""
     import shutil
 
-    from fungilib.clean import load_manifest
+    from fungilib.artifacts.dataset import load_manifest
 
     metrics = json.loads((trained_run / "metrics.json").read_text())
     record = json.loads((trained_run / "open_set.json").read_text())

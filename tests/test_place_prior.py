@@ -83,7 +83,7 @@ def test_the_weight_is_fitted_on_validation_and_zero_for_a_useless_prior() -> No
 
 def test_the_sample_carries_ranges_and_seasons(pipeline) -> None:  # noqa: ANN001
     """The generated sample's species are found in their own ranges and months (so a prior can learn them)."""
-    from fungilib.clean import load_manifest
+    from fungilib.artifacts.dataset import load_manifest
 
     manifest, labels = load_manifest(pipeline.root / "clean")
     where = place_and_season(manifest)

@@ -73,7 +73,8 @@ def test_scale_sample_has_a_gbif_like_long_tail_and_draws_photos_on_request(tmp_
 
     import numpy as np
 
-    from fungilib.ingest import IngestParams, ingest, load_observations
+    from fungilib.artifacts.observations import load_observations
+    from fungilib.ingest import IngestParams, ingest
     from fungilib.sample_scale import ScaleSpec, generate_scale_sample
     from fungilib.sample_server import SampleServer
 

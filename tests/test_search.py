@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from fungilib.errors import FungilibError
-from fungilib.sweep import load_sweep, run_sweep
+from fungilib.sweep import run_sweep
+from fungilib.sweep_file import load_sweep
 
 
 def _write(path: Path, data: dict) -> Path:
@@ -57,7 +58,7 @@ def test_an_optuna_search_is_validated_before_anything_runs(tmp_path: Path, optu
 def test_an_unreachable_storage_is_one_line_within_its_timeout(tmp_path: Path, free_port: int) -> None:
     import time
 
-    from fungilib.search import open_storage
+    from fungilib.optuna_storage import open_storage
 
     t0 = time.monotonic()
     with pytest.raises(FungilibError, match=rf"storage postgresql\+psycopg://127.0.0.1:{free_port}: not reachable"):
@@ -73,9 +74,10 @@ def test_a_trial_is_pruned_inside_its_training_run(pipeline, tmp_path: Path, bac
     train_summary.json and no evaluation."""
     import optuna
 
+    from fungilib.composed import train_and_evaluate
+    from fungilib.optuna_storage import open_storage
     from fungilib.params import build_params
-    from fungilib.search import open_storage
-    from fungilib.train import TrainParams, train_and_evaluate
+    from fungilib.train import TrainParams
 
     storage = (f"journal:{tmp_path / 'study.journal'}" if backend == "journal"
                else request.getfixturevalue("postgres_url"))
@@ -118,7 +120,7 @@ def test_an_optuna_sweep_runs_trials_as_run_folders_and_a_rerun_only_reports(pip
         assert json.loads((folder / "status.json").read_text())["state"] in ("done", "pruned")
     import optuna
 
-    from fungilib.search import open_storage
+    from fungilib.optuna_storage import open_storage
 
     study = optuna.load_study(study_name="opt", storage=open_storage(f"journal:{runs / 'opt' / 'optuna.journal'}"))
     finished = [t for t in study.trials if t.state.is_finished()]
@@ -148,7 +150,7 @@ def test_a_study_killed_mid_trial_goes_on_where_it_was(pipeline, tmp_path: Path)
 
     import optuna
 
-    from fungilib.search import open_storage
+    from fungilib.optuna_storage import open_storage
 
     path = _optuna_sweep(pipeline, tmp_path / "killed.yaml", "killed", 2, n_trials=2, pruner="none", seed=3)
     runs = tmp_path / "runs"

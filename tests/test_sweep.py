@@ -13,10 +13,13 @@ import pandas as pd
 import pytest
 import yaml
 
+from fungilib.artifacts.run_record import read_status
 from fungilib.cli import main
 from fungilib.errors import FungilibError
 from fungilib.runs_index import collect_runs, write_index
-from fungilib.sweep import expand_search, load_sweep, plan, read_status, run_sweep
+from fungilib.sweep import run_sweep
+from fungilib.sweep_file import expand_search, load_sweep
+from fungilib.sweep_plan import plan
 
 
 def test_grid_is_a_sorted_cartesian_product_with_nested_keys() -> None:
@@ -247,7 +250,8 @@ def test_a_training_folder_last_run_on_other_data_starts_afresh(tmp_path: Path) 
     parameters is emptied before the stage runs again — never a stale model reported as the new one — while a
     folder of the same key keeps what it holds (resume after a kill). Stages that do not resume are left as they are."""
     from fungilib.claims import CLAIM_FILE
-    from fungilib.sweep import StageRun, _clear_stale
+    from fungilib.run_execution import _clear_stale
+    from fungilib.sweep_plan import StageRun
 
     def folder(name: str, key: str) -> Path:
         path = tmp_path / name

@@ -53,7 +53,7 @@ def test_poisonous_as_edible_counts_toxic_photos_predicted_edible() -> None:
 def test_evaluation_and_the_page_use_the_list(trained_run: Path, pipeline, tmp_path: Path, free_port: int) -> None:  # noqa: ANN001
     from playwright.sync_api import sync_playwright
 
-    from fungilib.clean import load_manifest
+    from fungilib.artifacts.dataset import load_manifest
     from fungilib.export import ExportParams, export_run
 
     run = tmp_path / "run"

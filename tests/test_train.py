@@ -10,10 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fungilib.clean import load_manifest
+from fungilib.artifacts.dataset import load_manifest
+from fungilib.artifacts.trained_run import load_trained
 from fungilib.errors import FungilibError
 from fungilib.params import build_params
-from fungilib.train import TrainParams, load_trained, train
+from fungilib.train import TrainParams, train
 
 keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
@@ -205,7 +206,8 @@ def test_the_models_colour_jitter_acts_in_training_only_and_survives_save_and_lo
 
 
 def test_schedules_follow_their_shape() -> None:
-    from fungilib.train import ScheduleParams, make_schedule
+    from fungilib.keras_parts import make_schedule
+    from fungilib.train import ScheduleParams
 
     cosine = make_schedule(ScheduleParams(name="cosine", warmup_epochs=1), 0.1, steps_per_epoch=10, epochs=5)
     assert float(cosine(0)) < 0.01 and float(cosine(10)) == pytest.approx(0.1, rel=1e-3) and float(cosine(50)) < 1e-3

@@ -31,7 +31,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 @functools.cache
 def _load(run_dir: Path):  # noqa: ANN202
-    from fungilib.train import load_trained
+    from fungilib.artifacts.trained_run import load_trained
 
     return load_trained(run_dir)
 
@@ -208,7 +208,7 @@ def test_page_in_chromium_matches_keras_and_works_offline(bundle: ExportResult, 
                                                            tmp_path: Path, free_port: int) -> None:
     from playwright.sync_api import sync_playwright
 
-    from fungilib.clean import load_manifest
+    from fungilib.artifacts.dataset import load_manifest
 
     assert Path(CHROMIUM).exists(), "Debian's chromium is missing: `make setup` installs it"
     manifest, _ = load_manifest(pipeline.root / "clean")
@@ -293,7 +293,7 @@ def test_a_plain_static_host_gets_threads_after_one_reload_and_tfjs_still_answer
     cross-origin isolated (LiteRT.js with threads). ``?runtime=tfjs`` forces the fallback, which agrees."""
     from playwright.sync_api import sync_playwright
 
-    from fungilib.clean import load_manifest
+    from fungilib.artifacts.dataset import load_manifest
 
     manifest, _ = load_manifest(pipeline.root / "clean")
     image = Path(manifest.loc[manifest["split"] == "test", "path"].iloc[0])
@@ -361,7 +361,7 @@ def test_the_page_weighs_in_where_and_when(bundle: ExportResult, trained_run: Pa
 
     from playwright.sync_api import sync_playwright
 
-    from fungilib.clean import load_manifest
+    from fungilib.artifacts.dataset import load_manifest
     from fungilib.place_prior import PlacePrior, place_and_season
 
     manifest, _ = load_manifest(pipeline.root / "clean")
@@ -426,7 +426,7 @@ def test_the_journal_keeps_identifications_offline_and_exports_darwin_core(bundl
 
     from playwright.sync_api import sync_playwright
 
-    from fungilib.clean import load_manifest
+    from fungilib.artifacts.dataset import load_manifest
 
     manifest, _ = load_manifest(pipeline.root / "clean")
     first, second = [Path(p) for p in manifest.loc[manifest["split"] == "test", "path"].head(2)]
@@ -489,7 +489,7 @@ def test_a_full_journal_says_so_and_loses_nothing_already_saved(bundle: ExportRe
     saved before is still there; with room again, saving works."""
     from playwright.sync_api import sync_playwright
 
-    from fungilib.clean import load_manifest
+    from fungilib.artifacts.dataset import load_manifest
 
     manifest, _ = load_manifest(pipeline.root / "clean")
     first, second, third = [Path(p) for p in manifest.loc[manifest["split"] == "test", "path"].head(3)]
@@ -557,7 +557,7 @@ def test_a_float16_page_model_halves_the_download_and_answers_alike(trained_run:
                                                                     free_port: int) -> None:
     """`litert_web: float16`: the page's model at half the bytes, run by LiteRT.js in Chromium, naming what Keras
     names with probabilities within a few thousandths (parity recorded, same top-1 required)."""
-    from fungilib.clean import load_manifest
+    from fungilib.artifacts.dataset import load_manifest
     from fungilib.export import ExportParams
 
     result = export_run(ExportParams(run=trained_run, out=tmp_path / "bundle", tfjs_quantization=["none"],
@@ -577,7 +577,7 @@ def test_an_int8_page_model_is_a_quarter_of_the_bytes_and_answers_as_native_lite
     """`litert_web: int8`: weights and activations in 8 bits, calibrated on training photos; the export checks it
     against Keras on the test photos (agreement and both top-1 recorded; int8's at most int8_max_top1_drop lower),
     the page runs it in LiteRT.js and answers what native LiteRT answers with the same file."""
-    from fungilib.clean import load_manifest
+    from fungilib.artifacts.dataset import load_manifest
     from fungilib.export import ExportParams
     from fungilib.input_pipeline import decode_file, eval_transform
     from fungilib.litert import litert_runner
@@ -615,7 +615,7 @@ def test_the_webgpu_path_answers_as_webassembly_does(bundle: ExportResult, pipel
     path a phone's GPU takes, not its speed) names the same top-5 as on WebAssembly, probabilities within 1e-5."""
     from playwright.sync_api import sync_playwright
 
-    from fungilib.clean import load_manifest
+    from fungilib.artifacts.dataset import load_manifest
 
     manifest, _ = load_manifest(pipeline.root / "clean")
     images = [Path(p) for p in manifest.loc[manifest["split"] == "test", "path"].head(3)]
@@ -647,7 +647,7 @@ def test_on_a_phone_the_camera_opens_and_the_answer_fits_the_screen(bundle: Expo
     scrolls sideways."""
     from playwright.sync_api import sync_playwright
 
-    from fungilib.clean import load_manifest
+    from fungilib.artifacts.dataset import load_manifest
 
     manifest, _ = load_manifest(pipeline.root / "clean")
     image = Path(manifest.loc[manifest["split"] == "test", "path"].iloc[0])
@@ -696,7 +696,7 @@ def test_one_bundle_offers_several_models_and_keeps_the_picked_one_offline(bundl
 
     from playwright.sync_api import sync_playwright
 
-    from fungilib.clean import load_manifest
+    from fungilib.artifacts.dataset import load_manifest
     from fungilib.export import ExportParams
 
     site = tmp_path / "bundle"

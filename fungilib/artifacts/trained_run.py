@@ -1,0 +1,207 @@
+"""A training run's folder: the model, its exact label table and preprocessing, a typed summary, history,
+metrics and the evaluation's tables, the open-set gate and the place-and-season prior."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fungilib.artifacts.dataset import LABELS_CSV, write_label_table
+from fungilib.errors import FungilibError
+from fungilib.fsutil import write_json
+
+MODEL_FILE = "model.keras"
+PREPROCESSING = "preprocessing.json"
+RUN_PARAMS = "params.yaml"
+SUMMARY = "train_summary.json"
+METRICS = "metrics.json"
+HISTORY = "history.csv"
+BEST_WEIGHTS = "best.weights.h5"
+PRUNED = "pruned.json"
+OPEN_SET = "open_set.json"
+PRIOR = "place_prior.npz"
+PRIOR_SUMMARY = "place_prior.json"
+PER_CLASS = "per_class.csv"
+CONFUSIONS = "confusions.csv"
+PREDICTIONS = "predictions.csv"
+BACKUP_DIR = "backup"
+LOGS_DIR = "logs"
+
+
+@dataclass
+class TrainSummary:
+    """train_summary.json: what a finished run did, with its resolved parameters."""
+
+    epochs_run: int
+    resumed_from_epoch: int
+    seconds: float
+    train_images_per_second: float
+    best_val_loss: float | None
+    skipped: bool = False
+    pruned_at_epoch: int = 0
+    model: str = ""
+    seed: int = 0
+    params: dict[str, Any] = field(default_factory=dict)
+    train_images: int = 0
+    val_images: int = 0
+    classes: int = 0
+    cache: dict[str, Any] = field(default_factory=dict)
+    replicas: int = 1
+    workers: int = 1
+
+    @property
+    def manifest(self) -> Path:
+        """The manifest the run was trained on."""
+        return Path(self.params["dataset"]["manifest"])
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainSummary:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+class TrainedRun:
+    """One training run's folder (``runs/…/output`` or ``fungilib train --out``)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.folder / name
+
+    @property
+    def model_file(self) -> Path:
+        return self.folder / MODEL_FILE
+
+    @property
+    def history_file(self) -> Path:
+        return self.folder / HISTORY
+
+    @property
+    def best_weights(self) -> Path:
+        return self.folder / BEST_WEIGHTS
+
+    @property
+    def pruned_file(self) -> Path:
+        return self.folder / PRUNED
+
+    @property
+    def prior_file(self) -> Path:
+        return self.folder / PRIOR
+
+    @property
+    def backup_dir(self) -> Path:
+        return self.folder / BACKUP_DIR
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.folder / LOGS_DIR
+
+    @property
+    def finished(self) -> bool:
+        return (self.folder / SUMMARY).exists() and self.model_file.exists()
+
+    def require_model(self) -> Path:
+        if not self.model_file.exists():
+            raise FungilibError(f"{self.folder}: no {MODEL_FILE}; train first (or the run did not finish)")
+        return self.model_file
+
+    # readers
+    def summary(self) -> TrainSummary:
+        path = self.folder / SUMMARY
+        if not path.exists():
+            raise FungilibError(f"{self.folder}: no {SUMMARY}; train first (or the run did not finish)")
+        return TrainSummary.from_dict(json.loads(path.read_text()))
+
+    def summary_or_none(self) -> TrainSummary | None:
+        return self.summary() if (self.folder / SUMMARY).exists() else None
+
+    def metrics(self) -> dict[str, Any]:
+        """metrics.json, or {} before the run is evaluated."""
+        path = self.folder / METRICS
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def history(self) -> Any:
+        """history.csv as a table (empty before the first epoch, or when the file is cut)."""
+        import pandas as pd
+
+        if not self.history_file.exists():
+            return pd.DataFrame()
+        try:
+            return pd.read_csv(self.history_file)
+        except (pd.errors.EmptyDataError, pd.errors.ParserError):
+            return pd.DataFrame()
+
+    def completed_epochs(self) -> int:
+        return len(self.history())
+
+    def labels(self) -> Any:
+        import pandas as pd
+
+        return pd.read_csv(self.folder / LABELS_CSV, dtype={"class_key": str, "speciesKey": str},
+                           keep_default_na=False)
+
+    def preprocessing(self) -> dict[str, Any]:
+        return json.loads((self.folder / PREPROCESSING).read_text())
+
+    def open_set_gate(self) -> dict[str, Any]:
+        """open_set.json (the gate fitted on held-out species), or {} when the run has none."""
+        path = self.folder / OPEN_SET
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def pruned_epoch(self) -> int:
+        return json.loads(self.pruned_file.read_text())["epoch"] if self.pruned_file.exists() else 0
+
+    def per_class(self) -> Any:
+        import pandas as pd
+
+        path = self.folder / PER_CLASS
+        return pd.read_csv(path) if path.exists() else None
+
+    def load_model(self) -> Any:
+        """The Keras model (fungilib's custom layers registered)."""
+        import keras
+
+        from fungilib.models import colour_jitter_layer_class, hub_layer_class
+
+        self.require_model()
+        return keras.models.load_model(self.model_file, safe_mode=False, custom_objects={
+            "HubModuleLayer": hub_layer_class(), "ColourJitter": colour_jitter_layer_class()})
+
+    def load(self) -> tuple[Any, Any, dict[str, Any]]:
+        """(Keras model, label table, preprocessing spec) of a finished run."""
+        return self.load_model(), self.labels(), self.preprocessing()
+
+    # writers
+    def write_inputs(self, labels: Any, preprocessing: dict[str, Any]) -> None:
+        write_label_table(self.folder, labels)
+        write_json(self.folder / PREPROCESSING, preprocessing)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        write_json(self.folder / SUMMARY, summary)
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        write_json(self.folder / METRICS, metrics)
+
+    def write_open_set(self, record: dict[str, Any] | None) -> None:
+        if record is None:
+            (self.folder / OPEN_SET).unlink(missing_ok=True)
+        else:
+            write_json(self.folder / OPEN_SET, record)
+
+    def write_prior(self, data: bytes, summary: dict[str, Any]) -> None:
+        self.prior_file.write_bytes(data)
+        write_json(self.folder / PRIOR_SUMMARY, summary)
+
+    def write_tables(self, per_class: Any, confusions: Any, predictions: Any) -> None:
+        per_class.to_csv(self.folder / PER_CLASS, index=False)
+        confusions.to_csv(self.folder / CONFUSIONS, index=False)
+        predictions.to_csv(self.folder / PREDICTIONS, index=False)
+
+
+def load_trained(run_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
+    """(Keras model, label table, preprocessing spec) of a finished run folder."""
+    return TrainedRun(run_dir).load()

@@ -1,0 +1,31 @@
+"""One Dask set-up for every distributed path (sweeps, Optuna trials, download shards): a client on a LocalCluster
+of N worker processes, or connected to an existing scheduler."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from fungilib.errors import FungilibError
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: str | None, local_cluster: int, threads_per_worker: int = 1,
+                resources: dict[str, int] | None = None, timeout: float = 30) -> Iterator[Any]:
+    """A Dask client: on a LocalCluster of ``local_cluster`` worker processes, or connected to ``scheduler``
+    (one line naming it when no scheduler answers)."""
+    from dask.distributed import Client, LocalCluster
+
+    with contextlib.ExitStack() as stack:
+        if local_cluster:
+            cluster = stack.enter_context(LocalCluster(n_workers=local_cluster, threads_per_worker=threads_per_worker,
+                                                       processes=True, dashboard_address=":0", resources=resources))
+            client = stack.enter_context(Client(cluster))
+        else:
+            try:
+                client = stack.enter_context(Client(scheduler, timeout=timeout))
+            except OSError as exc:
+                raise FungilibError(f"scheduler {scheduler}: no Dask scheduler answers there ({exc}); start "
+                                    "`dask scheduler` and `dask worker` on the hosts, or use local_cluster") from None
+        yield client

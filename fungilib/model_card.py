@@ -1,0 +1,91 @@
+"""The model card (MODEL_CARD.md) and what the page's *About this model* view shows, from a run's folder."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from fungilib import __version__
+from fungilib.artifacts.dataset import load_manifest, manifest_file
+from fungilib.artifacts.trained_run import TrainedRun
+from fungilib.errors import FungilibError
+
+HISTORY_COLUMNS = ("loss", "val_loss", "accuracy", "val_accuracy")
+
+
+def about_model(run_dir: Path, card: str) -> dict[str, Any]:
+    """What the page's *About this model* view shows: the model card, the training curves (history.csv) and each
+    class's test F1 with its number of test photos (per_class.csv), by label index."""
+    import pandas as pd
+
+    run = TrainedRun(run_dir)
+    about: dict[str, Any] = {"card": card, "history": [], "per_class": {}}
+    if run.history_file.exists():
+        history = run.history()
+        about["history"] = [{"epoch": int(row["epoch"]) + 1, **{k: round(float(row[k]), 4) for k in HISTORY_COLUMNS
+                                                                 if k in row and pd.notna(row[k])}}
+                            for _, row in history.iterrows()]
+    table = run.per_class()
+    if table is not None:
+        about["per_class"] = {str(int(r["label"])): {"f1": round(float(r["f1"]), 3), "test_photos": int(r["support"])}
+                              for _, r in table.iterrows()}
+    return about
+
+
+def _open_set_lines(metrics: dict) -> list[str]:
+    if "open_set_auroc" not in metrics:
+        return ["- open set: not fitted (no species were held out of training: clean.holdout_classes); every photo "
+                "gets the nearest known species"]
+    measured = (f"test AUROC known vs never-seen species {metrics['open_set_auroc']:.3f}; never-seen species named "
+                f"{metrics['unknown_named_before']:.0%} → {metrics['unknown_named']:.0%}; known photos turned away "
+                f"{metrics['known_turned_away']:.0%}")
+    if not isinstance(metrics.get("open_set_threshold"), float):
+        return [f"- open set: not deployed, the score does not separate known from never-seen species ({measured})"]
+    return [f"- open set: photos whose {metrics['open_set_score']} is under {metrics['open_set_threshold']:.3g} are "
+            f"answered \"not a species this model knows\" (threshold fitted on validation); {measured}"]
+
+
+def model_card(run_dir: Path, labels: Any, size: int, parity: dict, sizes: dict[str, int]) -> str:
+    run = TrainedRun(run_dir)
+    metrics, summary = run.metrics(), run.summary()
+    params = summary.params
+    lines = [
+        f"# Model card — {run_dir.name}", "",
+        f"- fungilib {__version__}, exported {date.today()}",
+        f"- base {params['model']['base']}, weights {params['model']['weights']}, freeze {params['model']['freeze']}, "
+        f"input {size} px RGB in [0, 255] (scaling inside the model), {summary.epochs_run} epochs",
+        f"- {len(labels)} classes; {summary.train_images} training and {summary.val_images} validation images",
+        f"- output: softmax of logits / {float(metrics.get('temperature', 1.0)):.3g} (temperature fitted on the "
+        "validation split, so probabilities are calibrated for the page's threshold)",
+        "- test split: " + (", ".join(f"{k} {metrics[k]:.3f}" for k in ("top1", "top3", "macro_f1", "ece")
+                                       if k in metrics) or "not evaluated"),
+        *([f"- test split with the place-and-season prior (place_prior.npz, {metrics['prior_bytes'] / 1e3:.0f} kB, "
+           f"weight {metrics['prior_weight']:.1f} fitted on validation): "
+           + ", ".join(f"{k} {metrics[k + '_with_prior']:.3f}" for k in ("top1", "top3", "macro_f1"))]
+          if "top1_with_prior" in metrics else []),
+        *_open_set_lines(metrics),
+        "- formats and sizes: " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sizes.items()),
+        f"- parity vs Keras on {int(parity['images']['count'])} test images: " + "; ".join(
+            f"{k} agreement {v['top1_agreement']:.0%}, max |Δp| {v['max_abs_diff']:.1e}"
+            for k, v in parity.items() if k != "images" and "top1" not in v),
+        *([f"- the page's model is int8 (weights and activations), checked on {web['images']:.0f} test photos: top-1 "
+           f"{web['top1']:.3f} (Keras {web['top1_keras']:.3f}), the same species as Keras on {web['top1_agreement']:.1%}, "
+           f"max |Δp| {web['max_abs_diff']:.2f}"] if "top1" in (web := parity.get("tflite_web", {})) else []),
+    ]
+    manifest_dir = summary.manifest
+    try:
+        manifest, _ = load_manifest(manifest_dir)
+        if "license" in manifest:
+            counts = manifest["license"].astype(str).value_counts()
+            lines.append("- image licences (training data, images): "
+                         + ", ".join(f"{name or 'unstated'} {n}" for name, n in counts.items()))
+        if "rightsHolder" in manifest:
+            lines.append(f"- {manifest['rightsHolder'].nunique()} rights holders; per-image attribution in "
+                         f"{manifest_file(manifest_dir)}")
+    except FungilibError:
+        lines.append(f"- data: the manifest {manifest_dir} is no longer readable; attribution not counted")
+    lines += ["- data source: GBIF occurrence media (Darwin Core Archive) through fungilib ingest → download → clean",
+              "- parameters: " + json.dumps(params, default=str)]
+    return "\n".join(lines) + "\n"

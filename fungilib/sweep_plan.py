@@ -1,0 +1,92 @@
+"""A sweep's plan: the shared data stages (each once, cached by content key) and the per-run executions, each a
+StageRun with its folder and notebook parameters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fungilib.artifacts.dataset import has_manifest
+from fungilib.artifacts.run_record import FINISHED, OUTPUT_DIR, STAGES_DIR, read_status
+from fungilib.data_version import content_key, source_version
+from fungilib.fsutil import join_inside
+from fungilib.image_folder import FolderParams, import_folder
+from fungilib.params import build_params, deep_merge
+from fungilib.stages import SOURCE, stage
+from fungilib.sweep_file import Sweep, stage_values
+
+
+@dataclass
+class StageRun:
+    """One notebook execution: its folder, parameters (paths included) and cache key."""
+
+    stage: str
+    key: str
+    folder: Path
+    parameters: dict[str, Any]
+    run_id: str = ""  # set for the per-run (last) stage
+    data: str = ""  # the version of the pipeline's source (see fungilib.data_version)
+
+    @property
+    def done(self) -> bool:
+        """Finished with these very inputs and parameters (a folder reused with other inputs is not done); a
+        pruned Optuna trial is finished too."""
+        status = read_status(self.folder)
+        return status.get("state") in FINISHED and status.get("key") == self.key
+
+
+def prepare_source(sweep: Sweep, runs_root: Path) -> None:
+    """A `folder:` source is imported once per folder content and import parameters, under
+    ``runs/<sweep>/stages/import-<key>/``; the sweep then trains from that manifest."""
+    if sweep.folder_import is None:
+        return
+    values = dict(sweep.folder_import)
+    key = content_key("import", values, source_version(values["source"]))
+    out = Path(runs_root).resolve() / sweep.name / STAGES_DIR / f"import-{key}"
+    if not has_manifest(out):
+        import_folder(build_params(FolderParams, {**values, "out": out}, f"{sweep.source}: import"))
+    sweep.archive = str(out)
+
+
+def plan(sweep: Sweep, runs_root: Path) -> tuple[list[StageRun], list[StageRun]]:
+    """(shared data-stage executions, per-run executions): every stage but the last is cached by key and
+    shared; the last stage runs once per run in ``runs/<sweep>/<run_id>/``."""
+    root = join_inside(Path(runs_root), sweep.name)
+    archive = str(Path(sweep.archive).resolve())
+    shared: dict[str, StageRun] = {}
+    per_run: list[StageRun] = []
+    data = source_version(archive)
+    for overrides in sweep.runs:
+        outs = {SOURCE: archive}
+        input_key = data
+        for i, name in enumerate(sweep.pipeline):
+            values = stage_values(sweep, name, overrides)
+            if name == "download" and sweep.sample_dir:  # the sweep serves the sample on loopback: allow it
+                values["allow_hosts"] = [*values.get("allow_hosts", []), f"127.0.0.1:{sweep.sample_port}"]
+            key = content_key(name, values, input_key)
+            folder = root / STAGES_DIR / f"{name}-{key}"
+            if i == len(sweep.pipeline) - 1:
+                run_id = content_key(sweep.name, [stage_values(sweep, s, overrides) for s in sweep.pipeline],
+                                     input_key)[:10]
+                folder = root / run_id
+            parameters = stage_parameters(name, values, folder / OUTPUT_DIR, outs)
+            if i == len(sweep.pipeline) - 1:
+                per_run.append(StageRun(name, key, folder, parameters, run_id, data))
+            else:
+                shared.setdefault(key, StageRun(name, key, folder, parameters, data=data))
+            outs[name] = parameters["out"]
+            input_key = key
+    return list(shared.values()), per_run
+
+
+def stage_parameters(name: str, values: dict[str, Any], out: Path, outs: dict[str, str],
+                     runner: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A notebook's parameters: its values, its inputs (the upstream stages' ``out``), its ``out``, and its
+    runner parameters (``sample_dir`` … ; None unless given: the sweep serves the sample itself)."""
+    st = stage(name)
+    parameters = deep_merge(values, st.inputs(outs))
+    parameters["out"] = str(out)
+    for extra in st.runner_parameters:
+        parameters[extra] = (runner or {}).get(extra)
+    return parameters
