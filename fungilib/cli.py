@@ -7,10 +7,13 @@ import argparse
 import dataclasses
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from fungilib import __version__
+from fungilib.artifacts.dataset import LABELS_CSV, MANIFEST_FILE
+from fungilib.artifacts.run_record import INDEX_CSV, INDEX_H5
 from fungilib.errors import FungilibError
 from fungilib.params import ParamLayers, parse_value
 from fungilib.stages import COMMANDS, Command, Flag, command_layers, stage
@@ -199,7 +202,7 @@ def _print_runs_table(runs_root: Path, sweep: str | None, sort: str) -> None:
     elif sort in table:
         table = table.sort_values(sort, ascending=False)
     print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    print(f"(index: {Path(runs_root) / 'index.h5'}, {Path(runs_root) / 'index.csv'})")
+    print(f"(index: {Path(runs_root) / INDEX_H5}, {Path(runs_root) / INDEX_CSV})")
 
 
 def _check_port(port: int) -> None:
@@ -207,124 +210,160 @@ def _check_port(port: int) -> None:
         raise FungilibError(f"--port {port}: a port is a number from 1 to 65535 (0: any free port)")
 
 
-def _run(args: argparse.Namespace) -> int:
-    if getattr(args, "port", None) is not None:
-        _check_port(args.port)
-    if args.command == "sample":
-        from fungilib.sample import SampleSpec, generate_sample
-        from fungilib.sample_server import SampleServer
+def _sample_command(args: argparse.Namespace) -> int:
+    from fungilib.sample import SampleSpec, generate_sample
+    from fungilib.sample_server import SampleServer
 
-        if args.action == "serve":
-            with SampleServer(args.out, port=args.port, slow_seconds=args.slow_seconds, latency=args.latency,
-                              faults={} if args.no_faults else None) as server:
-                print(f"serving {args.out / 'media'} at {server.base_url}/ (Ctrl-C stops)", flush=True)
-                try:
-                    server._thread.join()
-                except KeyboardInterrupt:
-                    pass
-            return 0
-        if args.scale:
-            from fungilib.sample_scale import ScaleSpec, generate_scale_sample
-
-            sample = generate_scale_sample(ScaleSpec(out=args.out, species=args.species, photos=args.photos,
-                                                     seed=args.seed, image_size=args.image_size,
-                                                     base_url=f"http://127.0.0.1:{args.port}"))
-        else:
-            sample = generate_sample(SampleSpec(out=args.out, observations=args.observations, seed=args.seed,
-                                                base_url=f"http://127.0.0.1:{args.port}"))
-        print(f"wrote {sample.archive} ({sample.occurrences} occurrences, {sample.media_rows} media rows); "
-              f"serve its images with: fungilib sample serve --out {args.out} --port {args.port}")
+    if args.action == "serve":
+        with SampleServer(args.out, port=args.port, slow_seconds=args.slow_seconds, latency=args.latency,
+                          faults={} if args.no_faults else None) as server:
+            print(f"serving {args.out / 'media'} at {server.base_url}/ (Ctrl-C stops)", flush=True)
+            try:
+                server._thread.join()
+            except KeyboardInterrupt:
+                pass
         return 0
-    if args.command == "demo":
-        from fungilib.demo import run_demo
+    if args.scale:
+        from fungilib.sample_scale import ScaleSpec, generate_scale_sample
 
-        result = run_demo(args.out, args.observations, args.port, args.sweep)
-        root = result.root
-        print(f"\nThe demo is in {root}:")
+        sample = generate_scale_sample(ScaleSpec(out=args.out, species=args.species, photos=args.photos,
+                                                 seed=args.seed, image_size=args.image_size,
+                                                 base_url=f"http://127.0.0.1:{args.port}"))
+    else:
+        sample = generate_sample(SampleSpec(out=args.out, observations=args.observations, seed=args.seed,
+                                            base_url=f"http://127.0.0.1:{args.port}"))
+    print(f"wrote {sample.archive} ({sample.occurrences} occurrences, {sample.media_rows} media rows); "
+          f"serve its images with: fungilib sample serve --out {args.out} --port {args.port}")
+    return 0
 
-        notebooks = [r.folder / stage(r.stage).notebook_path.name for r in result.runs]
-        print(f"  executed notebooks: {', '.join(str(n.relative_to(root)) for n in notebooks)}"
-              + (f" ({result.skipped} unchanged, not rerun)" if result.skipped else ""))
-        print(f"  manifest and labels: {root / 'clean' / 'manifest.h5'}, {root / 'clean' / 'labels.csv'}")
-        print(f"  plots: {root / 'ingest'}/*.png, {root / 'clean' / 'splits.png'}")
-        if result.sweep is not None:
-            print(f"\nThe sweep {result.sweep.sweep.name} (runs/{result.sweep.sweep.name}/):")
-            _print_runs_table(root.parent, result.sweep.sweep.name, "top1")
-        print(f"\nOpen it all: .venv/bin/jupyter lab {root.parent}")
-        return 1 if result.sweep is not None and result.sweep.failed else 0
-    if args.command == "sweep":
-        from fungilib.gpus import parse_gpus
-        from fungilib.sweep import run_sweep
 
-        gpus = parse_gpus(args.gpus, args.runs_per_gpu) if args.gpus else None  # checked before anything runs
-        result = run_sweep(args.sweep_file, args.runs_root, args.workers, args.scheduler, args.local_cluster, gpus,
-                           args.runs_per_gpu, args.gpu_resource)
-        _print_runs_table(args.runs_root, result.sweep.name, "top1")
-        print(f"\n{len(result.executed)} executed, {result.skipped} already done (cached), "
-              f"{len(result.failed)} failed" + (f", {len(result.elsewhere)} being run by another process"
-                                                if result.elsewhere else ""))
-        for failed in result.failed:
-            print(f"  failed: {failed.get('run_id')}: {failed.get('error')}")
-        return 1 if result.failed else 0
-    if args.command == "predict":
-        from fungilib.predict import as_json, format_one, iter_predictions
+def _demo_command(args: argparse.Namespace) -> int:
+    from fungilib.demo import run_demo
 
-        count = failed = 0
-        for prediction in iter_predictions(args.images, args.model, args.top, args.threshold,
-                                           batch_size=args.batch_size, progress=None,
-                                           no_open_set=args.no_open_set):
-            count += 1
-            failed += not prediction.ok
-            print(json.dumps(as_json(prediction)) if args.json else format_one(prediction, args.top), flush=True)
-        if not count:
-            raise FungilibError("no images found in " + ", ".join(map(str, args.images)))
-        if failed:
-            print(f"fungilib: {failed} of {count} files could not be read", file=sys.stderr)
-        return 1 if failed else 0
-    if args.command == "tensorboard":
-        from fungilib.runs_index import tensorboard_command
+    result = run_demo(args.out, args.observations, args.port, args.sweep)
+    root = result.root
+    print(f"\nThe demo is in {root}:")
 
-        cmd = tensorboard_command(args.runs_root, args.sweep, args.host, args.port)
-        print(" ".join(cmd), flush=True)
-        import subprocess
+    notebooks = [r.folder / stage(r.stage).notebook_path.name for r in result.runs]
+    print(f"  executed notebooks: {', '.join(str(n.relative_to(root)) for n in notebooks)}"
+          + (f" ({result.skipped} unchanged, not rerun)" if result.skipped else ""))
+    print(f"  manifest and labels: {root / 'clean' / MANIFEST_FILE}, {root / 'clean' / LABELS_CSV}")
+    print(f"  plots: {root / 'ingest'}/*.png, {root / 'clean' / 'splits.png'}")
+    if result.sweep is not None:
+        print(f"\nThe sweep {result.sweep.sweep.name} (runs/{result.sweep.sweep.name}/):")
+        _print_runs_table(root.parent, result.sweep.sweep.name, "top1")
+    print(f"\nOpen it all: .venv/bin/jupyter lab {root.parent}")
+    return 1 if result.sweep is not None and result.sweep.failed else 0
 
-        try:
-            return subprocess.call(cmd)
-        except KeyboardInterrupt:
-            return 0
-    if args.command == "serve":
-        from fungilib.serve import bundle_dir, make_server
 
-        server = make_server(args.bundle, args.host, args.port)
-        print(f"serving {bundle_dir(args.bundle)} at http://{args.host}:{server.server_address[1]}/ "
-              "(open it once online; it then works offline) — Ctrl-C stops", flush=True)
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            server.server_close()
+def _sweep_command(args: argparse.Namespace) -> int:
+    from fungilib.gpus import parse_gpus
+    from fungilib.sweep import run_sweep
+
+    gpus = parse_gpus(args.gpus, args.runs_per_gpu) if args.gpus else None  # checked before anything runs
+    result = run_sweep(args.sweep_file, args.runs_root, args.workers, args.scheduler, args.local_cluster, gpus,
+                       args.runs_per_gpu, args.gpu_resource)
+    _print_runs_table(args.runs_root, result.sweep.name, "top1")
+    print(f"\n{len(result.executed)} executed, {result.skipped} already done (cached), "
+          f"{len(result.failed)} failed" + (f", {len(result.elsewhere)} being run by another process"
+                                            if result.elsewhere else ""))
+    for failed in result.failed:
+        print(f"  failed: {failed.get('run_id')}: {failed.get('error')}")
+    return 1 if result.failed else 0
+
+
+def _predict_command(args: argparse.Namespace) -> int:
+    from fungilib.predict import as_json, format_one, iter_predictions
+
+    count = failed = 0
+    for prediction in iter_predictions(args.images, args.model, args.top, args.threshold,
+                                       batch_size=args.batch_size, progress=None,
+                                       no_open_set=args.no_open_set):
+        count += 1
+        failed += not prediction.ok
+        print(json.dumps(as_json(prediction)) if args.json else format_one(prediction, args.top), flush=True)
+    if not count:
+        raise FungilibError("no images found in " + ", ".join(map(str, args.images)))
+    if failed:
+        print(f"fungilib: {failed} of {count} files could not be read", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _tensorboard_command(args: argparse.Namespace) -> int:
+    from fungilib.runs_index import tensorboard_command
+
+    cmd = tensorboard_command(args.runs_root, args.sweep, args.host, args.port)
+    print(" ".join(cmd), flush=True)
+    import subprocess
+
+    try:
+        return subprocess.call(cmd)
+    except KeyboardInterrupt:
         return 0
-    if args.command == "report":
-        from fungilib.runs_index import render_report
 
-        for path in render_report(args.run):
-            print(path)
-        return 0
-    if args.command == "runs":
-        _print_runs_table(args.runs_root, args.sweep, args.sort)
-        return 0
-    if args.command == "weights":
-        from fungilib.models import fetch_weights, hub_cache_dir, keras_cache_dir, spec_for
 
-        if args.action == "where":
-            print(hub_cache_dir() if spec_for(args.name).hub_handle else keras_cache_dir())
-            return 0
-        print(f"cached in {fetch_weights(args.name)}")
+def _serve_command(args: argparse.Namespace) -> int:
+    from fungilib.serve import bundle_dir, make_server
+
+    server = make_server(args.bundle, args.host, args.port)
+    print(f"serving {bundle_dir(args.bundle)} at http://{args.host}:{server.server_address[1]}/ "
+          "(open it once online; it then works offline) — Ctrl-C stops", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+def _report_command(args: argparse.Namespace) -> int:
+    from fungilib.runs_index import render_report
+
+    for path in render_report(args.run):
+        print(path)
+    return 0
+
+
+def _runs_command(args: argparse.Namespace) -> int:
+    _print_runs_table(args.runs_root, args.sweep, args.sort)
+    return 0
+
+
+def _weights_command(args: argparse.Namespace) -> int:
+    from fungilib.models import fetch_weights, hub_cache_dir, keras_cache_dir, spec_for
+
+    if args.action == "where":
+        print(hub_cache_dir() if spec_for(args.name).hub_handle else keras_cache_dir())
         return 0
+    print(f"cached in {fetch_weights(args.name)}")
+    return 0
+
+
+HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "sample": _sample_command,
+    "demo": _demo_command,
+    "sweep": _sweep_command,
+    "predict": _predict_command,
+    "tensorboard": _tensorboard_command,
+    "serve": _serve_command,
+    "report": _report_command,
+    "runs": _runs_command,
+    "weights": _weights_command,
+}
+
+
+def _stage_command(args: argparse.Namespace) -> int:
+    """A stage's sub-command (built from the registry): its entry function on its parameters."""
     _, command = COMMANDS[args.command]
     _print_result(command.entry_function(command_params(args)))
     return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    if getattr(args, "port", None) is not None:
+        _check_port(args.port)
+    return HANDLERS.get(args.command, _stage_command)(args)
 
 
 def main(argv: list[str] | None = None) -> int:

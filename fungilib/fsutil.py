@@ -16,6 +16,8 @@ import pandas as pd
 
 from fungilib.errors import FungilibError
 
+PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the checkout: notebooks/, params/, web/
+
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from fungilib.errors import FungilibError
+from fungilib.fsutil import PROJECT_ROOT
 from fungilib.params import ParamLayers, build_params, read_yaml
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 PARAMS_DIR = PROJECT_ROOT / "params"
 SOURCE = "<source>"  # what a pipeline starts from: an archive, a manifest folder or an image folder

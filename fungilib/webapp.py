@@ -17,14 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from fungilib.artifacts.bundle import CONFIG, LABELS, PREPROCESSING
+from fungilib.artifacts.bundle import CONFIG, INDEX_PAGE, LABELS, PREPROCESSING, SERVICE_WORKER
 from fungilib.errors import FungilibError
-from fungilib.fsutil import write_json
-from fungilib.stages import PROJECT_ROOT
+from fungilib.fsutil import PROJECT_ROOT, write_json
 
 WEB_DIR = PROJECT_ROOT / "web"
 NODE_PREDICT = Path(__file__).resolve().parent / "js" / "tfjs_predict.cjs"
-WEB_FILES = ("index.html", "tf-globals.js", "app.js", "runtime.js", "preprocess.js", "prepare.js", "rollup.js",
+WEB_FILES = (INDEX_PAGE, "tf-globals.js", "app.js", "runtime.js", "preprocess.js", "prepare.js", "rollup.js",
              "place_prior.js", "exif.js", "journal.js", "style.css", "manifest.webmanifest", "icon.svg")
 TFJS_PACKAGE = "@tensorflow/tfjs"
 LITERT_PACKAGE = "@litertjs/core"
@@ -104,7 +103,7 @@ def write_web_app(bundle: Path, config: dict, model_files: list[str]) -> list[st
     ``model_files`` are the bundle-relative files of the model the page loads; the service worker caches them
     with the page. Returns the precached file list.
     """
-    if not (WEB_DIR / "index.html").is_file():
+    if not (WEB_DIR / INDEX_PAGE).is_file():
         raise FungilibError(f"the web page sources are missing ({WEB_DIR}); fungilib must run from its checkout")
     for name in WEB_FILES:
         shutil.copyfile(WEB_DIR / name, bundle / name)
@@ -121,13 +120,13 @@ def write_web_app(bundle: Path, config: dict, model_files: list[str]) -> list[st
 def _write_worker(bundle: Path, precache: list[str]) -> None:
     """``sw.js`` from the template: the precached files and a version that changes whenever one of them does."""
     version = _digest([bundle / name for name in precache[1:]])
-    template = (WEB_DIR / "sw.js").read_text()
+    template = (WEB_DIR / SERVICE_WORKER).read_text()
     worker = template.replace('"__BUNDLE_VERSION__"', json.dumps(version))
-    (bundle / "sw.js").write_text(worker.replace("__PRECACHE_FILES__", json.dumps(precache)))
+    (bundle / SERVICE_WORKER).write_text(worker.replace("__PRECACHE_FILES__", json.dumps(precache)))
 
 
 def refresh_worker(bundle: Path) -> None:
     """Give the bundle's service worker a new version after files it precaches changed (``config.json`` when a model
     is added): a page that has the old one installs the new worker, whose cache then holds the new files."""
-    worker = (bundle / "sw.js").read_text()
+    worker = (bundle / SERVICE_WORKER).read_text()
     _write_worker(bundle, json.loads(worker.split("const FILES = ", 1)[1].split(";", 1)[0]))

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from fungilib.errors import FungilibError
-from fungilib.stages import PROJECT_ROOT
+from fungilib.fsutil import PROJECT_ROOT
 from fungilib.toxicity import class_statuses, load_toxicity, poisonous_as_edible
 
 SAMPLE_LIST = PROJECT_ROOT / "params" / "toxicity-sample.csv"
