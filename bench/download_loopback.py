@@ -78,13 +78,15 @@ def main() -> None:
         1, len(list(sample.media_dir.rglob("*.jpg"))))
     result = {"benchmark": "download_loopback", "date": str(date.today()), "machine": f"{platform.machine()}, 2 cores",
               "images": rows[0]["images"], "source_kb": round(avg_kb, 1), "latency_s": args.latency,
-              "local_cluster": args.local_cluster, "workers": defaults.workers, "per_host": defaults.per_host, "max_side": defaults.max_side,
+              "local_cluster": args.local_cluster, "workers": defaults.workers, "per_host": defaults.per_host,
+              "max_side": defaults.max_side,
               "median_images_per_second": median, "runs": rows}
     (HERE / "results").mkdir(exist_ok=True)
     name = args.out_name or ("download_loopback" + (f"_cluster{args.local_cluster}" if args.local_cluster else ""))
     (HERE / "results" / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     where = f"Dask LocalCluster x{args.local_cluster}" if args.local_cluster else "one process"
-    print(f"\n| where | images | source KB | latency s | workers / per host | max_side | median img/s ({args.repeats} runs) |")
+    print("\n| where | images | source KB | latency s | workers / per host | max_side "
+          f"| median img/s ({args.repeats} runs) |")
     print("|---|---|---|---|---|---|---|")
     print(f"| {where} | {result['images']} | {result['source_kb']} | {args.latency} | {defaults.workers} / "
           f"{defaults.per_host} | {defaults.max_side} | {median} |")

@@ -37,7 +37,8 @@ BROWSER_TIMING = """async ([url, size, repeats, backend]) => {
   for (let i = 0; i < 3; i++) { const y = model.predict(x); await y.data(); y.dispose(); }
   const times = [];
   for (let i = 0; i < repeats; i++) {
-    const t = performance.now(); const y = model.predict(x); await y.data(); times.push(performance.now() - t); y.dispose();
+    const t = performance.now(); const y = model.predict(x); await y.data();
+    times.push(performance.now() - t); y.dispose();
   }
   times.sort((a, b) => a - b);
   return {backend: tf.getBackend(), median: times[Math.floor(times.length / 2)]};

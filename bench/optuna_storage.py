@@ -80,7 +80,8 @@ def main() -> None:
               "rows": rows}
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "optuna_storage.json").write_text(json.dumps(result, indent=2) + "\n")
-    print("\n| storage | processes | trials asked | recorded | errors | wall s | first error |\n|---|---|---|---|---|---|---|")
+    print("\n| storage | processes | trials asked | recorded | errors | wall s | first error |\n"
+          "|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['storage']} | {r['processes']} | {r['trials_asked']} | {r['trials_recorded']} | {r['errors']} | "
               f"{r['seconds']} | {r['first_error']} |")

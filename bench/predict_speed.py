@@ -42,7 +42,8 @@ def one_at_a_time(paths: list[Path], model: Path) -> float:
     _module_from_git("old_rollup", "fungilib/rollup.py", {})
     _module_from_git("old_litert", "fungilib/litert.py", {})
     old = _module_from_git("old_predict", "fungilib/predict.py", {
-        "from fungilib.rollup import": "from old_rollup import", "from fungilib.litert import": "from old_litert import"})
+        "from fungilib.rollup import": "from old_rollup import",
+        "from fungilib.litert import": "from old_litert import"})
     start = time.perf_counter()
     count = len(old.predict_files(paths, model))
     return count / (time.perf_counter() - start)

@@ -88,7 +88,8 @@ def main() -> None:
         rows.append(stage("eda", ["eda", str(work / "ingest"), "--out", str(work / "ingest")], work / "ingest", work,
                           scale["photos"], "images"))
         rows.append(stage("download", ["download", str(work / "ingest"), "--out", str(work / "download"),
-                                       "--max-side", str(args.max_side), "--set", f"allow_hosts=[127.0.0.1:{args.port}]",
+                                       "--max-side", str(args.max_side),
+                                       "--set", f"allow_hosts=[127.0.0.1:{args.port}]",
                                        "--set", "timeout=30"], work / "download", work, scale["photos"], "photos"))
         rows.append(stage("clean", ["clean", "--observations", str(work / "ingest"), "--downloads",
                                     str(work / "download"), "--out", str(work / "clean"), "--min-per-class",

@@ -112,7 +112,8 @@ def main() -> None:
     # the page itself with the accurate model: bytes of a first visit, time to the first answer cold and warm
     page_loads = {variant: _page_load(exported_demo(EFFNET_RUN, WORK / f"effb0-bundle-{variant}", variant))
                   for variant in ("float32", "int8")} if (EFFNET_RUN / "model.keras").exists() else {}
-    result = {"benchmark": "web_variants", "date": str(date.today()), "machine": f"{platform.machine()}, {threads} cores",
+    result = {"benchmark": "web_variants", "date": str(date.today()),
+              "machine": f"{platform.machine()}, {threads} cores",
               "repeats": args.repeats, "rows": rows, "efficientnet_page_load": page_loads}
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "web_variants.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -31,9 +31,11 @@ class CleanParams(SplitParams):
 def _class_keys(frame: pd.DataFrame, keep_genus_rank: bool) -> tuple[pd.Series, pd.Series]:
     """The class of each row (speciesKey, or the species name when an archive has no keys) and a drop reason."""
     rank = frame["taxonRank"].fillna("").str.upper()
-    species_key = frame["speciesKey"].fillna("").where(frame["speciesKey"].fillna("") != "", frame["species"].fillna(""))
+    species_key = frame["speciesKey"].fillna("").where(frame["speciesKey"].fillna("") != "",
+                                                       frame["species"].fillna(""))
     is_species = (frame["species"].fillna("") != "") & (rank.isin(SPECIES_RANKS) | (rank == ""))
-    genus_key = "genus:" + frame["genusKey"].fillna("").where(frame["genusKey"].fillna("") != "", frame["genus"].fillna(""))
+    genus_key = "genus:" + frame["genusKey"].fillna("").where(frame["genusKey"].fillna("") != "",
+                                                              frame["genus"].fillna(""))
     is_genus = (rank == "GENUS") & (frame["genus"].fillna("") != "") & keep_genus_rank
     keys = species_key.where(is_species, genus_key.where(is_genus, ""))
     reason = ("identified only to rank " + rank.str.lower()).where(keys == "", "")

@@ -140,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0, help="parallel runs in a local process pool (default: cores/2)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--scheduler", help="submit the runs to an existing Dask cluster, e.g. tcp://host:8786")
-    group.add_argument("--local-cluster", type=int, default=0, metavar="N", help="start a Dask LocalCluster of N workers")
+    group.add_argument("--local-cluster", type=int, default=0, metavar="N",
+                       help="start a Dask LocalCluster of N workers")
     p.add_argument("--gpus", default="", metavar="IDS",
                    help="local pool: place runs on these GPUs (e.g. 0,1,2,3), each run seeing only its own")
     p.add_argument("--runs-per-gpu", type=int, default=1, metavar="K", help="with --gpus: runs sharing one GPU")
@@ -165,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-open-set", action="store_true",
                    help="always name the nearest species, even for a photo the model's open-set gate (fitted on "
                         "species held out of training) says is not a species it knows")
-    p.add_argument("--json", action="store_true", help="print one JSON object per photo (JSON Lines) instead of a table")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object per photo (JSON Lines) instead of a table")
     p.add_argument("--batch-size", type=int, default=512,
                    help="photos decoded and prepared together (photos of one size are resized in one call)")
 

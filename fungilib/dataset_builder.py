@@ -50,7 +50,8 @@ class SplitParams:
             raise FungilibError("min_per_class and min_side must be >= 1, max_per_class >= 0")
         if self.max_per_class and self.max_per_class < self.min_per_class:
             raise FungilibError(f"max_per_class ({self.max_per_class}) is below min_per_class ({self.min_per_class})")
-        if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
+        fractions = (self.val_fraction, self.test_fraction)
+        if not (all(0 <= f < 1 for f in fractions) and sum(fractions) < 1):
             raise FungilibError("val_fraction and test_fraction must be in [0, 1) and leave some images for training")
         if self.seed < 0:
             raise FungilibError(f"seed must be >= 0, got {self.seed}")
@@ -105,7 +106,8 @@ def finish_dataset(pruner: Pruner, params: SplitParams, out: Path, base: Path | 
         pruner.drop(~pruner.frame.index.isin(keep), f"class over max_per_class ({params.max_per_class})")
     frame, dropped = pruner.frame, pruner.dropped
     if frame.empty:
-        raise FungilibError(f"no images left after cleaning (min_per_class={params.min_per_class}); see dropped reasons")
+        raise FungilibError(f"no images left after cleaning (min_per_class={params.min_per_class}); "
+                            "see dropped reasons")
     fractions = {"train": 1 - params.val_fraction - params.test_fraction, "val": params.val_fraction,
                  "test": params.test_fraction}
     names = frame.groupby("class_key")["species"].first()
@@ -179,7 +181,8 @@ def _label_table(frame: pd.DataFrame) -> pd.DataFrame:
         "taxonRank": np.where(is_genus, "GENUS", "SPECIES"),
     }).reset_index(drop=True).sort_values(["species", "class_key"], ignore_index=True)
     labels.insert(0, "label", np.arange(len(labels)))
-    counts = frame.groupby(["class_key", "split"]).size().unstack(fill_value=0).reindex(columns=list(SPLITS), fill_value=0)
+    counts = frame.groupby(["class_key", "split"]).size().unstack(fill_value=0).reindex(columns=list(SPLITS),
+                                                                                        fill_value=0)
     for split in SPLITS:
         labels[f"{split}_images"] = labels["class_key"].map(counts[split]).fillna(0).astype(int)
     return labels

@@ -135,11 +135,13 @@ def _cpu_devices(count: int) -> list[str]:
     devices = tf.config.list_logical_devices("CPU")
     if len(devices) < count:
         raise FungilibError(f"fit.devices=cpu with fit.replicas={count}: TensorFlow had started in this process with "
-                            f"{len(devices)} CPU device(s); run training in a fresh process (fungilib train, a notebook)")
+                            f"{len(devices)} CPU device(s); run training in a fresh process "
+                            "(fungilib train, a notebook)")
     return [d.name for d in devices[:count]]
 
 
-def make_placement(distribution: str, devices: str, replicas: int, batch_size: int, worker_timeout_s: float) -> DevicePlacement:
+def make_placement(distribution: str, devices: str, replicas: int, batch_size: int,
+                   worker_timeout_s: float) -> DevicePlacement:
     """The strategy for ``fit.distribution`` (call before any other TensorFlow work in the process)."""
     if distribution == "none":
         return DevicePlacement()

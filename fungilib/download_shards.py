@@ -32,7 +32,8 @@ def download_shard(params: DownloadParams, out: Path, items: list[tuple[str, str
             if url in saved:
                 log.write((json.dumps({"url": url, "path": rel, "status": "ok", "reason": "", "cached": True})
                            + "\n").encode())
-        futures = [pool.submit(fetch_one, fetcher, params, out, url, out / rel) for url, rel in items if url not in saved]
+        futures = [pool.submit(fetch_one, fetcher, params, out, url, out / rel) for url,
+                   rel in items if url not in saved]
         for future in as_completed(futures):
             log.write((json.dumps(future.result()) + "\n").encode())
     return {"requests": fetcher.requests, "items": len(items)}
@@ -41,8 +42,8 @@ def download_shard(params: DownloadParams, out: Path, items: list[tuple[str, str
 def download_on_cluster(params: DownloadParams, out: Path, todo: list[tuple[str, Path]], results: dict[str, dict],
                          total: int) -> int:
     """``todo`` in shards on a Dask cluster (``params.scheduler`` or a LocalCluster), progress counted as each shard
-    lands; the shards' logs are merged into ``results`` at the end. Returns the requests made. The images folder must be one every worker
-    writes to (a shared file system, as sweeps require); each file is written atomically."""
+    lands; the shards' logs are merged into ``results`` at the end. Returns the requests made. The images folder
+    must be one every worker writes to (a shared file system, as sweeps require); each file is written atomically."""
     from dask.distributed import as_completed as landed
 
     items = [(url, str(target.relative_to(out))) for url, target in todo]

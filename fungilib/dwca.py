@@ -234,7 +234,8 @@ class Archive:
         location = (el.findtext(f"{ns}files/{ns}location") or "").strip()
         row_type = el.get("rowType", "")
         if not location:
-            raise FungilibError(f"{self.source}: meta.xml: <{el.tag.removeprefix(ns)}> {row_type} has no <files><location>")
+            raise FungilibError(f"{self.source}: meta.xml: <{el.tag.removeprefix(ns)}> {row_type} "
+                                "has no <files><location>")
         id_el = el.find(f"{ns}{id_tag}")
         spec = TableSpec(
             row_type=row_type,
@@ -250,7 +251,8 @@ class Archive:
             if not term:
                 raise FungilibError(f"{self.source}: meta.xml: a <field> of {spec.location} has no term")
             index = f.get("index")
-            spec.fields[local_name(term)] = FieldSpec(term, int(index) if index not in (None, "") else None, f.get("default"))
+            spec.fields[local_name(term)] = FieldSpec(term, int(index) if index not in (None, "") else None,
+                                                      f.get("default"))
         return spec
 
     def _simple_descriptor(self) -> TableSpec:
@@ -305,7 +307,9 @@ class Archive:
                                           convert_opts)
             except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
                 message = str(exc).splitlines()[0]
-                if not repair and (isinstance(exc, UnicodeDecodeError) or "UTF8" in message or "utf-8" in message.lower() or "decode" in message.lower()):
+                undecodable = isinstance(exc, UnicodeDecodeError) or "UTF8" in message or any(
+                    word in message.lower() for word in ("utf-8", "decode"))
+                if not repair and undecodable:
                     continue
                 if "straddl" in message:
                     message = f"a line longer than {BLOCK_SIZE >> 20} MiB (not a table row)"
@@ -368,7 +372,8 @@ class Archive:
                 lines = [text.readline(MAX_HEADER_BYTES) for _ in range(spec.header_lines if spec.header_lines
                                                                         else sample_rows)]
         except DAMAGED as exc:
-            raise FungilibError(f"{self.source}: damaged archive: cannot read {spec.location} ({_damage(exc)})") from None
+            raise FungilibError(
+                f"{self.source}: damaged archive: cannot read {spec.location} ({_damage(exc)})") from None
         lines = [line.rstrip("\r\n") for line in lines if line.strip("\r\n")]
         if not lines:
             return 0

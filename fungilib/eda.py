@@ -28,7 +28,8 @@ class EdaParams:
 
     observations: Path
     out: Path
-    min_images: list[int] = field(default_factory=lambda: [1, 2, 3, 5, 10, 15, 20, 30, 50, 75, 100, 150, 200, 350, 500, 1000])
+    min_images: list[int] = field(default_factory=lambda: [1, 2, 3, 5, 10, 15, 20, 30, 50, 75, 100, 150, 200, 350, 500,
+                                                           1000])
     species_only: bool = True
     max_side: int = 512  # the download's resize-on-save: the cut table's disk estimate is at this size
 
@@ -45,7 +46,8 @@ class IngestEdaParams:
 
     archive: Path
     out: Path
-    min_images: list[int] = field(default_factory=lambda: [1, 2, 3, 5, 10, 15, 20, 30, 50, 75, 100, 150, 200, 350, 500, 1000])
+    min_images: list[int] = field(default_factory=lambda: [1, 2, 3, 5, 10, 15, 20, 30, 50, 75, 100, 150, 200, 350, 500,
+                                                           1000])
     species_only: bool = True
     max_side: int = 512
 
@@ -116,7 +118,8 @@ def photos_per_observation(obs: pd.DataFrame) -> pd.Series:
 
 def license_counts(obs: pd.DataFrame) -> pd.Series:
     short = obs["license"].fillna("").str.extract(r"licenses/([a-z-]+)/|publicdomain/(zero)", expand=True)
-    name = ("CC-" + short[0].str.upper()).fillna(short[1].map({"zero": "CC0"})).fillna(obs["license"].replace("", "unknown"))
+    name = ("CC-" + short[0].str.upper()).fillna(short[1].map({"zero": "CC0"}))
+    name = name.fillna(obs["license"].replace("", "unknown"))
     return name.value_counts().rename("images")
 
 

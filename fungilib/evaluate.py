@@ -63,7 +63,8 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, label_table: 
         "top5": top_k_accuracy(probs, labels, 5), "macro_f1": macro_f1(predicted, labels, n),
         **{name: value for name, value in ranks.items() if value is not None},  # only ranks the labels know
         "ece": ece,
-        "nll": float(-np.mean(np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-12)))) if len(labels) else 0.0,
+        "nll": float(-np.mean(np.log(np.maximum(probs[np.arange(len(labels)), labels],
+                                                1e-12)))) if len(labels) else 0.0,
     }
 
 
@@ -169,7 +170,8 @@ def _open_set(model: Any, frame: pd.DataFrame, val_logits: np.ndarray, logits: n
         TrainedRun(run_dir).write_open_set(None)
         return {}, {}
     n = logits.shape[1]
-    result = evaluate_open_set(val_logits, val["label"].to_numpy(), predict_logits(model, val_unknown, n, size, batch_size),
+    result = evaluate_open_set(val_logits, val["label"].to_numpy(), predict_logits(model, val_unknown, n, size,
+                                                                                   batch_size),
                                logits, y, predict_logits(model, test_unknown, n, size, batch_size), temperature,
                                SPECIES_THRESHOLD, keep, min_auroc)
     TrainedRun(run_dir).write_open_set({**result.record, "held_out": sorted(

@@ -68,7 +68,8 @@ class ExportParams:
     name: str = ""
     threshold: float = SPECIES_THRESHOLD  # the page names a species (else genus, else family) at or above this
     top_k: int = 5
-    toxicity: Path | None = None  # a CSV name,status the user supplies (fungilib.toxicity): the page marks toxic species
+    # a CSV name,status the user supplies (fungilib.toxicity): the page marks toxic species
+    toxicity: Path | None = None
 
     def __post_init__(self) -> None:
         if self.web_model not in self.tfjs_quantization:
@@ -77,7 +78,8 @@ class ExportParams:
         if not 0 < self.threshold < 1:
             raise FungilibError(f"threshold must lie between 0 and 1, got {self.threshold}")
         if self.parity_images < 1 or self.top_k < 1 or self.int8_calibration_images < 1 or self.int8_check_images < 1:
-            raise FungilibError("parity_images, top_k, int8_calibration_images and int8_check_images must be at least 1")
+            raise FungilibError("parity_images, top_k, int8_calibration_images and int8_check_images must be at "
+                                "least 1")
         if not 0 <= self.int8_max_top1_drop < 1:
             raise FungilibError(f"int8_max_top1_drop must lie in [0, 1), got {self.int8_max_top1_drop}")
 
@@ -110,7 +112,8 @@ def _model_entry(bundle: Path, model_id: str, name: str, path: str) -> dict[str,
     labels = bundle_files.read_json(folder, bundle_files.LABELS)
     spec = bundle_files.read_json(folder, PREPROCESSING)
     return {"id": model_id, "name": name, "path": path, "species": len(labels), "input_size": spec["input_size"],
-            "mb": round((folder / config["litert_model"]).stat().st_size / 1e6, 1), "metrics": config.get("metrics", "")}
+            "mb": round((folder / config["litert_model"]).stat().st_size / 1e6, 1), "metrics": config.get("metrics",
+                                                                                                          "")}
 
 
 def add_model(params: ExportParams) -> ExportResult:
@@ -141,7 +144,8 @@ def add_model(params: ExportParams) -> ExportResult:
     config = bundle_files.read_json(bundle, bundle_files.CONFIG)
     models = [m for m in config.get("models", []) if m["id"] not in ("main", model_id)]
     config["models"] = [_model_entry(bundle, "main", config.get("run", "main"), ""), *models,
-                        _model_entry(bundle, model_id, params.name or model_id, f"{bundle_files.MODELS_DIR}/{model_id}/")]
+                        _model_entry(bundle, model_id, params.name or model_id,
+                                     f"{bundle_files.MODELS_DIR}/{model_id}/")]
     write_json(bundle / bundle_files.CONFIG, config)
     refresh_worker(bundle)
     files = {str(p.relative_to(bundle)): p.stat().st_size for p in sorted(bundle.rglob("*")) if p.is_file()}
@@ -210,7 +214,8 @@ def export_run(params: ExportParams) -> ExportResult:
     }
     for quantization in params.tfjs_quantization:
         folder = TFJS_FOLDERS[quantization]
-        parity[f"tfjs_{folder}_node"] = compare(reference, *tfjs_predict_node(work / bundle_files.TFJS_DIR / folder, images))
+        parity[f"tfjs_{folder}_node"] = compare(reference, *tfjs_predict_node(work / bundle_files.TFJS_DIR / folder,
+                                                                              images))
     parity["images"] = {"count": float(len(images))}
     write_json(work / bundle_files.PARITY, parity)
     exact = ["saved_model", "tflite_f32"] + (["tflite_web"] if params.litert_web == "float32" else []) + (
@@ -237,12 +242,14 @@ def export_run(params: ExportParams) -> ExportResult:
                                             "temperature": temperature})
     sizes = {"saved_model": _folder_bytes(saved), "tflite_f32": len(tflite_f32), "tflite_dynamic": len(tflite_dynamic),
              "tflite_web": len(tflite_web)}
-    sizes |= {f"tfjs_{TFJS_FOLDERS[q]}": _folder_bytes(work / bundle_files.TFJS_DIR / TFJS_FOLDERS[q]) for q in params.tfjs_quantization}
+    sizes |= {f"tfjs_{TFJS_FOLDERS[q]}": _folder_bytes(work / bundle_files.TFJS_DIR / TFJS_FOLDERS[q])
+              for q in params.tfjs_quantization}
     card = model_card(run_dir, labels, size, parity, sizes)
     (work / bundle_files.MODEL_CARD).write_text(card)
     write_json(work / bundle_files.ABOUT, about_model(run_dir, card))
 
-    web_folder = Path(bundle_files.TFJS_DIR) / TFJS_FOLDERS[params.web_model]  # the TF.js fallback's model (loaded only if needed)
+    # the TF.js fallback's model (loaded only if needed)
+    web_folder = Path(bundle_files.TFJS_DIR) / TFJS_FOLDERS[params.web_model]
     prior = run.prior_file  # where and when (fungilib.place_prior), with its fitted weight
     if prior.exists():
         write_json(work / bundle_files.PLACE_PRIOR, PlacePrior.from_bytes(prior.read_bytes()).to_json())
@@ -281,7 +288,8 @@ def formats_table(result: ExportResult) -> Any:
         return sum(v for k, v in result.files.items() if k == prefix or k.startswith(prefix + "/"))
 
     where = {"keras": None, "saved_model": bundle_files.SAVED_MODEL_DIR, "tflite_f32": bundle_files.TFLITE_F32,
-             "tflite_dynamic": bundle_files.TFLITE_DYNAMIC, "tflite_web": bundle_files.WEB_TFLITE, "tfjs_float32_node": "tfjs/float32",
+             "tflite_dynamic": bundle_files.TFLITE_DYNAMIC, "tflite_web": bundle_files.WEB_TFLITE,
+             "tfjs_float32_node": "tfjs/float32",
              "tfjs_float16_node": "tfjs/float16", "tfjs_uint8_node": "tfjs/uint8"}
     rows = []
     for name, row in result.parity.items():

@@ -24,7 +24,8 @@ def split_rows(run_dir: Path, count: int, split: str = "test") -> Any:
     manifest, _ = load_manifest(TrainedRun(run_dir).summary().manifest)
     rows = manifest[manifest["split"] == split]
     if rows.empty:
-        raise FungilibError(f"{run_dir}: no {split} images for the {'parity check' if split == 'test' else 'calibration'}")
+        check = "parity check" if split == "test" else "calibration"
+        raise FungilibError(f"{run_dir}: no {split} images for the {check}")
     if split == "test":
         return rows.head(count)
     return rows.iloc[np.unique(np.linspace(0, len(rows) - 1, min(count, len(rows))).round().astype(int))]

@@ -252,7 +252,8 @@ def read_hdf(path: Path, key: str) -> Any:
         frame = pd.read_hdf(path, key)
     except FileNotFoundError:
         raise FungilibError(f"{path}: no such file") from None
-    except (OSError, RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:  # HDF5ExtError: RuntimeError
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError,
+            AttributeError) as exc:  # HDF5ExtError: RuntimeError
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise FungilibError(f"{path}: not a readable fungilib table (key {key!r}: {detail[:100]}); "
                             "rerun the stage that writes it") from None

@@ -137,9 +137,11 @@ class Fetcher:
                 except Exception as exc:  # any socket, HTTP or parsing failure of this attempt
                     self._drop(parts.scheme, netloc)
                     if expired.is_set():
-                        raise FetchError(f"deadline: no complete response in {self.p.deadline:g} s", transient=True) from None
+                        raise FetchError(f"deadline: no complete response in {self.p.deadline:g} s",
+                                         transient=True) from None
                     if isinstance(exc, http.client.IncompleteRead):
-                        raise FetchError(f"truncated body ({len(exc.partial)} bytes received)", transient=True) from None
+                        raise FetchError(f"truncated body ({len(exc.partial)} bytes received)",
+                                         transient=True) from None
                     if isinstance(exc, TimeoutError):
                         raise FetchError(f"timeout: no data for {self.p.timeout:g} s", transient=True) from None
                     if isinstance(exc, http.client.InvalidURL):

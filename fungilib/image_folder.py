@@ -95,7 +95,8 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame, list[dict]]:
     for record in table.to_dict(orient="records"):
         target = (root / record["path"]).resolve() if record["path"] else root
         if not record["path"] or not _inside(target, root):
-            refused.append({"path": record["path"], "label": record["label"], "reason": "path outside the CSV's folder"})
+            refused.append({"path": record["path"], "label": record["label"],
+                            "reason": "path outside the CSV's folder"})
         elif not record["label"].strip():
             refused.append({"path": record["path"], "label": "", "reason": "no label"})
         else:
@@ -117,7 +118,9 @@ def _normalise(path: str, images: Path, max_pixels: int) -> tuple[str, str]:
         img, _ = decode_photo(data, max_pixels)
     except PhotoError as exc:
         reason = exc.reason
-        return "", reason if reason.startswith("too many pixels") else "not a readable image " + reason.partition(" ")[2]
+        if reason.startswith("too many pixels"):
+            return "", reason
+        return "", "not a readable image " + reason.partition(" ")[2]
     if is_plain_jpeg(img):
         return path, ""
     digest = hashlib.sha256(data).hexdigest()

@@ -75,7 +75,8 @@ def make_schedule(p: ScheduleParams, lr: float, steps_per_epoch: int, epochs: in
             warmup_steps=warmup)
     if p.name == "step":
         bounds = [steps_per_epoch * p.step_epochs * i for i in range(1, max(1, epochs // p.step_epochs) + 1)]
-        return keras.optimizers.schedules.PiecewiseConstantDecay(bounds, [lr * p.step_gamma**i for i in range(len(bounds) + 1)])
+        return keras.optimizers.schedules.PiecewiseConstantDecay(bounds,
+                                                                 [lr * p.step_gamma**i for i in range(len(bounds) + 1)])
     return lr  # constant, and plateau (cut by a callback)
 
 

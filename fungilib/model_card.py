@@ -71,7 +71,8 @@ def model_card(run_dir: Path, labels: Any, size: int, parity: dict, sizes: dict[
             f"{k} agreement {v['top1_agreement']:.0%}, max |Δp| {v['max_abs_diff']:.1e}"
             for k, v in parity.items() if k != "images" and "top1" not in v),
         *([f"- the page's model is int8 (weights and activations), checked on {web['images']:.0f} test photos: top-1 "
-           f"{web['top1']:.3f} (Keras {web['top1_keras']:.3f}), the same species as Keras on {web['top1_agreement']:.1%}, "
+           f"{web['top1']:.3f} (Keras {web['top1_keras']:.3f}), the same species as Keras on "
+           f"{web['top1_agreement']:.1%}, "
            f"max |Δp| {web['max_abs_diff']:.2f}"] if "top1" in (web := parity.get("tflite_web", {})) else []),
     ]
     manifest_dir = summary.manifest

@@ -141,7 +141,8 @@ def evaluate_open_set(val_logits: np.ndarray, val_labels: np.ndarray, val_unknow
     }
     record = {**(gate.as_config() if gate else {"score": chosen, "threshold": None}), "keep": keep,
               "deployed": deployed, "species_threshold": species_threshold, "temperature": temperature,
-              "fitted_on": {"val_known_images": int(len(val_logits)), "val_unknown_images": int(len(val_unknown_logits))},
+              "fitted_on": {"val_known_images": int(len(val_logits)),
+                            "val_unknown_images": int(len(val_unknown_logits))},
               "val_auroc": val_auroc,
               "rule": f"score with the best validation AUROC against held-out species among those computable from "
                       f"probabilities (deployed only at AUROC >= {min_auroc}); threshold keeping {keep:.0%} of the "

@@ -170,7 +170,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except IsADirectoryError:
         raise FungilibError(f"{path}: is a folder; expected a YAML file of parameters") from None
     except UnicodeDecodeError as exc:
-        raise FungilibError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None
+        raise FungilibError(
+            f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None
     except OSError as exc:
         raise FungilibError(f"{path}: cannot be read ({exc.strerror})") from None
     except yaml.YAMLError as exc:

@@ -39,7 +39,8 @@ def is_plain_jpeg(img: Image.Image) -> bool:
     return img.format == "JPEG" and img.mode == "RGB" and img.getexif().get(ORIENTATION, 1) == 1
 
 
-def decode_photo(source: bytes | Path, max_pixels: int, max_side: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
+def decode_photo(source: bytes | Path, max_pixels: int, max_side: int | None = None) -> tuple[Image.Image, tuple[int,
+                                                                                                                 int]]:
     """Open and fully decode a photo (a JPEG at a reduced DCT scale when ``max_side`` allows: faster, same size
     after resizing) and its original size; PhotoError for a pixel bomb or anything Pillow cannot decode."""
     try:

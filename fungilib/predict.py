@@ -185,7 +185,8 @@ def iter_predictions(inputs: Iterable[Path], model: Path, top: int = 5, threshol
                     yield Prediction(str(path), ok=False, error=decoded[i][1])
                     continue
                 p = by_index[i]
-                yield Prediction(str(path), ok=True, top=top_k(p, predictor.labels, top), answer=answer(p, ranks, cut, gate),
+                yield Prediction(str(path), ok=True, top=top_k(p, predictor.labels, top), answer=answer(p, ranks, cut,
+                                                                                                        gate),
                                  open_set_score=float(probability_score(p, gate.score)) if gate else None)
             bar.update(len(chunk))
 

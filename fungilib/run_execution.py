@@ -81,7 +81,8 @@ def _execute_claimed(run: StageRun, threads: int) -> dict[str, Any]:
     except Exception as exc:  # a kernel that died, a notebook that cannot start: recorded, not raised
         ok, error = False, f"{type(exc).__name__}: {exc}".splitlines()[0]
         traceback.print_exc()
-    status.update(state=RunState.DONE if ok else RunState.FAILED, end=now(), duration_s=round(time.perf_counter() - t0, 1),
+    status.update(state=RunState.DONE if ok else RunState.FAILED, end=now(), duration_s=round(time.perf_counter() - t0,
+                                                                                              1),
                   error=error)
     write_status(folder, status)
     return status

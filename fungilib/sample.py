@@ -193,7 +193,8 @@ def _taxon_columns(rank: str, species: str | None, genus: str, family: str, orde
         "class": "Pezizomycetes" if order == "Pezizales" else "Agaricomycetes", "order": order, "family": family,
         "genus": genus if rank != "FAMILY" else "", "specificEpithet": species.split()[1] if species else "",
         "taxonRank": rank, "scientificName": name, "acceptedScientificName": name, "verbatimScientificName": name,
-        "taxonKey": taxon_key, "acceptedTaxonKey": taxon_key, "kingdomKey": 5, "phylumKey": 34 if order != "Pezizales" else 95,
+        "taxonKey": taxon_key, "acceptedTaxonKey": taxon_key, "kingdomKey": 5,
+        "phylumKey": 34 if order != "Pezizales" else 95,
         "classKey": 186, "orderKey": keys[order], "familyKey": keys[family],
         "genusKey": keys[genus] if rank != "FAMILY" else "", "speciesKey": keys[species] if species else "",
         "species": species or "",
@@ -216,7 +217,8 @@ def _meta_xml(occ_terms: list[tuple[str, str]], media_terms: list[tuple[str, str
     def fields(terms: list[tuple[str, str]]) -> str:
         return "\n".join(f'    <field index="{i}" term="{ns}{name}"/>' for i, (ns, name) in enumerate(terms))
 
-    attrs = 'encoding="UTF-8" fieldsTerminatedBy="\\t" linesTerminatedBy="\\n" fieldsEnclosedBy="" ignoreHeaderLines="1"'
+    attrs = ('encoding="UTF-8" fieldsTerminatedBy="\\t" linesTerminatedBy="\\n" fieldsEnclosedBy="" '
+             'ignoreHeaderLines="1"')
     return f"""<?xml version="1.0" encoding="utf-8"?>
 <archive xmlns="http://rs.tdwg.org/dwc/text/" metadata="metadata.xml">
   <core {attrs} rowType="http://rs.tdwg.org/dwc/terms/Occurrence">
@@ -276,10 +278,13 @@ def build_tables(spec: SampleSpec) -> tuple[dict[str, list], dict[str, list], li
             "occurrenceID": f"https://www.inaturalist.org/observations/{obs_id}", "license": lic,
             "rightsHolder": user, "institutionCode": "iNaturalist", "collectionCode": "Observations",
             "basisOfRecord": "HUMAN_OBSERVATION", "catalogNumber": obs_id, "recordedBy": user,
-            "occurrenceStatus": "PRESENT", "eventDate": f"{date}T{rng.integers(6, 20):02d}:{rng.integers(0, 60):02d}:00",
-            "year": int(year), "month": int(month), "day": int(day), "countryCode": COUNTRIES[rng.integers(len(COUNTRIES))],
+            "occurrenceStatus": "PRESENT",
+            "eventDate": f"{date}T{rng.integers(6, 20):02d}:{rng.integers(0, 60):02d}:00",
+            "year": int(year), "month": int(month), "day": int(day),
+            "countryCode": COUNTRIES[rng.integers(len(COUNTRIES))],
             "stateProvince": "", "decimalLatitude": round(float(rng.uniform(45, 62)), 5),
-            "decimalLongitude": round(float(rng.uniform(-5, 25)), 5), "coordinateUncertaintyInMeters": int(rng.integers(3, 500)),
+            "decimalLongitude": round(float(rng.uniform(-5, 25)),
+                                      5), "coordinateUncertaintyInMeters": int(rng.integers(3, 500)),
             "identifiedBy": user, "taxonID": f"https://www.inaturalist.org/taxa/{keys.get(species or genus or family)}",
             "taxonomicStatus": "ACCEPTED", "publishingCountry": "US", "lastInterpreted": "2026-10-01T00:00:00.000Z",
             "issue": "COORDINATE_ROUNDED" if rng.random() < 0.3 else "", "mediaType": "StillImage",
@@ -351,7 +356,8 @@ def generate_sample(spec: SampleSpec, workers: int = 2) -> Sample:
         _write_table(zf, "multimedia.txt", media)
     if spec.write_images:
         jobs = [
-            (spec.seed, pid, name, spec.image_size, fault, str(media_dir / _media_path(pid, "png" if fault in {"png", "huge"} else "jpg")))
+            (spec.seed, pid, name, spec.image_size, fault,
+             str(media_dir / _media_path(pid, "png" if fault in {"png", "huge"} else "jpg")))
             for pid, name, fault in draw_jobs
             if fault != "missing"
         ]

@@ -77,7 +77,8 @@ def _background(size: int, rng: np.random.Generator) -> Image.Image:
         if rng.random() < 0.6:
             draw.ellipse([x - r, y - r / 2, x + r, y + r / 2], fill=tone)
         else:
-            draw.line([x, y, x + rng.uniform(-3, 3) * r, y + rng.uniform(-1, 1) * r], fill=tone, width=max(1, int(r / 4)))
+            draw.line([x, y, x + rng.uniform(-3, 3) * r, y + rng.uniform(-1, 1) * r], fill=tone, width=max(1,
+                                                                                                           int(r / 4)))
     return img
 
 
@@ -85,14 +86,16 @@ def _stem(draw: ImageDraw.ImageDraw, look: Look, cx: float, base_y: float, top_y
           rng: np.random.Generator) -> None:
     colour = _shade(look.stem_rgb, rng.uniform(0.85, 1.05))
     draw.polygon(
-        [(cx - width * 0.42, top_y), (cx + width * 0.42, top_y), (cx + width * 0.55, base_y), (cx - width * 0.55, base_y)],
+        [(cx - width * 0.42, top_y), (cx + width * 0.42, top_y), (cx + width * 0.55, base_y), (cx - width * 0.55,
+                                                                                               base_y)],
         fill=colour,
     )
     if look.shape == "dome" and look.underside == "pores":  # a bulbous bolete foot
         draw.ellipse([cx - width * 0.8, base_y - width * 0.9, cx + width * 0.8, base_y + width * 0.2], fill=colour)
     if look.ring:
         ry = top_y + (base_y - top_y) * 0.25
-        draw.ellipse([cx - width * 0.7, ry - width * 0.15, cx + width * 0.7, ry + width * 0.2], fill=_shade(colour, 0.93))
+        draw.ellipse([cx - width * 0.7, ry - width * 0.15, cx + width * 0.7, ry + width * 0.2], fill=_shade(colour,
+                                                                                                            0.93))
 
 
 def _underside(draw: ImageDraw.ImageDraw, kind: str, box: tuple[float, float, float, float], colour: tuple,
@@ -107,7 +110,8 @@ def _underside(draw: ImageDraw.ImageDraw, kind: str, box: tuple[float, float, fl
         if kind == "gills":
             draw.line([(x, y0 + (y1 - y0) * 0.3), ((x0 + x1) / 2, y1)], fill=_shade(colour, 0.6), width=1)
         elif kind == "ridges":
-            draw.line([(x, y0), ((x0 + x1) / 2 + (x - (x0 + x1) / 2) * 0.3, y1 + (y1 - y0))], fill=_shade(colour, 0.75), width=2)
+            foot = ((x0 + x1) / 2 + (x - (x0 + x1) / 2) * 0.3, y1 + (y1 - y0))
+            draw.line([(x, y0), foot], fill=_shade(colour, 0.75), width=2)
         elif kind == "pores":
             yy = y0 + (y1 - y0) * rng.uniform(0.2, 0.8)
             draw.point([(x, yy)], fill=_shade(colour, 0.5))

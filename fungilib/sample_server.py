@@ -149,7 +149,8 @@ class SampleServer:
             self._server = _Server(("127.0.0.1", port), self.state)
         except OSError as exc:
             raise FungilibError(
-                f"cannot serve the sample on 127.0.0.1:{port} ({exc.strerror}); stop what uses that port or pick another"
+                f"cannot serve the sample on 127.0.0.1:{port} ({exc.strerror}); stop what uses that port or pick "
+                "another"
             ) from None
         self._thread = threading.Thread(target=self._server.serve_forever, name="sample-server", daemon=True)
 

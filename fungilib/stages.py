@@ -145,7 +145,8 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in [
                       "train a classifier on a manifest (resumes when rerun with the same --out), then evaluate it",
                       (Flag("dataset.manifest", "--manifest", "the clean stage's folder (manifest.h5)", **_PATH),
                        Flag("out", "--out", "the run folder", **_PATH),
-                       Flag("evaluate", "--no-evaluate", "skip the test-split evaluation", const=False, switch=True))),),
+                       Flag("evaluate", "--no-evaluate", "skip the test-split evaluation", const=False,
+                            switch=True))),),
           resumes=True),
     Stage("evaluate", "fungilib.evaluate:EvaluateParams", "fungilib.evaluate:evaluate_run", None,
           {"run": "train"}, "train", sweepable=False, commands=(
@@ -153,7 +154,8 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in [
                       "evaluate a trained run on its test split (metrics.json and plots)",
                       (Flag("run", help="a training run folder", **_PATH),
                        Flag("manifest", "--manifest", "default: the manifest the run was trained on", **_PATH),
-                       Flag("temperature_scaling", "--no-temperature", "skip temperature scaling", const=False, switch=True))),)),
+                       Flag("temperature_scaling", "--no-temperature", "skip temperature scaling", const=False,
+                            switch=True))),)),
     Stage("export", "fungilib.export:ExportParams", "fungilib.export:export_run", "05_export.ipynb",
           {"run": "train"}, "export", sweepable=False, commands=(
               Command("export", "fungilib.export:ExportParams", "fungilib.export:export_run",

@@ -164,9 +164,8 @@ def load_sweep(path: Path) -> Sweep:
                             f"{' → '.join(SWEEP_PIPELINE)}")
     source_key = "archive" if pipeline[0] == "ingest_eda" else "folder" if "folder" in data else "manifest"
     if source_key not in data:
-        raise FungilibError(f"{path}: missing {source_key!r} (the input of stage {pipeline[0]}"
-                            + (": a manifest folder, or `folder:` for a labelled image folder)" if pipeline[0] == "train"
-                               else ")"))
+        hint = ": a manifest folder, or `folder:` for a labelled image folder" if pipeline[0] == "train" else ""
+        raise FungilibError(f"{path}: missing {source_key!r} (the input of stage {pipeline[0]}{hint})")
     folder_import = None
     if source_key == "folder":
         folder_import = {**(data.get("import") or {}), "source": str(data["folder"])}

@@ -28,7 +28,8 @@ def load_toxicity(path: Path) -> dict[str, str]:
     with path.open(newline="", encoding="utf-8") as handle:
         rows = list(csv.reader(handle))
     if not rows or [c.strip().lower() for c in rows[0][:2]] != ["name", "status"]:
-        raise FungilibError(f"{path}: row 1 must be the header name,status[,…], got {','.join(rows[0]) if rows else ''!r}")
+        header = ",".join(rows[0]) if rows else ""
+        raise FungilibError(f"{path}: row 1 must be the header name,status[,…], got {header!r}")
     found: dict[str, str] = {}
     for number, row in enumerate(rows[1:], start=2):
         if not row or not any(cell.strip() for cell in row):

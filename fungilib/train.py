@@ -138,7 +138,8 @@ def _train(params: TrainParams, run: TrainedRun, placement: Any) -> TrainResult:
                 model.compile(optimizer, loss=loss, metrics=metrics, jit_compile=fit.jit_compile)
                 before = run.completed_epochs()
                 model.fit(train_ds, validation_data=val_ds, epochs=last_epoch, initial_epoch=first_epoch,
-                          shuffle=False, class_weight=weights, callbacks=training_callbacks(run, phase, params, val_ds is not None),
+                          shuffle=False, class_weight=weights, callbacks=training_callbacks(run, phase, params,
+                                                                                            val_ds is not None),
                           verbose=2)
                 images += (run.completed_epochs() - before) * len(train_rows)
         if placement.chief:

@@ -31,7 +31,8 @@ def test_bad_archive_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
 def test_unknown_and_mistyped_parameters_name_the_key(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["clean", "--observations", "a", "--downloads", "b", "--out", "c", "--set", "min_per_clas=3"]) == 2
     err = capsys.readouterr().err
-    assert "unknown parameter 'min_per_clas' for CleanParams; allowed: observations, downloads, out, min_per_class" in err
+    assert ("unknown parameter 'min_per_clas' for CleanParams; allowed: observations, downloads, out, "
+            "min_per_class") in err
     params_file = tmp_path / "download.yaml"
     params_file.write_text("workers: many\n")
     with pytest.raises(FungilibError, match=r"download.yaml: workers: expected an integer, got 'many'"):

@@ -98,7 +98,8 @@ def test_per_host_limit_is_respected(pipeline, tmp_path: Path) -> None:
     faults, state.faults = state.faults, {}  # only plain responses: a server-side sleep outlives the client's timeout
     state.max_active, state.latency = 0, 0.02
     try:
-        result = download_images(fast_download_params(pipeline.root / "ingest", tmp_path, workers=8, per_host=2, limit=40))
+        result = download_images(fast_download_params(pipeline.root / "ingest", tmp_path, workers=8, per_host=2,
+                                                      limit=40))
     finally:
         state.latency, state.faults = 0.0, faults
     assert result.ok + result.failed == 40
@@ -161,7 +162,8 @@ def test_keyboard_interrupt_in_cli_exits_cleanly_without_traceback(pipeline, tmp
         with open(errors, "w") as err_file:  # a file, not a pipe: tqdm's progress can never block the child
             proc = subprocess.Popen(
                 [sys.executable, "-m", "fungilib.cli", "download", str(pipeline.root / "ingest"), "--out", str(out),
-                 "--workers", "2", "--set", "allow_hosts=[127.0.0.1]"], stdout=subprocess.DEVNULL, stderr=err_file, text=True,
+                 "--workers", "2", "--set", "allow_hosts=[127.0.0.1]"], stdout=subprocess.DEVNULL, stderr=err_file,
+                text=True,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and len(list((out / "images").rglob("*.jpg"))) < 10:

@@ -127,7 +127,8 @@ def test_bad_requests_are_one_line(pipeline, trained_run: Path, tmp_path: Path) 
     data = (pipeline.root / "ingest" / "observations.h5").read_bytes()
     (truncated / "observations.h5").write_bytes(data[: len(data) // 3])
     cases = [
-        (("sample", "--out", str(tmp_path / "s"), "--observations", "10"), "observations: 10 is too few; the sample needs at least 24"),
+        (("sample", "--out", str(tmp_path / "s"), "--observations", "10"),
+         "observations: 10 is too few; the sample needs at least 24"),
         (("sample", "serve", "--out", str(tmp_path / "s"), "--port", "70000"), "--port 70000: a port is"),
         (("serve", str(tmp_path), "--port", "70000"), "--port 70000: a port is"),
         (("serve", str(tmp_path), "--port", "-1"), "--port -1: a port is"),

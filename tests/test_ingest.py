@@ -126,7 +126,8 @@ def test_tgz_folder_and_zip_give_the_same_table(pipeline, tmp_path: Path) -> Non
     with zipfile.ZipFile(pipeline.sample.archive) as zf:
         zf.extractall(folder)
     ingest(IngestParams(folder, tmp_path / "from_folder"))
-    pd.testing.assert_frame_equal(load_observations(tmp_path / "from_folder"), load_observations(pipeline.root / "ingest"))
+    pd.testing.assert_frame_equal(load_observations(tmp_path / "from_folder"),
+                                  load_observations(pipeline.root / "ingest"))
 
 
 def test_associated_media_column_is_used_without_a_multimedia_extension(tmp_path: Path) -> None:

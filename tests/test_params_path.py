@@ -72,7 +72,9 @@ def test_every_flag_and_its_set_reach_the_stage(command: str, flag: Flag, how: s
         argv += [flag.option] if flag.switch else (
             [flag.option, text] if flag.option else [text])
     else:
-        argv += ["--set", f"{flag.key}={yaml.safe_dump(expected if not isinstance(expected, Path) else str(expected), default_flow_style=True).strip().removesuffix('...').strip()}"]
+        value = expected if not isinstance(expected, Path) else str(expected)
+        text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+        argv += ["--set", f"{flag.key}={text}"]
     params = command_params(build_parser().parse_args(argv))
     assert isinstance(params, cls)
     assert _dotted(params, flag.key) == expected
@@ -83,8 +85,10 @@ def test_command_line_overrides_apply_in_the_order_given(tmp_path: Path) -> None
     parse = build_parser().parse_args
     assert command_params(parse([*base, "--out", "a", "--set", "out=b"])).out == Path("b")
     assert command_params(parse([*base, "--set", "out=b", "--out", "a"])).out == Path("a")
-    assert command_params(parse([*base, "--out", "a", "--min-per-class", "3", "--set", "min_per_class=4"])).min_per_class == 4
-    assert command_params(parse([*base, "--out", "a", "--set", "min_per_class=4", "--min-per-class", "3"])).min_per_class == 3
+    assert command_params(parse([*base, "--out", "a", "--min-per-class", "3", "--set",
+                                 "min_per_class=4"])).min_per_class == 4
+    assert command_params(parse([*base, "--out", "a", "--set", "min_per_class=4", "--min-per-class",
+                                 "3"])).min_per_class == 3
     # defaults file (params/clean.yaml) < --params FILE < the command line
     assert command_params(parse([*base, "--out", "a"])).min_per_class == 10
     file = tmp_path / "mine.yaml"
@@ -100,7 +104,8 @@ def test_command_line_overrides_apply_in_the_order_given(tmp_path: Path) -> None
 
 
 BAD = [
-    (["download", "o", "--out", "d", "--set", "max_side=abc"], "--set max_side=abc: max_side: expected an integer, got 'abc'"),
+    (["download", "o", "--out", "d", "--set", "max_side=abc"],
+     "--set max_side=abc: max_side: expected an integer, got 'abc'"),
     (["download", "o", "--out", "d", "--max-side", "abc"], "--max-side abc: max_side: expected an integer, got 'abc'"),
     (["download", "o", "--out", "d", "--set", "max_side=[1"], "--set max_side=[1: not a valid value"),
     (["download", "o", "--out", "d", "--set", "timeout=1", "--set", "timeout.x=2"],
@@ -111,7 +116,8 @@ BAD = [
     (["download", "o", "--out", "d", "--set", "nothing"], "--set expects KEY=VALUE, got 'nothing'"),
     (["download", "o", "--out", "d", "--set", "max_sid=3"], "--set max_sid=3: unknown parameter 'max_sid' for "
                                                              "DownloadParams; allowed: observations, out, max_side"),
-    (["clean", "--observations", "o", "--downloads", "d", "--out", "c", "--seed", "-1"], "--seed -1: seed must be >= 0"),
+    (["clean", "--observations", "o", "--downloads", "d", "--out", "c", "--seed", "-1"],
+     "--seed -1: seed must be >= 0"),
     (["train", "--manifest", "m", "--out", "r", "--set", "fit.epochs=-1"], "--set fit.epochs=-1: fit.epochs and"),
     (["download", "o", "--set", "workers=2"], "command line: missing required parameter 'out' for DownloadParams: "
                                               "give --out (or --set out=...)"),

@@ -137,7 +137,8 @@ def test_the_page_computes_the_same_prior_and_reads_exif_gps_and_date(tmp_path: 
     const X = require({json.dumps(str(WEB_DIR / "exif.js"))});
     const prior = P.create(JSON.parse(fs.readFileSync(process.argv[1], "utf8")));
     const points = JSON.parse(process.argv[2]);
-    const buffer = (f) => {{ const b = fs.readFileSync(f); return b.buffer.slice(b.byteOffset, b.byteOffset + b.length); }};
+    const buffer = (f) => {{ const b = fs.readFileSync(f); return b.buffer.slice(b.byteOffset,
+                                                                                 b.byteOffset + b.length); }};
     console.log(JSON.stringify({{
       prior: points.map(([lat, lon, m]) => Array.from(prior.logPrior(lat, lon, m))),
       combined: Array.from(P.combine([0.5, 0.3, 0.2], prior.logPrior(50.5, 10.5, 10), prior.weight)),

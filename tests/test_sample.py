@@ -90,7 +90,8 @@ def test_scale_sample_has_a_gbif_like_long_tail_and_draws_photos_on_request(tmp_
         assert 15 <= np.median(per_species) <= 60
         per_observation = obs.groupby("gbifID").size()
         assert set(per_observation.unique()) <= {1, 2, 3, 4} and per_observation.max() == 4
-        assert obs["genus"].nunique() == 60 and obs["family"].nunique() == 8  # five species a genus, eight genera a family
+        # five species a genus, eight genera a family
+        assert obs["genus"].nunique() == 60 and obs["family"].nunique() == 8
         assert obs["decimalLatitude"].between(20, 85).all() and obs["eventDate"].str.len().eq(10).all()
         first, second = obs[obs["species"] == obs["species"].iloc[0]]["url"].head(2)
         bodies = [urllib.request.urlopen(url, timeout=10).read() for url in (first, second, first)]

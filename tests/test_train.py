@@ -132,7 +132,8 @@ def test_augmentation_from_files_decodes_only_the_crop_and_keeps_labels(pipeline
     for cache in (False, True):
         ds = make_dataset(rows, len(labels), 48, 40, True, Augmentation(), seed=1, cache=cache)
         (x1, y1), (x2, y2) = [next(iter(ds)) for _ in range(2)]
-        assert x1.shape == (40, 48, 48, 3) and 0 <= float(np.min(x1)) and float(np.max(x1)) <= 255 + 1e-2  # (area resize rounds)
+        assert x1.shape == (40, 48, 48,
+                            3) and 0 <= float(np.min(x1)) and float(np.max(x1)) <= 255 + 1e-2  # (area resize rounds)
         assert sorted(y1.numpy().argmax(1)) == sorted(rows["label"])  # one pass, every image once, its own label
         assert sorted(y2.numpy().argmax(1)) == sorted(rows["label"])
         assert float(np.abs(np.sort(x1.numpy().ravel()) - np.sort(x2.numpy().ravel())).max()) > 1  # new crops

@@ -75,7 +75,8 @@ def test_bundle_is_self_contained_with_parity_recorded(bundle: ExportResult, tra
     prep = json.loads((root / "preprocessing.json").read_text())
     assert prep["input_size"] == 48 and prep["input_range"] == [0, 255] and prep["resize_kernel"] == "triangle"
     card = (root / "MODEL_CARD.md").read_text()
-    for fact in ("10 classes", "- open set: ", "top1", "image licences", "rights holders", "fungilib", "tfjs_uint8", "parity"):
+    for fact in ("10 classes", "- open set: ", "top1", "image licences", "rights holders", "fungilib", "tfjs_uint8",
+                 "parity"):
         assert fact in card, fact
     config = json.loads((root / "config.json").read_text())
     assert config["model"] == "tfjs/float32/model.json" and 0 < config["threshold"] < 1
@@ -572,8 +573,8 @@ def test_a_float16_page_model_halves_the_download_and_answers_alike(trained_run:
         assert top[0][0] == int(np.argmax(keras)) and abs(top[0][1] - keras.max()) < 0.02
 
 
-def test_an_int8_page_model_is_a_quarter_of_the_bytes_and_answers_as_native_litert(trained_run: Path, pipeline,  # noqa: ANN001
-                                                                                  tmp_path: Path, free_port: int) -> None:
+def test_an_int8_page_model_is_a_quarter_of_the_bytes_and_answers_as_native_litert(  # noqa: ANN001
+        trained_run: Path, pipeline, tmp_path: Path, free_port: int) -> None:
     """`litert_web: int8`: weights and activations in 8 bits, calibrated on training photos; the export checks it
     against Keras on the test photos (agreement and both top-1 recorded; int8's at most int8_max_top1_drop lower),
     the page runs it in LiteRT.js and answers what native LiteRT answers with the same file."""
@@ -595,7 +596,8 @@ def test_an_int8_page_model_is_a_quarter_of_the_bytes_and_answers_as_native_lite
     assert check["images"] == min(len(tests), 200) and check["top1_keras"] - check["top1"] <= 0.2, check
     assert 0 < check["top1_agreement"] <= 1 and check["max_abs_diff"] > 0, check
     assert json.loads((result.bundle / "parity.json").read_text())["tflite_web"] == check
-    assert f"the page's model is int8 (weights and activations), checked on {len(tests.head(200))} test photos: top-1 " \
+    checked = len(tests.head(200))
+    assert f"the page's model is int8 (weights and activations), checked on {checked} test photos: top-1 " \
            f"{check['top1']:.3f}" in (result.bundle / "MODEL_CARD.md").read_text()
     if check["top1"] < check["top1_keras"]:  # the same model, held to no drop at all, is refused in one line
         with pytest.raises(FungilibError, match=r"int8 model scores top-1 .* \(int8_max_top1_drop 0.0\); export with"):
@@ -705,7 +707,8 @@ def test_one_bundle_offers_several_models_and_keeps_the_picked_one_offline(bundl
     export_run(ExportParams(run=trained_run, add_to=site, name="accurate", parity_images=4, litert_web="float16"))
     config = json.loads((site / "config.json").read_text())
     assert [m["id"] for m in config["models"]] == ["main", "accurate"]
-    assert config["models"][1]["path"] == "models/accurate/" and (site / "models" / "accurate" / "model_web.tflite").exists()
+    assert config["models"][1]["path"] == "models/accurate/"
+    assert (site / "models" / "accurate" / "model_web.tflite").exists()
     assert (site / "sw.js").read_text() != worker_before  # a page that has the bundle picks up the new list
     with pytest.raises(FungilibError, match="not an export bundle"):
         export_run(ExportParams(run=trained_run, add_to=tmp_path, name="x"))
