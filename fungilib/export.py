@@ -1,12 +1,15 @@
-"""Export a trained run as a self-contained bundle: SavedModel, TFLite (float, dynamic-range), TF.js graph
-models (float32, float16, uint8 weights), all with softmax; labels, preprocessing, a model card, the offline
-web classifier, and a parity check of every format against Keras on test images, recorded in the bundle.
+"""Export a trained run as a self-contained bundle: SavedModel, TFLite (float32, dynamic-range), the page's
+LiteRT.js model (float32, float16 or int8), TF.js graph models (float32, float16, uint8 weights), all with softmax
+after the fitted temperature; labels, preprocessing, the model card and About view, the place prior, the toxicity
+list and the open-set gate; the offline web classifier; and a parity check of every format against Keras on the
+run's test photos, recorded in the bundle. A bundle can hold more models (``add_to``: ``models/<id>/``).
 
-Bundle layout (``RUN/export`` unless told otherwise)::
+Bundle layout (``RUN/export`` unless told otherwise; names in fungilib.artifacts.bundle)::
 
-    index.html app.js preprocess.js rollup.js style.css sw.js manifest.webmanifest icon.svg tf.min.js
-    config.json labels.json preprocessing.json MODEL_CARD.md parity.json
-    saved_model/  model_f32.tflite  model_dynamic.tflite  tfjs/{float32,float16,uint8}/model.json + shards
+    index.html *.js style.css sw.js manifest.webmanifest icon.svg tf.min.js litert/
+    config.json labels.json preprocessing.json MODEL_CARD.md about.json parity.json
+    [place_prior.json] [toxicity.json] [models/<id>/…]
+    saved_model/  model_f32.tflite  model_dynamic.tflite  model_web.tflite  tfjs/{float32,float16,uint8}/
 """
 
 from __future__ import annotations
