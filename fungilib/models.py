@@ -9,8 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fungilib.errors import FungilibError
 from fungilib.input_pipeline import colour_jitter
+from fungilib.pretrained_bases import build_pretrained, checkpoint_file
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,7 @@ class BaseSpec:
     scaling: str  # what the base expects: "0_255" (preprocessing inside), "minus1_1", "caffe", "0_1"
     application: str = ""  # keras.applications constructor name
     hub_handle: str = ""  # TF Hub handle (URL) for hub modules
+    checkpoint: bool = False  # built to a packaged checkpoint's architecture (fungilib.pretrained_bases)
 
 
 BASES: dict[str, BaseSpec] = {
@@ -30,6 +34,9 @@ BASES: dict[str, BaseSpec] = {
     "MobileNetV2": BaseSpec("MobileNetV2", 224, "minus1_1", application="MobileNetV2"),
     "EfficientNetB0": BaseSpec("EfficientNetB0", 224, "0_255", application="EfficientNetB0"),
     "EfficientNetV2B0": BaseSpec("EfficientNetV2B0", 224, "0_255", application="EfficientNetV2B0"),
+    # ImageNet checkpoints that install as packages (no download): built to their own architecture
+    "MobileNetV2Torchvision": BaseSpec("MobileNetV2Torchvision", 224, "imagenet_mean_std", checkpoint=True),
+    "EfficientNetLite0": BaseSpec("EfficientNetLite0", 224, "lite", checkpoint=True),
     "ResNet50": BaseSpec("ResNet50", 224, "caffe", application="ResNet50"),
     "InceptionV3": BaseSpec("InceptionV3", 299, "minus1_1", application="InceptionV3"),
     "Xception": BaseSpec("Xception", 299, "minus1_1", application="Xception"),
@@ -110,6 +117,16 @@ def _hub_layer(path: Path, trainable: bool) -> Any:
     return hub_layer_class()(str(path), call_endpoint=endpoint, trainable=trainable, name="hub_module")
 
 
+def _fast_batchnorm(model: Any) -> None:
+    """From scratch, Keras' BatchNorm momentum (0.99-0.999) leaves the moving statistics near their initial values
+    for hundreds of steps: the model then scores well in training mode and predicts one class in inference."""
+    import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.9
+
+
 def build_base(spec: BaseSpec, weights: str, image_size: int) -> Any:
     """The feature extractor (no top, global-pooled later), with weights 'imagenet', 'none' or a file path."""
     import keras
@@ -118,17 +135,18 @@ def build_base(spec: BaseSpec, weights: str, image_size: int) -> Any:
         if weights not in ("imagenet", "none", ""):
             raise FungilibError("a TF Hub module carries its own weights: set weights to 'imagenet' (default)")
         return _hub_layer(resolve_hub_module(spec.hub_handle), trainable=True)
+    if spec.checkpoint:
+        model = build_pretrained(spec.name, image_size, weights)
+        if weights == "none":
+            _fast_batchnorm(model)
+        return model
     constructor = getattr(keras.applications, spec.application)
     kwargs: dict[str, Any] = {"include_top": False, "input_shape": (image_size, image_size, 3)}
     if spec.application.startswith(("MobileNetV3", "EfficientNetV2")):  # EfficientNet (v1) always rescales inside
         kwargs["include_preprocessing"] = True
     if weights == "none":
         model = constructor(weights=None, **kwargs)
-        # From scratch, Keras' BatchNorm momentum (0.99-0.999) leaves the moving statistics near their initial values
-        # for hundreds of steps: the model then scores well in training mode and predicts one class in inference.
-        for layer in model.layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.momentum = 0.9
+        _fast_batchnorm(model)
         return model
     if weights == "imagenet":
         try:
@@ -155,6 +173,8 @@ def build_base(spec: BaseSpec, weights: str, image_size: int) -> Any:
 def fetch_weights(name: str) -> Path:
     """Download ``name``'s weights into the library's own cache (run on a connected machine)."""
     spec = spec_for(name)
+    if spec.checkpoint:  # installed as a package: nothing to fetch
+        return checkpoint_file(name)
     if spec.hub_handle:
         import tensorflow_hub as hub
 
@@ -175,6 +195,11 @@ def rescale_layer(scaling: str) -> Any:
         return keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")
     if scaling == "0_1":
         return keras.layers.Rescaling(1 / 255.0, name="preprocess")
+    if scaling == "imagenet_mean_std":  # torchvision: RGB in [0, 1], minus the ImageNet mean, over its std
+        mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+        return keras.layers.Rescaling(list(1 / (255 * std)), offset=list(-mean / std), name="preprocess")
+    if scaling == "lite":  # EfficientNet-Lite: (x - 127) / 128
+        return keras.layers.Rescaling(1 / 128, offset=-127 / 128, name="preprocess")
     if scaling == "caffe":  # RGB → BGR, minus the ImageNet means
         return keras.layers.Lambda(
             lambda x: x[..., ::-1] - keras.ops.convert_to_tensor([103.939, 116.779, 123.68]), name="preprocess")
