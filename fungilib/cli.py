@@ -151,7 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("runs", help="the runs table (rebuilds runs/index.h5 and runs/index.csv)")
     p.add_argument("sweep", nargs="?")
     p.add_argument("--runs-root", type=Path, default=Path("runs"))
-    p.add_argument("--sort", default="top1", help="column to sort by (descending)")
+    p.add_argument("--sort", default="val_top1",
+                   help="column to sort by (default: validation top-1, the metric runs are chosen on; the test "
+                        "columns are reported, never chosen on)")
 
     p = sub.add_parser("serve", help="serve an export bundle's offline web classifier on 127.0.0.1")
     p.add_argument("bundle", type=Path, help="an export folder (or a run folder holding export/)")
@@ -189,7 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _print_runs_table(runs_root: Path, sweep: str | None, sort: str) -> None:
-    from fungilib.runs_index import HEADLINE, write_index
+    import pandas as pd
+
+    from fungilib.runs_index import HEADLINE, VALIDATION, ranked, write_index
 
     table = write_index(runs_root, sweep)
     if table.empty:
@@ -201,6 +205,8 @@ def _print_runs_table(runs_root: Path, sweep: str | None, sort: str) -> None:
     if "value" in table and table["value"].notna().any():  # an Optuna study: the best trial first
         minimize = "direction" in table and (table["direction"] == "minimize").all()
         table = table.sort_values("value", ascending=bool(minimize), na_position="last")
+    elif sort in VALIDATION:
+        table = pd.concat([ranked(table, sort), table[~table.index.isin(ranked(table, sort).index)]])
     elif sort in table:
         table = table.sort_values(sort, ascending=False)
     print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
@@ -253,7 +259,7 @@ def _demo_command(args: argparse.Namespace) -> int:
     print(f"  plots: {root / 'ingest'}/*.png, {root / 'clean' / 'splits.png'}")
     if result.sweep is not None:
         print(f"\nThe sweep {result.sweep.sweep.name} (runs/{result.sweep.sweep.name}/):")
-        _print_runs_table(root.parent, result.sweep.sweep.name, "top1")
+        _print_runs_table(root.parent, result.sweep.sweep.name, "val_top1")
     print(f"\nOpen it all: .venv/bin/jupyter lab {root.parent}")
     return 1 if result.sweep is not None and result.sweep.failed else 0
 
@@ -265,7 +271,7 @@ def _sweep_command(args: argparse.Namespace) -> int:
     gpus = parse_gpus(args.gpus, args.runs_per_gpu) if args.gpus else None  # checked before anything runs
     result = run_sweep(args.sweep_file, args.runs_root, args.workers, args.scheduler, args.local_cluster, gpus,
                        args.runs_per_gpu, args.gpu_resource)
-    _print_runs_table(args.runs_root, result.sweep.name, "top1")
+    _print_runs_table(args.runs_root, result.sweep.name, "val_top1")
     print(f"\n{len(result.executed)} executed, {result.skipped} already done (cached), "
           f"{len(result.failed)} failed" + (f", {len(result.elsewhere)} being run by another process"
                                             if result.elsewhere else ""))

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from fungilib.artifacts.run_record import OUTPUT_DIR
+from fungilib.artifacts.trained_run import HISTORY
 from fungilib.plotting import plt, save_figure
 
 
@@ -35,7 +37,7 @@ def plot_metric_vs_params(table: pd.DataFrame, metric: str, out: Path) -> Path:
 def learning_curves(runs_root: Path, sweep: str) -> pd.DataFrame:
     """Every run's history.csv stacked, with its run_id."""
     frames = []
-    for history in sorted(Path(runs_root).glob(f"{sweep}/*/output/history.csv")):
+    for history in sorted(Path(runs_root).glob(f"{sweep}/*/{OUTPUT_DIR}/{HISTORY}")):
         frame = pd.read_csv(history)
         frames.append(frame.assign(run_id=history.parent.parent.name))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -68,6 +68,16 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, label_table: 
     }
 
 
+VALIDATION_METRICS = ("top1", "top3", "macro_f1", "nll", "ece")
+
+
+def validation_metrics(logits: np.ndarray, labels: np.ndarray, label_table: pd.DataFrame,
+                       temperature: float) -> dict[str, float]:
+    """``val_top1``, ``val_top3``, ``val_macro_f1``, ``val_nll``, ``val_ece`` (after the temperature) and the count."""
+    scores = classification_metrics(logits, labels, label_table, temperature)
+    return {**{f"val_{k}": scores[k] for k in VALIDATION_METRICS}, "val_images": len(labels)}
+
+
 def _plots(cm: np.ndarray, names: list[str], confusions: pd.DataFrame, reliability: pd.DataFrame,
            per_class: pd.DataFrame, out: Path) -> dict[str, Path]:
     plots: dict[str, Path] = {}
@@ -225,13 +235,14 @@ def evaluate_run(params: EvaluateParams) -> EvalResult:
     y = test["label"].to_numpy()
     temperature = 1.0
     val = frame[frame["split"] == "val"]
-
-    holds_unknown = split == "test" and (frame["split"] == "val_unknown").any()
-    needs_val = len(val) and (temperature_scaling or knows_place(frame) or holds_unknown)  # fitted on val
-    val_logits = predict_logits(model, val, n, size, batch_size) if needs_val else np.zeros((0, n), np.float32)
+    # the validation split, with the weights the run keeps: the temperature, the prior's weight and the open-set
+    # gate are fitted on it, and every choice of a run (best_run, the demo's export, Optuna) reads its metrics
+    val_logits = predict_logits(model, val, n, size, batch_size) if len(val) else np.zeros((0, n), np.float32)
     if temperature_scaling and len(val):
         temperature = float(fit_temperature(val_logits, val["label"].to_numpy()))
     metrics = classification_metrics(logits, y, labels)
+    if len(val):
+        metrics.update(validation_metrics(val_logits, val["label"].to_numpy(), labels, temperature))
     calibrated = classification_metrics(logits, y, labels, temperature)
     metrics.update(split=split, images=len(test), classes=n, temperature=temperature,
                    ece_after_temperature=calibrated["ece"], nll_after_temperature=calibrated["nll"])

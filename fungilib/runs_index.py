@@ -15,7 +15,12 @@ from fungilib.errors import FungilibError
 from fungilib.fsutil import atomic_path, safe_id, write_hdf
 from fungilib.stages import PATH_PARAMETERS
 
-HEADLINE = ["top1", "top3", "top5", "macro_f1", "genus_top1", "ece"]
+# validation first: a run is chosen on these (best_run, the demo's export, the runs table's order) …
+VALIDATION = ["val_top1", "val_macro_f1", "val_nll", "val_ece"]
+# … and reported on the test split, never chosen on
+TEST = ["top1", "top3", "top5", "macro_f1", "genus_top1", "ece"]
+HEADLINE = [*VALIDATION, *TEST]
+LOWER_IS_BETTER = {"val_nll", "val_ece"}
 PATH_KEYS = set(PATH_PARAMETERS)  # where a run read and wrote: not parameters to compare runs by
 
 
@@ -100,21 +105,37 @@ def render_report(run_dir: Path) -> list[Path]:
     return written
 
 
-def best_run(runs_root: Path, sweep: str, metric: str = "top1", among: set[str] | None = None) -> Path:
-    """The folder of the sweep's finished run with the highest ``metric``; ties go to the higher macro-F1, then
-    to the smaller run id, so every caller (demo, comparison notebook, CLI) names the same run. ``among``: only
-    these run ids (the runs of the sweep as it stands, not earlier runs on other data left in its folder)."""
+def check_choice_metric(metric: str) -> None:
+    """A run is chosen on a validation metric only: the test split is reported, never chosen on."""
+    if metric not in VALIDATION:
+        raise FungilibError(f"metric {metric!r}: runs are chosen on a validation metric ({', '.join(VALIDATION)}); "
+                            "the test split is reported for the chosen run, never used to choose")
+
+
+def ranked(table: Any, metric: str) -> Any:
+    """Finished, evaluated runs best first by ``metric`` (a validation metric); ties go to the higher validation
+    macro-F1, then to the smaller run id, so every caller names the same run."""
+    check_choice_metric(metric)
+    done = table[(table["status"] == "done") & table[metric].notna()] if metric in table else table.iloc[0:0]
+    keys = [metric, *(["val_macro_f1"] if "val_macro_f1" in done and metric != "val_macro_f1" else []), "run_id"]
+    ascending = [metric in LOWER_IS_BETTER, *([False] if len(keys) == 3 else []), True]
+    return done.sort_values(keys, ascending=ascending)
+
+
+def best_run(runs_root: Path, sweep: str, metric: str = "val_top1", among: set[str] | None = None) -> Path:
+    """The folder of the sweep's finished run that is best on ``metric`` (a validation metric; see ``ranked``).
+    ``among``: only these run ids (the runs of the sweep as it stands, not earlier runs on other data left in its
+    folder)."""
+    check_choice_metric(metric)
     table = collect_runs(runs_root, sweep)
     if table.empty or metric not in table:
         raise FungilibError(f"sweep {sweep!r} under {runs_root} has no evaluated runs to choose from")
     if among is not None:
         table = table[table["run_id"].astype(str).isin(among)]
-    done = table[(table["status"] == "done") & table[metric].notna()]
+    done = ranked(table, metric)
     if done.empty:
         raise FungilibError(f"sweep {sweep!r} has no finished, evaluated run")
-    keys = [metric, *(["macro_f1"] if "macro_f1" in done and metric != "macro_f1" else []), "run_id"]
-    best = done.sort_values(keys, ascending=[False] * (len(keys) - 1) + [True]).iloc[0]
-    return Path(runs_root) / sweep / str(best["run_id"])
+    return Path(runs_root) / sweep / str(done.iloc[0]["run_id"])
 
 
 def tensorboard_command(runs_root: Path, sweep: str | None, host: str = "127.0.0.1", port: int = 6006) -> list[str]:

@@ -306,6 +306,9 @@ def _check_evaluation(pipeline, run_dir: Path) -> None:  # noqa: ANN001
     assert 0 <= m["top1"] <= m["top3"] <= m["top5"] <= 1 and m["top1"] <= m["genus_top1"]
     manifest, _ = load_manifest(pipeline.root / "clean")
     assert m["images"] == (manifest["split"] == "test").sum()
+    # the validation split's own figures, with the weights the run keeps: what every choice of a run reads
+    assert m["val_images"] == (manifest["split"] == "val").sum() > 0
+    assert 0 <= m["val_top1"] <= m["val_top3"] <= 1 and m["val_nll"] > 0 and 0 <= m["val_ece"] <= 1
     for path in result.plots.values():
         assert path.stat().st_size > 5000
     assert (run_dir / "metrics.json").exists() and len(pd.read_csv(run_dir / "per_class.csv")) == 10
