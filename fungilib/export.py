@@ -38,7 +38,7 @@ from fungilib.export_checks import (
 )
 from fungilib.fsutil import safe_id, write_json
 from fungilib.input_pipeline import RESIZE_RULE
-from fungilib.model_card import about_model, model_card
+from fungilib.model_card import about_model, base_origin, model_card
 from fungilib.place_prior import PlacePrior
 from fungilib.rollup import SPECIES_THRESHOLD
 from fungilib.toxicity import class_statuses, load_toxicity
@@ -259,10 +259,13 @@ def export_run(params: ExportParams) -> ExportResult:
     if params.toxicity is not None:
         write_json(work / bundle_files.TOXICITY, {"source": Path(params.toxicity).name,
                                             "status": class_statuses(labels, load_toxicity(params.toxicity))})
+    base = run.summary().params["model"]  # the base and where its weights come from, stated in the bundle
     config = {"model": str(web_folder / bundle_files.TFJS_MODEL), "litert_model": bundle_files.WEB_TFLITE,
               "litert_variant": params.litert_web, "about": bundle_files.ABOUT, "threshold": params.threshold,
               "top_k": params.top_k, **({"place_prior": bundle_files.PLACE_PRIOR} if prior.exists() else {}),
               "run": run_dir.name, "created": str(date.today()), "fungilib": __version__,
+              "base": {"name": base["base"], "weights": base["weights"],
+                       "origin": base_origin(base["base"], base["weights"])},
               "metrics": ", ".join(f"test {k} {metrics[k]:.2f}" for k in ("top1", "macro_f1") if k in metrics)}
     if params.toxicity is not None:
         config["toxicity"] = bundle_files.TOXICITY

@@ -11,6 +11,7 @@ from fungilib import __version__
 from fungilib.artifacts.dataset import load_manifest, manifest_file
 from fungilib.artifacts.trained_run import TrainedRun
 from fungilib.errors import FungilibError
+from fungilib.pretrained_bases import CHECKPOINTS, card_lines
 
 HISTORY_COLUMNS = ("loss", "val_loss", "accuracy", "val_accuracy")
 
@@ -47,6 +48,11 @@ def _open_set_lines(metrics: dict) -> list[str]:
             f"answered \"not a species this model knows\" (threshold fitted on validation); {measured}"]
 
 
+def base_origin(base: str, weights: str) -> list[str]:
+    """Where a pretrained base's weights come from and under what terms (empty from scratch or for other bases)."""
+    return card_lines(base) if base in CHECKPOINTS and weights == "imagenet" else []
+
+
 def model_card(run_dir: Path, labels: Any, size: int, parity: dict, sizes: dict[str, int]) -> str:
     run = TrainedRun(run_dir)
     metrics, summary = run.metrics(), run.summary()
@@ -56,6 +62,7 @@ def model_card(run_dir: Path, labels: Any, size: int, parity: dict, sizes: dict[
         f"- fungilib {__version__}, exported {date.today()}",
         f"- base {params['model']['base']}, weights {params['model']['weights']}, freeze {params['model']['freeze']}, "
         f"input {size} px RGB in [0, 255] (scaling inside the model), {summary.epochs_run} epochs",
+        *base_origin(params["model"]["base"], params["model"]["weights"]),
         f"- {len(labels)} classes; {summary.train_images} training and {summary.val_images} validation images",
         f"- output: softmax of logits / {float(metrics.get('temperature', 1.0)):.3g} (temperature fitted on the "
         "validation split, so probabilities are calibrated for the page's threshold)",
