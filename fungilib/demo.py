@@ -13,10 +13,10 @@ from fungilib.artifacts.trained_run import TrainedRun
 from fungilib.data_version import content_key, source_version
 from fungilib.errors import FungilibError
 from fungilib.params import deep_merge
-from fungilib.run_execution import execute
+from fungilib.run_execution import StageRun, execute
 from fungilib.sample import ARCHIVE_NAME, DEFAULT_PORT, ensure_sample
 from fungilib.stages import DEMO_PIPELINE, SOURCE, stage
-from fungilib.sweep_plan import StageRun, stage_parameters
+from fungilib.sweep_plan import stage_parameters
 
 
 @dataclass

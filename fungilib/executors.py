@@ -11,8 +11,7 @@ from typing import Any
 from fungilib.dask_cluster import dask_client
 from fungilib.errors import FungilibError
 from fungilib.gpus import bind_worker_gpu
-from fungilib.run_execution import execute
-from fungilib.sweep_plan import StageRun
+from fungilib.run_execution import StageRun, execute
 
 
 @dataclass

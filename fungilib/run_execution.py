@@ -10,17 +10,37 @@ import socket
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-from fungilib.artifacts.run_record import PARAMS_FILE, RunState, read_status, write_status
+from fungilib.artifacts.run_record import FINISHED, PARAMS_FILE, RunState, read_status, write_status
 from fungilib.claims import CLAIM_FILE, claim, holder
 from fungilib.fsutil import atomic_open
 from fungilib.notebooks import run_notebook
 from fungilib.stages import stage
-from fungilib.sweep_plan import StageRun
+
+
+@dataclass
+class StageRun:
+    """One notebook execution: its folder, parameters (paths included) and cache key."""
+
+    stage: str
+    key: str
+    folder: Path
+    parameters: dict[str, Any]
+    run_id: str = ""  # set for the per-run (last) stage
+    data: str = ""  # the version of the pipeline's source (see fungilib.data_version)
+
+    @property
+    def done(self) -> bool:
+        """Finished with these very inputs and parameters (a folder reused with other inputs is not done); a
+        pruned Optuna trial is finished too."""
+        status = read_status(self.folder)
+        return status.get("state") in FINISHED and status.get("key") == self.key
 
 
 def now() -> str:

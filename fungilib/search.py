@@ -16,9 +16,10 @@ from fungilib.errors import FungilibError
 from fungilib.executors import submit_all
 from fungilib.optuna_storage import JOURNAL_FILE, make_pruner, open_storage
 from fungilib.params import deep_merge, set_dotted
+from fungilib.run_execution import StageRun
 from fungilib.search_space import parse_distribution
 from fungilib.sweep_file import OptunaSearch
-from fungilib.sweep_plan import StageRun, stage_parameters
+from fungilib.sweep_plan import stage_parameters
 
 
 def storage_url(search: OptunaSearch, root: Path) -> str:

@@ -12,7 +12,6 @@ import numpy as np
 
 from fungilib.errors import FungilibError
 from fungilib.fsutil import safe_id
-from fungilib.image_folder import FolderParams
 from fungilib.params import build_params, deep_merge, read_yaml, set_dotted
 from fungilib.search_space import parse_distribution
 from fungilib.stages import SWEEP_PIPELINE, check_notebook_parameters, stage
@@ -169,7 +168,8 @@ def load_sweep(path: Path) -> Sweep:
     folder_import = None
     if source_key == "folder":
         folder_import = {**(data.get("import") or {}), "source": str(data["folder"])}
-        build_params(FolderParams, {**folder_import, "out": "."}, f"{path}: import")  # validated now, run later
+        # validated now, run later (by the registry's import_folder stage)
+        build_params(stage("import_folder").params_class, {**folder_import, "out": "."}, f"{path}: import")
     elif "import" in data:
         raise FungilibError(f"{path}: `import` applies only to a `folder:` source")
     base = data.get("base") or {}

@@ -3,37 +3,17 @@ StageRun with its folder and notebook parameters."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fungilib.artifacts.dataset import has_manifest
-from fungilib.artifacts.run_record import FINISHED, OUTPUT_DIR, STAGES_DIR, read_status
+from fungilib.artifacts.run_record import OUTPUT_DIR, STAGES_DIR
 from fungilib.data_version import content_key, source_version
 from fungilib.fsutil import join_inside
-from fungilib.image_folder import FolderParams, import_folder
 from fungilib.params import build_params, deep_merge
+from fungilib.run_execution import StageRun
 from fungilib.stages import SOURCE, stage
 from fungilib.sweep_file import Sweep, stage_values
-
-
-@dataclass
-class StageRun:
-    """One notebook execution: its folder, parameters (paths included) and cache key."""
-
-    stage: str
-    key: str
-    folder: Path
-    parameters: dict[str, Any]
-    run_id: str = ""  # set for the per-run (last) stage
-    data: str = ""  # the version of the pipeline's source (see fungilib.data_version)
-
-    @property
-    def done(self) -> bool:
-        """Finished with these very inputs and parameters (a folder reused with other inputs is not done); a
-        pruned Optuna trial is finished too."""
-        status = read_status(self.folder)
-        return status.get("state") in FINISHED and status.get("key") == self.key
 
 
 def prepare_source(sweep: Sweep, runs_root: Path) -> None:
@@ -45,7 +25,8 @@ def prepare_source(sweep: Sweep, runs_root: Path) -> None:
     key = content_key("import", values, source_version(values["source"]))
     out = Path(runs_root).resolve() / sweep.name / STAGES_DIR / f"import-{key}"
     if not has_manifest(out):
-        import_folder(build_params(FolderParams, {**values, "out": out}, f"{sweep.source}: import"))
+        importer = stage("import_folder")  # the registry's stage: orchestration knows stages only through it
+        importer.entry_function(build_params(importer.params_class, {**values, "out": out}, f"{sweep.source}: import"))
     sweep.archive = str(out)
 
 
