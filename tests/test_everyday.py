@@ -78,11 +78,67 @@ def test_predict_from_an_export_bundle_matches_the_run(trained_run: Path, bundle
     from_run = predict_files([folder], trained_run)
     from_bundle = predict_files([folder], bundle.bundle)  # the bundle's TFLite model, temperature included
     assert len(from_run) == len(list(folder.glob("*.jpg"))) > 0  # a folder is searched for photos
+    gate = json.loads((trained_run / "open_set.json").read_text()) if (trained_run / "open_set.json").exists() else {}
+    _same_decisions(from_run, from_bundle, gate.get("threshold"))
+
+
+BORDER = 1e-3  # Keras and TFLite probabilities differ by up to 1e-4: a score this close to a threshold may flip
+
+
+def _same_decisions(from_run: list, from_bundle: list, threshold: float | None = None) -> int:
+    """The run and its bundle name the same species and decide alike (one decision function, ``rollup.answer``),
+    except for a photo whose gate score lies within float noise of the gate's threshold. Returns how many were
+    compared."""
+    compared = 0
     for a, b in zip(from_run, from_bundle, strict=True):
         assert a.ok and b.ok and a.top[0]["index"] == b.top[0]["index"]
         assert abs(a.top[0]["probability"] - b.top[0]["probability"]) < 1e-4
-        assert (a.answer.rank, a.answer.name) == (b.answer.rank, b.answer.name)
         assert abs(a.answer.probability - b.answer.probability) < 1e-4
+        assert (a.open_set_score is None) == (b.open_set_score is None) == (threshold is None)
+        if threshold is not None and abs(a.open_set_score - threshold) < BORDER:
+            continue
+        assert (a.answer.rank, a.answer.name) == (b.answer.rank, b.answer.name)
+        compared += 1
+    return compared
+
+
+def _copy_files(source: Path, target: Path, names: tuple[str, ...]) -> Path:
+    target.mkdir(parents=True)
+    for name in names:
+        if (source / name).exists():
+            shutil.copy(source / name, target / name)
+    return target
+
+
+@pytest.mark.parametrize("deployed", [True, False], ids=["gate deployed", "gate not deployed"])
+def test_the_run_and_its_bundle_decide_alike_with_and_without_a_deployed_gate(
+        trained_run: Path, bundle, pipeline, tmp_path: Path, deployed: bool) -> None:  # noqa: ANN001
+    """Both states of the open-set gate on purpose (not as one training happens to fit it): a gate at the median
+    score of the photos turns some away and keeps the others, in the run and in its bundle alike."""
+    from fungilib.predict import predict_files
+
+    manifest, _ = load_manifest(pipeline.root / "clean")
+    photos = [Path(p) for p in manifest.loc[manifest["split"] == "test", "path"].head(24)]
+    run = _copy_files(trained_run, tmp_path / "run", ("model.keras", "labels.csv", "preprocessing.json",
+                                                      "metrics.json"))
+    site = _copy_files(bundle.bundle, tmp_path / "bundle", ("model_f32.tflite", "labels.json", "preprocessing.json",
+                                                            "config.json"))
+    scores = [p.top[0]["probability"] for p in predict_files(photos, run)]  # no gate yet: msp is the top probability
+    threshold = float(np.median(scores))
+    gate = {"score": "msp", "threshold": threshold if deployed else None}
+    (run / "open_set.json").write_text(json.dumps(gate))
+    config = json.loads((site / "config.json").read_text())
+    config.pop("open_set", None)
+    if deployed:
+        config["open_set"] = gate
+    (site / "config.json").write_text(json.dumps(config))
+    from_run, from_bundle = predict_files(photos, run), predict_files(photos, site)
+    assert _same_decisions(from_run, from_bundle, threshold if deployed else None) >= len(photos) - 2
+    unknown = [p.answer.rank == "unknown" for p in from_run]
+    if deployed:
+        assert 0 < sum(unknown) < len(photos)  # the gate acted on some photos and not on others
+    else:
+        assert not any(unknown) and all(p.open_set_score is None for p in from_run + from_bundle)
 
 
 def _colours(image: Image.Image) -> int:
