@@ -33,6 +33,10 @@ MEDIA_ROW_TYPES = {"http://rs.gbif.org/terms/1.0/Multimedia", "http://rs.tdwg.or
 _DATA_SUFFIXES = {".txt", ".csv", ".tsv", ".tab"}
 MAX_HEADER_BYTES = 1 << 20  # a header or sample line longer than this is not a table row
 BLOCK_SIZE = 1 << 24  # pyarrow's read block: also the longest line a table may hold (memory stays bounded)
+# A tgz is inflated to a temp folder, only the members meta.xml names, and never past this many bytes: the larger of
+# a floor and a multiple of the archive's own size (GBIF's text compresses 10-20 times; a bomb, a thousand times)
+INFLATE_FLOOR = 64 << 20
+INFLATE_RATIO = 100
 # What a damaged zip or tgz raises while it is read: one line naming the archive, never a traceback
 DAMAGED = (zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError, OSError)
 
@@ -44,6 +48,20 @@ def local_name(term: str) -> str:
     """``http://rs.tdwg.org/dwc/terms/scientificName`` → ``scientificName`` (known terms in canonical case)."""
     name = term.rstrip("/").replace("#", "/").rsplit("/", 1)[-1]
     return _CANONICAL.get(name.lower(), name)
+
+
+MAX_COUNT = 1 << 31  # a column index or header count past this names no real file's column or line
+
+
+def _count(value: str, where: str) -> int:
+    """A non-negative integer of meta.xml (a column index, a header line count), or one line naming it."""
+    try:
+        number = int(value.strip())
+    except ValueError:
+        raise FungilibError(f"{where}={value!r}: expected a whole number >= 0") from None
+    if not 0 <= number < MAX_COUNT:
+        raise FungilibError(f"{where}={value!r}: expected a whole number >= 0 (and below {MAX_COUNT})")
+    return number
 
 
 def _unescape(value: str | None, default: str) -> str:
@@ -148,13 +166,8 @@ class Archive:
             self._zip = zipfile.ZipFile(src)
         elif tarfile.is_tarfile(src):
             self._tmp = Path(tempfile.mkdtemp(prefix="fungilib-dwca-"))
-            with tarfile.open(src) as tar:
-                try:
-                    tar.extractall(self._tmp, filter="data")  # refuses ../, absolute paths and links leaving it
-                except tarfile.FilterError as exc:
-                    raise FungilibError(f"{src}: refused: a member would be written outside the archive "
-                                        f"({exc})") from None
             self._root = self._tmp
+            self._extract_tgz(src)
         else:
             raise FungilibError(f"{src}: not a Darwin Core Archive (expected a .zip, a .tgz or a folder)")
         names = self._names()
@@ -167,9 +180,70 @@ class Archive:
             self._meta_name = None
             self._prefix = str(PurePosixPath(data[0]).parent).lstrip(".") if len(data) == 1 else ""
 
+    def _extract_tgz(self, src: Path) -> None:
+        """Inflate the members a Darwin Core Archive needs — meta.xml, then the files it names (or the one data file
+        of an archive without it) — and nothing else, streamed, stopping at the inflation cap. Only regular files
+        inside the archive are written (tarfile's data filter refuses ../, absolute paths and links)."""
+        cap = max(INFLATE_FLOOR, INFLATE_RATIO * src.stat().st_size)
+        written = 0
+        with tarfile.open(src) as tar:
+            members = {m.name.removeprefix("./"): m for m in tar.getmembers() if m.isfile()}
+
+            def extract(name: str) -> None:
+                nonlocal written
+                try:
+                    member = tarfile.data_filter(members[name], str(self._tmp))
+                except tarfile.FilterError as exc:
+                    raise FungilibError(f"{src}: refused: a member would be written outside the archive "
+                                        f"({exc})") from None
+                target = self._root / member.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with tar.extractfile(member) as data, open(target, "wb") as out:  # type: ignore[union-attr]
+                    while block := data.read(1 << 20):
+                        written += len(block)
+                        if written > cap:
+                            raise FungilibError(f"{src}: refused: it inflates past {cap >> 20} MiB (the larger of "
+                                                f"{INFLATE_FLOOR >> 20} MiB and {INFLATE_RATIO}× its "
+                                                f"{src.stat().st_size / 1e6:.1f} MB); a decompression bomb?")
+                        out.write(block)
+
+            metas = sorted((n for n in members if PurePosixPath(n).name.lower() == "meta.xml"),
+                           key=lambda n: n.count("/"))
+            if not metas:
+                for name in members:
+                    if PurePosixPath(name).suffix.lower() in _DATA_SUFFIXES:
+                        extract(name)
+                return
+            extract(metas[0])
+            prefix = PurePosixPath(metas[0]).parent
+            try:
+                root = ET.fromstring((self._root / metas[0]).read_bytes())
+            except ET.ParseError:
+                return  # the descriptor's own check reports it
+            for location in root.iter():
+                if location.tag.rpartition("}")[2] == "location" and location.text:
+                    name = str(prefix / location.text.strip().replace("\\", "/")).removeprefix("./")
+                    if name in members:
+                        extract(name)
+
+    def member_size(self, name: str) -> int:
+        """The inflated size of a file of the archive, in bytes."""
+        member = self._contained(name)
+        try:
+            if self._zip is not None:
+                return self._zip.getinfo(member).file_size
+            return (self._root / member).stat().st_size
+        except (KeyError, FileNotFoundError):
+            raise FungilibError(f"{self.source}: meta.xml names {name!r}, which is not in the archive") from None
+
     def _names(self) -> list[str]:
         if self._zip is not None:
-            names = [i.filename for i in self._zip.infolist() if not i.is_dir()]
+            infos = [i.filename for i in self._zip.infolist() if not i.is_dir()]
+            twice = [n for n, count in Counter(infos).items() if count > 1]
+            if twice:
+                raise FungilibError(f"{self.source}: refused: the zip holds two members named {twice[0]!r} "
+                                    "(which one is the data is ambiguous)")
+            names = infos
         else:
             names = [p.relative_to(self._root).as_posix() for p in self._root.rglob("*") if p.is_file()]
         return [n for n in names if "__MACOSX" not in n and not PurePosixPath(n).name.startswith("._")]
@@ -236,23 +310,36 @@ class Archive:
         if not location:
             raise FungilibError(f"{self.source}: meta.xml: <{el.tag.removeprefix(ns)}> {row_type} "
                                 "has no <files><location>")
+        if location in (".", "./") or location.endswith("/"):
+            raise FungilibError(f"{self.source}: meta.xml: {row_type} names {location!r}, a folder, as its data file")
+        where = f"{self.source}: meta.xml: {local_name(row_type) or 'a table'} ({location})"
         id_el = el.find(f"{ns}{id_tag}")
+        delimiter = _unescape(el.get("fieldsTerminatedBy"), ",")
+        if len(delimiter) != 1:
+            raise FungilibError(f"{where}: fieldsTerminatedBy={el.get('fieldsTerminatedBy')!r} must be one character")
+        quote = _unescape(el.get("fieldsEnclosedBy"), '"')
+        if len(quote) > 1:
+            raise FungilibError(f"{where}: fieldsEnclosedBy={el.get('fieldsEnclosedBy')!r} must be one character or "
+                                "empty")
         spec = TableSpec(
             row_type=row_type,
             location=location,
             encoding=el.get("encoding", "utf-8") or "utf-8",
-            delimiter=_unescape(el.get("fieldsTerminatedBy"), ","),
-            quote=_unescape(el.get("fieldsEnclosedBy"), '"'),
-            header_lines=int(el.get("ignoreHeaderLines", "0") or 0),
-            id_index=int(id_el.get("index", "0")) if id_el is not None else None,
+            delimiter=delimiter,
+            quote=quote,
+            header_lines=_count(el.get("ignoreHeaderLines", "0") or "0", f"{where}: ignoreHeaderLines"),
+            id_index=_count(id_el.get("index", "0"), f"{where}: <{id_tag} index>") if id_el is not None else None,
         )
         for f in el.findall(f"{ns}field"):
             term = (f.get("term") or "").strip()
             if not term:
                 raise FungilibError(f"{self.source}: meta.xml: a <field> of {spec.location} has no term")
-            index = f.get("index")
-            spec.fields[local_name(term)] = FieldSpec(term, int(index) if index not in (None, "") else None,
-                                                      f.get("default"))
+            name, index = local_name(term), f.get("index")
+            if name in spec.fields:
+                raise FungilibError(f"{where}: the term {name} is mapped twice (which column holds it is "
+                                    "ambiguous)")
+            spec.fields[name] = FieldSpec(term, _count(index, f"{where}: <field index> of {name}")
+                                          if index not in (None, "") else None, f.get("default"))
         return spec
 
     def _simple_descriptor(self) -> TableSpec:
@@ -367,10 +454,16 @@ class Archive:
         count among its first rows (so one bad first row cannot make every good row 'malformed'); 0 when empty.
         Lines are read with a bound (a 400 MB line costs no more than MAX_HEADER_BYTES here)."""
         try:
+            if spec.header_lines > max(1, self.member_size(spec.location)):  # a line holds at least one byte
+                raise FungilibError(f"{self.source}: meta.xml: ignoreHeaderLines={spec.header_lines} for "
+                                    f"{spec.location}, which holds only {self.member_size(spec.location)} bytes")
             with self.open_binary(spec.location) as handle:
                 text = io.TextIOWrapper(handle, encoding=_py_encoding(spec.encoding), errors="replace", newline="")
-                lines = [text.readline(MAX_HEADER_BYTES) for _ in range(spec.header_lines if spec.header_lines
-                                                                        else sample_rows)]
+                lines = []
+                for _ in range(spec.header_lines or sample_rows):
+                    lines.append(text.readline(MAX_HEADER_BYTES))
+                    if not lines[-1]:  # the end of the file: no more lines to skip or sample
+                        break
         except DAMAGED as exc:
             raise FungilibError(
                 f"{self.source}: damaged archive: cannot read {spec.location} ({_damage(exc)})") from None

@@ -4,11 +4,13 @@ built from the generated sample, real `fungilib ingest` subprocesses."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
 import tarfile
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -173,11 +175,9 @@ def test_a_tgz_member_never_lands_outside_and_no_temp_is_left(sample_files: dict
     tmpdir.mkdir()
     archive = _tgz(sample_files, tmp_path / "x.tgz", {member: b"boo"})
     proc = _ingest(archive, tmp_path / "out", tmpdir)
-    if member.startswith("/"):  # tarfile's data filter strips the leading slash: it stays inside, harmless
-        assert proc.returncode == 0, proc.stderr
-    else:
-        _one_line_error(proc, "refused: a member would be written outside the archive")
-    assert list(tmpdir.iterdir()) == []  # the extracted copy was removed either way
+    # only meta.xml and the files it names are inflated: a member it does not name is never written anywhere
+    assert proc.returncode == 0, proc.stderr
+    assert list(tmpdir.iterdir()) == []  # the extracted copy was removed
     assert not (tmp_path / "escape.txt").exists() and not Path("/abs/escape.txt").exists()
 
 
@@ -205,3 +205,110 @@ def test_a_huge_single_line_costs_bounded_memory(sample_files: dict[str, bytes],
     _one_line_error(proc, "a line longer than 16 MiB")
     peak_mb = int(proc.stdout.split()[-1]) / 1024
     assert peak_mb < 450, peak_mb  # … whose 60 MB line is never held whole more than a block at a time
+
+
+# -- second round: archives that exhaust disk or memory, or are ambiguous ------------------------------------------
+def _with_meta(files: dict[str, bytes], old: str, new: str) -> dict[str, bytes]:
+    meta = files["meta.xml"].decode()
+    assert old in meta
+    return {**files, "meta.xml": meta.replace(old, new, 1).encode()}
+
+
+class _Zeros(io.RawIOBase):
+    """``size`` zero bytes, produced as they are read (a bomb's payload never sits in the test's memory)."""
+
+    def __init__(self, size: int) -> None:
+        self.left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        n = min(len(buffer), self.left)
+        buffer[:n] = bytes(n)
+        self.left -= n
+        return n
+
+
+def test_a_tgz_bomb_is_stopped_at_the_inflation_cap_and_unnamed_members_are_never_inflated(
+        sample_files: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tgz whose named data file inflates 1000-fold: stopped at the cap (4 MiB here, for the test's speed; the
+    same rule as the real 64 MiB floor), the bytes under the temp folder never past it, nothing left behind; a
+    20 MiB member meta.xml does not name is never written at all."""
+    import threading
+
+    from fungilib import dwca
+    from fungilib.errors import FungilibError
+
+    monkeypatch.setattr(dwca, "INFLATE_FLOOR", 4 << 20)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    archive = tmp_path / "bomb.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, data in sample_files.items():
+            if name != "occurrence.txt":
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        for name, size in (("unnamed.bin", 20 << 20), ("occurrence.txt", 100 << 20)):
+            info = tarfile.TarInfo(name)
+            info.size = size
+            tar.addfile(info, _Zeros(size))
+    assert archive.stat().st_size < 400_000
+    peak, done = [0], threading.Event()
+
+    def watch() -> None:  # the bytes under the temp folder, sampled while the archive is opened
+        while not done.is_set():
+            try:
+                peak[0] = max(peak[0], sum(p.stat().st_size for p in (tmp_path / "tmp").rglob("*") if p.is_file()))
+            except OSError:  # removed while it was being measured
+                pass
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        with pytest.raises(FungilibError, match=r"bomb\.tgz: refused: it inflates past \d+ MiB \(the larger of 4 MiB "
+                                                r"and 100× its 0\.\d MB\); a decompression bomb\?") as info:
+            dwca.Archive(archive)
+    finally:
+        done.set()
+        watcher.join()
+    cap = int(str(info.value).split("inflates past ")[1].split(" MiB")[0]) << 20
+    assert cap < 20 << 20 and 0 < peak[0] <= cap + (1 << 20)  # the unnamed 20 MiB never; at most a block past the cap
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize(("old", "new", "fragment"), [
+    ('ignoreHeaderLines="1"', 'ignoreHeaderLines="99999999999999999999"', "ignoreHeaderLines='99999999999999999999'"),
+    ('ignoreHeaderLines="1"', 'ignoreHeaderLines="2000000000"', "ignoreHeaderLines=2000000000 for occurrence.txt, "
+                                                                "which holds only"),
+    ('ignoreHeaderLines="1"', 'ignoreHeaderLines="-1"', "ignoreHeaderLines='-1': expected a whole number >= 0"),
+    ('ignoreHeaderLines="1"', 'ignoreHeaderLines="one"', "ignoreHeaderLines='one': expected a whole number >= 0"),
+    ('<id index="0"/>', '<id index="x"/>', "<id index>='x': expected a whole number >= 0"),
+    ('<field index="2" ', '<field index="-2" ', "<field index> of occurrenceID='-2': expected a whole number"),
+    ('<field index="2" term="http://rs.tdwg.org/dwc/terms/occurrenceID"/>',
+     '<field index="2" term="http://rs.gbif.org/terms/1.0/gbifID"/>', "the term gbifID is mapped twice"),
+    ('fieldsTerminatedBy="\\t"', 'fieldsTerminatedBy="\\t\\t"',
+     "fieldsTerminatedBy='\\\\t\\\\t' must be one character"),
+    ('fieldsTerminatedBy="\\t"', 'fieldsTerminatedBy=""', "fieldsTerminatedBy='' must be one character"),
+    ("<location>occurrence.txt</location>", "<location>.</location>", "names '.', a folder, as its data file"),
+], ids=["header count past any integer", "header count past the file", "negative header count",
+        "header count not a number", "id index not a number", "negative field index", "term mapped twice",
+        "two-character delimiter", "empty delimiter", "location is the folder itself"])
+def test_ambiguous_or_impossible_meta_xml_is_one_line(sample_files: dict[str, bytes], tmp_path: Path, old: str,
+                                                     new: str, fragment: str) -> None:
+    archive = _folder(_with_meta(sample_files, old, new), tmp_path / "archive")
+    proc = _ingest(archive, tmp_path / "out")
+    _one_line_error(proc, fragment)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_zip_with_two_members_of_one_name_is_refused(sample_files: dict[str, bytes], tmp_path: Path) -> None:
+    import warnings
+
+    archive = _zip(sample_files, tmp_path / "x.zip")
+    with warnings.catch_warnings(), zipfile.ZipFile(archive, "a") as zf:
+        warnings.simplefilter("ignore")  # zipfile warns of the duplicate name it is asked to write
+        zf.writestr("occurrence.txt", sample_files["occurrence.txt"].splitlines(keepends=True)[0])
+    proc = _ingest(archive, tmp_path / "out")
+    _one_line_error(proc, "refused: the zip holds two members named 'occurrence.txt'")
