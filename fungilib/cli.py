@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="top-k species and the rank-aware verdict for photos or folders of photos")
     p.add_argument("images", type=Path, nargs="+", help="image files and/or folders (searched recursively)")
     p.add_argument("--model", type=Path, required=True, help="a training run folder or an export bundle")
-    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--top", type=_positive, default=5, help="species listed per photo (at least 1)")
     p.add_argument("--threshold", type=float, help="verdict threshold (default: the bundle's, else 0.6)")
     p.add_argument("--no-open-set", action="store_true",
                    help="always name the nearest species, even for a photo the model's open-set gate (fitted on "
@@ -188,6 +188,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--sweep", type=Path, help="a sweep file to run after the stage notebooks")
     return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
+    return value
 
 
 def _print_runs_table(runs_root: Path, sweep: str | None, sort: str) -> None:

@@ -7,6 +7,7 @@ Content-Security-Policy as the page's own (nothing but this origin may be contac
 from __future__ import annotations
 
 import contextlib
+import errno
 import threading
 from collections.abc import Iterator
 from functools import partial
@@ -36,7 +37,12 @@ def bundle_dir(path: Path) -> Path:
                         f"run `fungilib export RUN` first and serve RUN/export")
 
 
+MAX_CONNECTIONS = 64  # connections served at once; more are closed at once (each holds a thread)
+IDLE_TIMEOUT_S = 10.0  # a connection that sends nothing for this long is closed (a half-open request holds nothing)
+
+
 class BundleHandler(SimpleHTTPRequestHandler):
+    timeout = IDLE_TIMEOUT_S  # socket reads time out: a request line never finished frees its thread
     extensions_map = {**SimpleHTTPRequestHandler.extensions_map, ".webmanifest": "application/manifest+json",
                       ".js": "text/javascript", ".json": "application/json", ".bin": "application/octet-stream",
                       ".svg": "image/svg+xml", ".tflite": "application/octet-stream", ".wasm": "application/wasm"}
@@ -50,6 +56,26 @@ class BundleHandler(SimpleHTTPRequestHandler):
         self.send_header("Cache-Control", "no-cache")  # revalidate online; the service worker serves offline
         super().end_headers()
 
+    def send_head(self) -> Any:
+        """Only regular files whose resolved path stays inside the bundle (a symlink placed in it that leads out
+        is a 404, as is a NUL byte or anything else that is not a file of the bundle)."""
+        root = Path(self.directory).resolve()
+        path = self.translate_path(self.path)
+        if "\0" in path:
+            self.send_error(400, "bad request")
+            return None
+        target = Path(path)
+        if target.is_dir():
+            target = target / "index.html"
+        try:
+            real = target.resolve(strict=True)
+        except (OSError, RuntimeError):
+            real = None
+        if real is None or not real.is_relative_to(root) or not real.is_file():
+            self.send_error(404, "not found")
+            return None
+        return super().send_head()
+
     def list_directory(self, path: Any) -> None:  # no listings: only the bundle's files
         self.send_error(404, "not found")
         return None
@@ -59,16 +85,39 @@ class BundleHandler(SimpleHTTPRequestHandler):
             super().log_message(format, *args)
 
 
+class BoundedServer(ThreadingHTTPServer):
+    """A threading server that serves at most MAX_CONNECTIONS connections at once and closes the others."""
+
+    daemon_threads = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # full: closed at once, no thread
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 def make_server(bundle: Path, host: str = "127.0.0.1", port: int = 8000, quiet: bool = False,
                 handler_class: type[BundleHandler] = BundleHandler) -> ThreadingHTTPServer:
     """A server for ``bundle``; ``handler_class``: :class:`BundleHandler` or a subclass (a benchmark's, counting
     the bytes it sends)."""
     handler = type("Handler", (handler_class,), {"quiet": quiet})
     try:
-        server = ThreadingHTTPServer((host, port), partial(handler, directory=str(bundle_dir(bundle))))
+        server = BoundedServer((host, port), partial(handler, directory=str(bundle_dir(bundle))))
     except OSError as exc:
-        raise FungilibError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another port with --port") from exc
-    server.daemon_threads = True
+        fix = ("pick another port with --port" if exc.errno in (errno.EADDRINUSE, errno.EACCES) else
+               "--host must be an address of this machine (127.0.0.1, or 0.0.0.0 for every network)")
+        raise FungilibError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); {fix}") from None
     return server
 
 

@@ -71,6 +71,8 @@ def held_out_classes(classes: pd.Series, count: int, names: list[str], seed: int
                             f"(after cleaning; classes are e.g. {', '.join(map(repr, classes.head(3).tolist()))})")
     chosen = {by_name[n] for n in names}
     rest = sorted(set(classes.index) - chosen)
+    if len(classes) < 2:
+        raise FungilibError(f"only {len(classes)} class left after cleaning: training needs at least two")
     if len(chosen) + count > len(classes) - 2:
         raise FungilibError(f"holdout_classes/holdout_species: holding out {len(chosen) + count} of "
                             f"{len(classes)} classes leaves fewer than two to train on")

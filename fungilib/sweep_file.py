@@ -4,6 +4,7 @@ runs, or an Optuna search block."""
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,15 @@ def first_point(search: OptunaSearch) -> dict[str, Any]:
     return point
 
 
+MAX_RUNS = 10_000  # a sweep of more runs is a typo or a hostile file, not a study (Optuna samples large spaces)
+
+
+def _check_count(count: int, where: str) -> None:
+    if count > MAX_RUNS:
+        raise FungilibError(f"{where}: {count:,} runs; a sweep runs at most {MAX_RUNS:,} (narrow the grid, or use "
+                            "search: optuna for a large space)")
+
+
 def expand_search(search: dict[str, Any] | None, source: str) -> list[dict[str, Any]]:
     """The runs of a search as lists of dotted-key values: a cartesian grid, or n seeded random draws."""
     if not search:
@@ -111,14 +121,16 @@ def expand_search(search: dict[str, Any] | None, source: str) -> list[dict[str, 
             if not isinstance(values, list) or not values:
                 raise FungilibError(f"{source}: search.grid.{key}: expected a non-empty list of values")
         keys = sorted(grid)
+        _check_count(math.prod(len(grid[k]) for k in keys), f"{source}: search.grid")  # before anything is expanded
         return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(grid[k] for k in keys))]
     random = search["random"] or {}
     unknown = set(random) - {"n", "seed", "params"}
     if unknown:
         raise FungilibError(f"{source}: search.random: unknown key {sorted(unknown)[0]!r}; allowed: n, seed, params")
     n, params = random.get("n"), random.get("params") or {}
-    if not isinstance(n, int) or n < 1 or not params:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1 or not params:
         raise FungilibError(f"{source}: search.random needs n >= 1 and at least one entry under params")
+    _check_count(n, f"{source}: search.random.n")
     rng = np.random.default_rng(random.get("seed", 0))
     keys = sorted(params)
     space = {k: parse_distribution(params[k], f"{source}: search.random.params.{k}") for k in keys}
