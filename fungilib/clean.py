@@ -10,6 +10,7 @@ import pandas as pd
 from fungilib.artifacts.dataset import STAGE_PARAMS
 from fungilib.artifacts.downloads import load_downloads
 from fungilib.artifacts.observations import load_observations
+from fungilib.artifacts.stage_folder import prepare_output
 from fungilib.dataset_builder import CleanResult, Pruner, SplitParams, finish_dataset
 from fungilib.params import write_params
 
@@ -49,8 +50,7 @@ def clean_dataset(params: CleanParams) -> CleanResult:
     rank above species, duplicate (same bytes), conflicting labels for one image, class under
     ``min_per_class``, class over ``max_per_class``.
     """
-    out = Path(params.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output(Path(params.out), "clean")
     obs = load_observations(params.observations)
     downloads_path = Path(params.downloads).resolve()
     download_dir = downloads_path if downloads_path.is_dir() else downloads_path.parent

@@ -22,6 +22,7 @@ from fungilib.artifacts.downloads import (
     reason_kind,
 )
 from fungilib.artifacts.observations import STAGE_PARAMS, load_observations
+from fungilib.artifacts.stage_folder import prepare_output
 from fungilib.claims import claim, holder
 from fungilib.download_params import DownloadParams, DownloadResult
 from fungilib.download_shards import download_on_cluster
@@ -49,7 +50,7 @@ def download_images(params: DownloadParams) -> DownloadResult:
     image, undecodable) are not retried unless ``retry_failed``. Writes are atomic. Returns the summary and writes
     ``downloads.h5`` (key ``downloads``, one row per media_id), ``downloads.csv`` and ``download_summary.json``.
     """
-    out = Path(params.out).resolve()
+    out = prepare_output(Path(params.out), "download")
     with claim(out, name=DOWNLOAD_CLAIM) as mine:
         if not mine:
             raise FungilibError(f"{out}: another download is writing here ({holder(out, DOWNLOAD_CLAIM)}); wait for "

@@ -16,6 +16,7 @@ from fungilib.artifacts.observations import (
     EDA_SUMMARY,
     load_observations,
 )
+from fungilib.artifacts.stage_folder import prepare_output
 from fungilib.errors import FungilibError
 from fungilib.fsutil import write_json
 from fungilib.params import write_params
@@ -185,8 +186,7 @@ def _plots(obs: pd.DataFrame, counts: pd.DataFrame, pareto: pd.DataFrame, cuts: 
 
 def run_eda(params: EdaParams) -> EdaResult:
     """Compute the tables, write them as CSV and the plots as PNG under ``params.out``, and return them."""
-    out = Path(params.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output(Path(params.out), "eda")
     obs = load_observations(params.observations)
     counts = class_counts(obs, params.species_only)
     if counts.empty:

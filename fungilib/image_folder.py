@@ -16,6 +16,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from fungilib.artifacts.dataset import IMPORT_REPORT, MANIFEST_FILE, STAGE_PARAMS
+from fungilib.artifacts.stage_folder import prepare_output
 from fungilib.dataset_builder import CleanResult, Pruner, SplitParams, finish_dataset
 from fungilib.errors import FungilibError
 from fungilib.fsutil import write_json
@@ -146,7 +147,7 @@ def import_folder(params: FolderParams) -> FolderResult:
         raise FungilibError(f"{params.source}: expected a folder of class folders or a labels CSV")
     if frame.empty:
         raise FungilibError(f"{params.source}: no image files found under class folders (DIR/<label>/*.jpg)")
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_output(out, "import_folder")
     images = out / "images"
     stored, errors = [], []
     for path in tqdm(frame["path"], desc="importing images", unit="img"):

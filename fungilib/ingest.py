@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fungilib.artifacts.observations import INGEST_REPORT, OBSERVATIONS_FILE, STAGE_PARAMS
+from fungilib.artifacts.stage_folder import prepare_output
 from fungilib.dwca import MEDIA_ROW_TYPES, OCCURRENCE, Archive, RowIssues, TableSpec, local_name, open_archive
 from fungilib.errors import FungilibError
 from fungilib.fsutil import (
@@ -301,7 +302,7 @@ def ingest(params: IngestParams) -> IngestResult:
     or point at no occurrence are counted in ``ingest_report.json``; they are never silently dropped.
     """
     start = time.perf_counter()
-    out = Path(params.out)
+    out = prepare_output(Path(params.out), "ingest", create=False)  # refused before the archive is read
     issues = RowIssues()
     with open_archive(params.archive) as archive:
         core = _require_core(archive)
@@ -344,7 +345,7 @@ def ingest(params: IngestParams) -> IngestResult:
             f"{params.archive}: no downloadable images ({occurrences} occurrences; media rows skipped: "
             + ", ".join(f"{k}: {v}" for k, v in skipped.items()) + ")"
         )
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_output(out, "ingest")
     write_arrow_hdf(out / OBSERVATIONS_FILE, "observations", table)
     images, with_images = table.num_rows, len(pc.unique(table.column("gbifID").combine_chunks()))
     del table

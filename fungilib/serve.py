@@ -15,7 +15,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from fungilib.artifacts.bundle import is_page
+from fungilib.artifacts.bundle import INDEX_PAGE, is_page
 from fungilib.errors import FungilibError
 
 CSP = ("default-src 'self'; img-src 'self' blob: data:; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; "
@@ -66,7 +66,7 @@ class BundleHandler(SimpleHTTPRequestHandler):
             return None
         target = Path(path)
         if target.is_dir():
-            target = target / "index.html"
+            target = target / INDEX_PAGE
         try:
             real = target.resolve(strict=True)
         except (OSError, RuntimeError):

@@ -11,7 +11,9 @@ import numpy as np
 import pandas as pd
 
 from fungilib.artifacts.dataset import load_manifest
-from fungilib.artifacts.trained_run import RUN_PARAMS, TrainedRun
+from fungilib.artifacts.stage_folder import prepare_output
+from fungilib.artifacts.trained_run import RUN_PARAMS, TRAIN_CLAIM, TrainedRun
+from fungilib.claims import claim, holder
 from fungilib.distribution import make_placement
 from fungilib.errors import FungilibError
 from fungilib.fsutil import atomic_path
@@ -49,9 +51,17 @@ def train(params: TrainParams) -> TrainResult:
 
     Under ``fit.distribution: multi_worker`` every worker runs this with its own TF_CONFIG; only the chief
     (worker 0) writes the run folder, the others return after the last epoch."""
-    out = Path(params.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    run = TrainedRun(out)
+    out = prepare_output(Path(params.out), "train")
+    if params.fit.distribution == "multi_worker":  # every worker runs this on the one (shared) folder
+        return _train_placed(params, TrainedRun(out))
+    with claim(out, name=TRAIN_CLAIM) as mine:
+        if not mine:
+            raise FungilibError(f"{out}: another training is writing here ({holder(out, TRAIN_CLAIM)}); wait for it, "
+                                "or choose another --out")
+        return _train_placed(params, TrainedRun(out))
+
+
+def _train_placed(params: TrainParams, run: TrainedRun) -> TrainResult:
     if run.finished:
         done = run.summary()
         return TrainResult(run.model_file, done.epochs_run, done.resumed_from_epoch, done.seconds,

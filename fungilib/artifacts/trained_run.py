@@ -29,6 +29,7 @@ CONFUSIONS = "confusions.csv"
 PREDICTIONS = "predictions.csv"
 BACKUP_DIR = "backup"
 LOGS_DIR = "logs"
+TRAIN_CLAIM = ".train-claim"  # held by the one process training into the folder
 
 
 @dataclass
