@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,54 @@ def test_bad_requests_are_one_line(pipeline, trained_run: Path, tmp_path: Path) 
               _cli("export", str(trained_run), "--out", ".", cwd=site), "refusing to replace")
     _one_line(_cli("export", str(trained_run), "--out", str(site)), "is not an export bundle")
     assert sorted(p.name for p in site.iterdir()) == ["index.html"]
+
+
+# -- second round, 0: a stage never writes over a folder it did not make ---------------------------------------------
+def test_data_stages_refuse_a_folder_that_holds_the_users_files(pipeline, tmp_path: Path) -> None:  # noqa: ANN001
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "labels.csv").write_text("my own labels\n")
+    (mine / "params.yaml").write_text("mine: true\n")
+    cases = [
+        ("clean", "--observations", str(pipeline.root / "ingest"), "--downloads", str(pipeline.root / "download"),
+         "--out", str(mine)),
+        ("ingest", str(pipeline.sample.archive), "--out", str(mine)),
+        ("import-folder", str(pipeline.root / "download" / "images"), "--out", str(mine)),
+        ("download", str(pipeline.root / "ingest"), "--out", str(mine), "--set", "limit=2"),
+    ]
+    for args in cases:
+        proc = _cli(*args)
+        _one_line(proc, f"out {mine}: holds files fungilib did not write for the ")
+        assert "nothing there is written over" in proc.stderr
+    assert sorted(p.name for p in mine.iterdir()) == ["labels.csv", "params.yaml"]
+    assert (mine / "labels.csv").read_text() == "my own labels\n"
+    assert (mine / "params.yaml").read_text() == "mine: true\n"
+    system = tmp_path / "etc"  # as `--set out=/etc` would be: a folder of someone else's files
+    system.mkdir()
+    (system / "passwd").write_text("root:x:0:0\n")
+    _one_line(_cli("ingest", str(pipeline.sample.archive), "--set", f"out={system}"), "(e.g. 'passwd')")
+    assert [p.name for p in system.iterdir()] == ["passwd"]
+
+
+def test_a_stage_reruns_into_its_own_folder(pipeline, tmp_path: Path) -> None:  # noqa: ANN001
+    out = tmp_path / "ingest"
+    assert _cli("ingest", str(pipeline.sample.archive), "--out", str(out)).returncode == 0
+    assert _cli("ingest", str(pipeline.sample.archive), "--out", str(out)).returncode == 0  # its own output
+
+
+def test_two_trainings_into_one_folder_the_second_is_refused(pipeline, tmp_path: Path) -> None:  # noqa: ANN001
+    out = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "-m", "fungilib.cli", "train", "--manifest", str(pipeline.root / "clean"),
+                              "--out", str(out), "--set", "fit.epochs=30", "--set", "dataset.image_size=32",
+                              "--no-evaluate"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        claim_file = out / ".train-claim"
+        deadline = time.monotonic() + 120
+        while not (claim_file.exists() and claim_file.read_text().startswith("pid")) and time.monotonic() < deadline:
+            assert first.poll() is None, first.stderr.read() if first.stderr else ""
+            time.sleep(0.1)
+        second = _cli("train", "--manifest", str(pipeline.root / "clean"), "--out", str(out), "--set", "fit.epochs=1")
+        _one_line(second, f"{out}: another training is writing here (pid {first.pid} ")
+    finally:
+        first.kill()
+        first.wait()

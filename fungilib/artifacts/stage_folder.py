@@ -16,8 +16,8 @@ from fungilib.claims import CLAIM_FILE
 from fungilib.errors import FungilibError
 
 MARKER = ".fungilib-stage"
-# what the sweep and demo runners put in a run folder, and the claims stages hold on it
-RUN_RECORD = {STATUS_FILE, PARAMS_FILE, CLAIM_FILE, TRAIN_CLAIM, DOWNLOAD_CLAIM, MARKER}
+CLAIMS = {CLAIM_FILE, TRAIN_CLAIM, DOWNLOAD_CLAIM, MARKER}  # what fungilib's claims and marker leave
+RUN_RECORD = {STATUS_FILE, PARAMS_FILE}  # with the executed notebook: what a sweep's or the demo's runner writes
 MAIN_FILES = {  # a stage's own output from before markers existed (still recognised)
     "ingest": (OBSERVATIONS_FILE,), "eda": (EDA_SUMMARY, OBSERVATIONS_FILE), "download": (DOWNLOADS_FILE, LOG_FILE),
     "clean": (MANIFEST_FILE,), "import_folder": (MANIFEST_FILE,),
@@ -42,7 +42,9 @@ def prepare_output(out: Path, stage: str, create: bool = True) -> Path:
     if out.exists():
         marked = _marked(out)
         own = marked in {stage, *SHARES.get(stage, ())} or any((out / n).exists() for n in MAIN_FILES.get(stage, ()))
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in RUN_RECORD and not p.name.endswith(".ipynb"))
+        runner = (out / STATUS_FILE).is_file()  # a run folder a runner made for this stage, before it ran
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in CLAIMS and not (
+            runner and (p.name in RUN_RECORD or p.name.endswith(".ipynb"))))
         if foreign and not own:
             raise FungilibError(f"out {out}: holds files fungilib did not write for the {stage} stage (e.g. "
                                 f"{foreign[0]!r}); name a new or empty folder, nothing there is written over")
