@@ -33,6 +33,7 @@ from fungilib.params import write_params
 from fungilib.photo_fetch import (
     DISK_FULL,
     DiskFull,
+    PixelBudget,
     disk_full_error,
     fetch_one,
     image_path,
@@ -88,9 +89,10 @@ def _download_claimed(params: DownloadParams, out: Path) -> DownloadResult:
         fetched_by = download_on_cluster(params, out, todo, results, len(urls))
         return _finish(params, out, obs, results, todo, fetched_by, start)
     fetcher = Fetcher(params)
+    budget = PixelBudget(params.decode_budget_pixels)
 
     def work(url: str, target: Path) -> dict:
-        return fetch_one(fetcher, params, out, url, target)
+        return fetch_one(fetcher, params, out, url, target, budget)
 
     # unbuffered: a record is on disk once written, and a write that fails (a full disk) leaves nothing behind
     # to fail again when the file is closed

@@ -24,6 +24,9 @@ class DownloadParams:
     backoff: float = 0.5
     max_bytes: int = 30_000_000
     max_pixels: int = 100_000_000
+    # megapixels decoded at once by all of a process's workers (memory then stays bounded whatever `workers` is);
+    # at least max_pixels, so every photo allowed fits
+    decode_budget_mp: int = 150
     limit: int = 0
     retry_failed: bool = False
     deadline: float = 60.0  # seconds one attempt at a photo may take in all (a server trickling bytes is cut off)
@@ -39,7 +42,7 @@ class DownloadParams:
             raise FungilibError("scheduler and local_cluster: choose one (an existing Dask cluster, or a local one)")
         if self.local_cluster < 0 or self.shard_size < 1:
             raise FungilibError("local_cluster must be >= 0 and shard_size >= 1")
-        for name in ("max_side", "workers", "per_host", "max_bytes", "max_pixels"):
+        for name in ("max_side", "workers", "per_host", "max_bytes", "max_pixels", "decode_budget_mp"):
             if getattr(self, name) < 1:
                 raise FungilibError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 1 <= self.jpeg_quality <= 100:
@@ -49,6 +52,10 @@ class DownloadParams:
         if self.deadline < self.timeout:
             raise FungilibError(f"deadline ({self.deadline:g} s) must be at least timeout ({self.timeout:g} s)")
         HostPolicy.validate(self.allow_hosts)
+
+    @property
+    def decode_budget_pixels(self) -> int:
+        return max(self.decode_budget_mp * 1_000_000, self.max_pixels)
 
 
 @dataclass

@@ -17,7 +17,7 @@ from fungilib.dask_cluster import dask_client
 from fungilib.download_params import DownloadParams
 from fungilib.errors import plain_message
 from fungilib.http_client import Fetcher
-from fungilib.photo_fetch import DiskFull, disk_full_error, fetch_one, is_complete_jpeg, read_log
+from fungilib.photo_fetch import DiskFull, PixelBudget, disk_full_error, fetch_one, is_complete_jpeg, read_log
 
 
 def download_shard(params: DownloadParams, out: Path, items: list[tuple[str, str]]) -> dict[str, int]:
@@ -32,8 +32,9 @@ def download_shard(params: DownloadParams, out: Path, items: list[tuple[str, str
             if url in saved:
                 log.write((json.dumps({"url": url, "path": rel, "status": "ok", "reason": "", "cached": True})
                            + "\n").encode())
-        futures = [pool.submit(fetch_one, fetcher, params, out, url, out / rel) for url,
-                   rel in items if url not in saved]
+        budget = PixelBudget(params.decode_budget_pixels)
+        futures = [pool.submit(fetch_one, fetcher, params, out, url, out / rel, budget)
+                   for url, rel in items if url not in saved]
         for future in as_completed(futures):
             log.write((json.dumps(future.result()) + "\n").encode())
     return {"requests": fetcher.requests, "items": len(items)}

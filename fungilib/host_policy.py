@@ -24,6 +24,14 @@ def _network(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None
         return None
 
 
+class Unresolvable(OSError):
+    """The host name does not resolve: permanent, unless the resolver said to try again (EAI_AGAIN)."""
+
+    def __init__(self, host: str, temporary: bool, detail: str) -> None:
+        super().__init__(f"cannot resolve {host} ({detail})")
+        self.host, self.temporary, self.detail = host, temporary, detail
+
+
 @dataclass(frozen=True)
 class HostPolicy:
     """``allow`` entries: a host name or address (any port), ``host:port``, or a network (``10.0.0.0/8``)."""
@@ -54,7 +62,7 @@ class HostPolicy:
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
-            raise OSError(f"cannot resolve {host} ({exc.strerror})") from None
+            raise Unresolvable(host, exc.errno == socket.EAI_AGAIN, exc.strerror or str(exc)) from None
         allowed = [(family, sockaddr) for family, _, _, _, sockaddr in infos if self._allowed(host, port, sockaddr[0])]
         if not allowed:
             found = sorted({info[4][0] for info in infos})

@@ -15,7 +15,7 @@ from typing import Protocol
 from urllib.parse import urljoin, urlsplit
 
 from fungilib import __version__
-from fungilib.host_policy import HostPolicy, RefusedAddress
+from fungilib.host_policy import HostPolicy, RefusedAddress, Unresolvable
 
 
 class FetchLimits(Protocol):
@@ -134,6 +134,11 @@ class Fetcher:
                 except RefusedAddress as exc:
                     self._drop(parts.scheme, netloc)
                     raise FetchError(str(exc), transient=False) from None
+                except Unresolvable as exc:
+                    self._drop(parts.scheme, netloc)
+                    reason = (f"name lookup failed for now: {exc.host}" if exc.temporary  # a retry may mend it
+                              else f"cannot resolve {exc.host}")
+                    raise FetchError(reason, transient=exc.temporary) from None
                 except Exception as exc:  # any socket, HTTP or parsing failure of this attempt
                     self._drop(parts.scheme, netloc)
                     if expired.is_set():

@@ -3,9 +3,12 @@ record (status, reason, sizes) returned, never raised; the stage's resumable log
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +16,7 @@ from fungilib.artifacts.downloads import IMAGES_DIR, SHARD_LOGS
 from fungilib.errors import FungilibError, plain_message
 from fungilib.fsutil import join_inside, safe_id
 from fungilib.http_client import Fetcher, FetchError
-from fungilib.photos import PhotoError, decode_photo, save_photo
+from fungilib.photos import PhotoError, decode_photo, photo_pixels, save_photo
 
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
@@ -22,15 +25,41 @@ class DiskFull(Exception):
     """No room left for photos: the stage stops (every later photo would fail the same way)."""
 
 
-def save_image(body: bytes, target: Path, max_side: int, quality: int, max_pixels: int) -> dict:
-    """Decode ``body`` fully, apply EXIF orientation, convert to RGB, shrink to ``max_side`` and save a JPEG."""
+class PixelBudget:
+    """The pixels decoded at once by all the threads of one process: a photo waits until its pixels fit, so memory
+    does not grow with ``workers`` × the largest photo (herbarium scans of 100 MP arrive by accident)."""
+
+    def __init__(self, pixels: int) -> None:
+        self.total = self.free = pixels
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        pixels = min(pixels, self.total)
+        with self._changed:
+            self._changed.wait_for(lambda: self.free >= pixels)
+            self.free -= pixels
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.free += pixels
+                self._changed.notify_all()
+
+
+def save_image(body: bytes, target: Path, max_side: int, quality: int, max_pixels: int,
+               budget: PixelBudget | None = None) -> dict:
+    """Decode ``body`` fully, apply EXIF orientation, convert to RGB, shrink to ``max_side`` and save a JPEG; with a
+    ``budget``, only once its pixels fit in it."""
     if not body:
         raise FetchError("empty body", transient=False)
-    try:
-        img, (width, height) = decode_photo(body, max_pixels, max_side)
-    except PhotoError as exc:
-        raise FetchError(exc.reason, transient=False) from None
-    saved = save_photo(img, target, quality, max_side)
+    with budget.hold(photo_pixels(body)) if budget is not None else contextlib.nullcontext():
+        try:
+            img, (width, height) = decode_photo(body, max_pixels, max_side)
+        except PhotoError as exc:
+            raise FetchError(exc.reason, transient=False) from None
+        saved = save_photo(img, target, quality, max_side)
+        del img
     return {"orig_width": width, "orig_height": height, "width": saved.width, "height": saved.height}
 
 
@@ -69,7 +98,8 @@ def disk_full_error(out: Path, results: dict[str, dict], exc: BaseException) -> 
                          "space and rerun the same command to go on")
 
 
-def fetch_one(fetcher: Fetcher, params: Any, out: Path, url: str, target: Path) -> dict:
+def fetch_one(fetcher: Fetcher, params: Any, out: Path, url: str, target: Path,
+              budget: PixelBudget | None = None) -> dict:
     """Fetch, check and save one photo: its record (status, reason, sizes), never an exception — except a full
     disk, which is not this photo's fault and stops the stage."""
     t0 = time.perf_counter()
@@ -79,7 +109,7 @@ def fetch_one(fetcher: Fetcher, params: Any, out: Path, url: str, target: Path) 
         rec.update(attempts=attempts, bytes=len(body), content_type=ctype)
         if ctype.startswith(("text/", "application/json", "application/xml")):
             raise FetchError(f"not an image ({ctype})", transient=False)
-        rec.update(save_image(body, target, params.max_side, params.jpeg_quality, params.max_pixels))
+        rec.update(save_image(body, target, params.max_side, params.jpeg_quality, params.max_pixels, budget))
         rec.update(status="ok", reason="")
     except FetchError as exc:
         rec.setdefault("attempts", exc.attempts)

@@ -4,15 +4,18 @@ and predictions see: fully decoded, pixel-limited, upright, RGB, saved as a JPEG
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps
 
 from fungilib.errors import plain_message
 from fungilib.fsutil import atomic_path
 
 ORIENTATION = 0x0112
+_OPEN_LOCK = threading.Lock()  # Pillow's pixel limit is a global: set only while a photo is opened
 
 
 class PhotoError(Exception):
@@ -23,9 +26,24 @@ class PhotoError(Exception):
         self.reason = reason
 
 
+def eight_bit(img: Image.Image) -> Image.Image:
+    """16- and 32-bit images scaled into 8 bits (Pillow's own conversion clips them: a 16-bit photo turns white):
+    16-bit from its full range, 32-bit integer and float from their own minimum and maximum."""
+    if img.mode.startswith("I;16"):
+        return Image.fromarray((np.asarray(img, dtype=np.uint32) // 257).astype(np.uint8), "L")
+    if img.mode in ("I", "F"):
+        values = np.asarray(img, dtype=np.float64)
+        finite = values[np.isfinite(values)]
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        scaled = (np.nan_to_num(values, nan=low) - low) / ((high - low) or 1.0) * 255
+        return Image.fromarray(np.clip(np.round(scaled), 0, 255).astype(np.uint8), "L")
+    return img
+
+
 def upright_rgb(img: Image.Image) -> Image.Image:
-    """EXIF orientation applied, transparency composited on white, RGB (as browsers show a photo)."""
-    img = ImageOps.exif_transpose(img)
+    """EXIF orientation applied, 16/32-bit scaled into 8 bits, transparency composited on white, RGB (as browsers
+    show a photo)."""
+    img = eight_bit(ImageOps.exif_transpose(img))
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         flat = Image.new("RGB", rgba.size, (255, 255, 255))
@@ -39,14 +57,35 @@ def is_plain_jpeg(img: Image.Image) -> bool:
     return img.format == "JPEG" and img.mode == "RGB" and img.getexif().get(ORIENTATION, 1) == 1
 
 
+def photo_pixels(source: bytes | Path) -> int:
+    """Width × height from the photo's header alone (nothing decoded); 0 when there is no readable header."""
+    try:
+        with _OPEN_LOCK:
+            previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+                    return img.width * img.height
+            finally:
+                Image.MAX_IMAGE_PIXELS = previous
+    except Exception:  # decoding reports it, with its reason
+        return 0
+
+
 def decode_photo(source: bytes | Path, max_pixels: int, max_side: int | None = None) -> tuple[Image.Image, tuple[int,
                                                                                                                  int]]:
     """Open and fully decode a photo (a JPEG at a reduced DCT scale when ``max_side`` allows: faster, same size
     after resizing) and its original size; PhotoError for a pixel bomb or anything Pillow cannot decode."""
     try:
+        with warnings.catch_warnings(), _OPEN_LOCK:
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # the user's max_pixels is the limit, above or below Pillow's own (89.5 MP), checked below
+            previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+            finally:
+                Image.MAX_IMAGE_PIXELS = previous
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
             width, height = img.size
             if width * height > max_pixels:
                 raise PhotoError(f"too many pixels ({width}x{height})")

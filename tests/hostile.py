@@ -110,6 +110,12 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(1.5)
         elif name == "empty.jpg":
             self._send(200, b"")
+        elif name.startswith("big-"):  # 92 megapixels in a small PNG: above Pillow's own 89.5 MP limit
+            self._send(200, server.encoded("big", "PNG"), {"Content-Type": "image/png"})
+        elif name == "deep16.png":  # 16-bit greyscale, a gradient over the full 16-bit range
+            self._send(200, server.encoded("deep16", "PNG"), {"Content-Type": "image/png"})
+        elif name == "int32.tif":  # 32-bit integer greyscale
+            self._send(200, server.encoded("int32", "TIFF"), {"Content-Type": "image/tiff"})
         elif name == "photo-v1.jpg" or name == "photo-v2.jpg":
             self._send(200, server.photo(path))
         else:
@@ -124,12 +130,28 @@ class HostileServer(ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.requests: Counter = Counter()
+        self._encoded: dict[str, bytes] = {}
         self.stopping = threading.Event()
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def encoded(self, kind: str, fmt: str) -> bytes:
+        """A photo made once and kept: ``big`` (9,600 × 9,600 grey), ``deep16`` (16-bit), ``int32`` (32-bit)."""
+        if kind not in self._encoded:
+            import numpy as np
+
+            if kind == "big":
+                img = Image.new("L", (9600, 9600), 90)
+            else:
+                ramp = np.linspace(0, 65535 if kind == "deep16" else 4_000_000, 64 * 64).reshape(64, 64)
+                img = Image.fromarray(ramp.astype(np.uint16 if kind == "deep16" else np.int32))
+            buf = io.BytesIO()
+            img.save(buf, fmt)
+            self._encoded[kind] = buf.getvalue()
+        return self._encoded[kind]
 
     def photo(self, path: str) -> bytes:
         digest = sum(path.encode()) % 200

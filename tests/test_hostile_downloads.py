@@ -185,3 +185,51 @@ def test_a_full_disk_stops_the_download_with_one_line_and_keeps_what_is_saved(se
     assert again.returncode == 0, again.stderr
     assert len(list((tmp_path / "dl" / "images").rglob("*.jpg"))) == 12
     assert sum(server.requests[f"/ok-disk-{i}.jpg"] for i in range(12)) - before == 12 - len(saved)
+
+
+# -- second round: memory per stage, not per photo; deep images; the user's pixel limit; names that do not resolve --
+def test_huge_photos_are_decoded_within_a_shared_pixel_budget(server: HostileServer, tmp_path: Path) -> None:
+    """Four 92-megapixel photos (110 kB PNGs) at workers=4: decoded one at a time within the stage's budget, so the
+    process's peak memory is about one such photo's, not four."""
+    photos = [(f"o{i}", f"{server.base}/big-{i}.png") for i in range(4)]
+    archive = write_archive(tmp_path / "archive.zip", photos)
+    ingest(IngestParams(archive=archive, out=tmp_path / "ingest"))
+    proc = subprocess.run(["/usr/bin/time", "-f", "%M", sys.executable, "-m", "fungilib.cli", "download",
+                           str(tmp_path / "ingest"), "--out", str(tmp_path / "download"), "--workers", "4",
+                           "--set", "allow_hosts=[127.0.0.1]", "--max-side", "256"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    peak_mb = int(proc.stderr.strip().splitlines()[-1]) / 1024
+    table = load_downloads(tmp_path / "download")
+    assert (table["status"] == "ok").all() and (table["orig_width"] == 9600).all()
+    # measured: 0.9 GB within the default budget (one at a time), 2.0 GB with a budget that lets all four decode at
+    # once (decode_budget_mp=1000), as every worker did before there was one
+    assert peak_mb < 1600, peak_mb
+
+
+def test_deep_images_are_scaled_into_eight_bits_not_saved_white(server: HostileServer, tmp_path: Path) -> None:
+    from PIL import Image
+
+    photos = [("o1", f"{server.base}/deep16.png"), ("o2", f"{server.base}/int32.tif")]
+    table, _ = _pipeline(tmp_path, photos, allow_hosts=["127.0.0.1"])
+    for url, _ in [(u, None) for _, u in photos]:
+        assert table.loc[url, "status"] == "ok", table.loc[url, "reason"]
+        saved = Image.open(tmp_path / "download" / table.loc[url, "path"]).convert("L")
+        low, high = saved.getextrema()
+        assert low < 30 and high > 225  # the gradient survives, not (255, 255, 255)
+
+
+def test_the_users_pixel_limit_applies_above_and_below_pillows_own(server: HostileServer, tmp_path: Path) -> None:
+    url = f"{server.base}/big-limit.png"  # 92 MP: above Pillow's 89.5 MP default
+    table, _ = _pipeline(tmp_path / "above", [("o1", url)], allow_hosts=["127.0.0.1"], max_pixels=100_000_000,
+                         max_side=128)
+    assert table.loc[url, "status"] == "ok", table.loc[url, "reason"]
+    table, _ = _pipeline(tmp_path / "below", [("o1", url)], allow_hosts=["127.0.0.1"], max_pixels=50_000_000)
+    assert _reason(table, url) == "too many pixels (9600x9600)"
+
+
+def test_a_host_that_does_not_resolve_is_a_permanent_failure_named_once(tmp_path: Path) -> None:
+    url = "http://no-such-host.invalid/photo.jpg"
+    table, _ = _pipeline(tmp_path, [("o1", url)], allow_hosts=["no-such-host.invalid"])
+    assert _reason(table, url) == "cannot resolve no-such-host.invalid"
+    assert table.loc[url, "attempts"] == 1  # not retried as a transient error

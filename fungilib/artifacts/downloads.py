@@ -32,6 +32,7 @@ class FailureKind(StrEnum):
     REFUSED = "refused"
     EMPTY_BODY = "empty body"
     UNSAFE_ID = "unsafe id"
+    UNRESOLVABLE = "cannot resolve"
     TIMEOUT = "timeout"
     OTHER = ""  # connection errors, a shard task that died, …
 
@@ -47,7 +48,8 @@ class FailureKind(StrEnum):
 
 PERMANENT = frozenset({FailureKind.HTTP_CLIENT, FailureKind.NOT_AN_IMAGE, FailureKind.UNDECODABLE,
                        FailureKind.TOO_LARGE, FailureKind.TOO_MANY_PIXELS, FailureKind.UNSUPPORTED_URL,
-                       FailureKind.MALFORMED_URL, FailureKind.REFUSED, FailureKind.EMPTY_BODY})
+                       FailureKind.MALFORMED_URL, FailureKind.REFUSED, FailureKind.EMPTY_BODY,
+                       FailureKind.UNRESOLVABLE})
 
 
 def is_permanent(reason: str) -> bool:
