@@ -169,7 +169,6 @@ def export_run(params: ExportParams) -> ExportResult:
         raise FungilibError(f"{run_dir} holds no finished training run (no {run.model_file.name}); train it first")
     bundle = bundle_folder(params)
     if params.toxicity is not None:  # a malformed list is one line before anything is exported
-
         load_toxicity(params.toxicity)
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     import keras
@@ -178,11 +177,11 @@ def export_run(params: ExportParams) -> ExportResult:
     from fungilib.tfjs_convert import convert_saved_model
     from fungilib.webapp import tfjs_predict_node, write_web_app
 
+    model, labels, prep = run.load()  # checked together (labels against outputs) before anything is written
     work = bundle.with_name(f".{bundle.name}.partial")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
 
-    model, labels, prep = run.load()
     size = int(prep["input_size"])
     metrics = run.metrics()
     temperature = float(metrics.get("temperature", 1.0))  # fitted on validation at evaluation: calibrated output

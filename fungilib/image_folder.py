@@ -77,6 +77,9 @@ def _scan_tree(root: Path) -> tuple[pd.DataFrame, list[dict], list[str]]:
             if path.is_symlink() and not _inside(path, root):
                 refused.append({"path": str(path), "label": rel.parts[0], "reason": "symlink leaving the folder"})
                 continue
+            if not path.is_file():  # a FIFO, a socket, a device: reading it could wait forever
+                refused.append({"path": str(path), "label": rel.parts[0], "reason": "not a regular file"})
+                continue
             labels_seen[rel.parts[0]] += 1
             rows.append({"path": str(path), "label": rel.parts[0], "media_id": path.relative_to(root).as_posix()})
     frame = pd.DataFrame(rows, columns=["path", "label", "media_id"])

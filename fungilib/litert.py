@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from fungilib.errors import FungilibError
+
 
 def litert_runner(model: bytes, size: int, batch_size: int = 1) -> Callable[[np.ndarray], np.ndarray]:
     """A function from images (N×size×size×3, [0, 255]) to the model's outputs. The interpreter is sized once
@@ -32,3 +34,13 @@ def litert_runner(model: bytes, size: int, batch_size: int = 1) -> Callable[[np.
         return np.concatenate(rows) if rows else np.zeros((0, int(out["shape"][-1])), np.float32)
 
     return run
+
+
+def litert_outputs(model: bytes) -> int:
+    """How many values a TFLite model answers per image (its classes); a file that is no model is one line."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        return int(Interpreter(model_content=model).get_output_details()[0]["shape"][-1])
+    except (ValueError, RuntimeError, IndexError) as exc:
+        raise FungilibError(f"not a readable TFLite model ({str(exc).splitlines()[0][:120]})") from None

@@ -19,10 +19,10 @@ import numpy as np
 from PIL import Image
 
 from fungilib.artifacts import bundle as bundle_files
-from fungilib.artifacts.trained_run import PREPROCESSING, TrainedRun
+from fungilib.artifacts.trained_run import PREPROCESSING, TrainedRun, check_model_files
 from fungilib.errors import FungilibError
 from fungilib.input_pipeline import eval_transform
-from fungilib.litert import litert_runner
+from fungilib.litert import litert_outputs, litert_runner
 from fungilib.metrics import softmax
 from fungilib.open_set import UNKNOWN_ANSWER, OpenSetGate, probability_score
 from fungilib.photos import upright_rgb
@@ -73,9 +73,11 @@ def _keras_predictor(run_dir: Path) -> Predictor:
 def _tflite_predictor(bundle: Path) -> Predictor:
     prep = bundle_files.read_json(bundle, PREPROCESSING)
     model_file = bundle / bundle_files.TFLITE_F32
+    labels = bundle_files.read_json(bundle, bundle_files.LABELS)
+    check_model_files(bundle, litert_outputs(model_file.read_bytes()), len(labels), prep, None)
     run = litert_runner(model_file.read_bytes(), int(prep["input_size"]), batch_size=16)
     config = bundle_files.read_json(bundle, bundle_files.CONFIG, default={})
-    return Predictor(bundle_files.read_json(bundle, bundle_files.LABELS), prep,
+    return Predictor(labels, prep,
                      float(config.get("threshold", SPECIES_THRESHOLD)), f"TFLite {model_file}", run,
                      OpenSetGate.from_config(config.get("open_set")))
 
@@ -113,8 +115,18 @@ def expand_inputs(inputs: Iterable[Path]) -> list[Path]:
 GROUP_MAX_PIXELS = 512 * 512  # larger photos are prepared one by one as they are decoded: memory stays bounded
 
 
+def _regular_file(path: Path) -> str:
+    """Why ``path`` is not a photo to read ('' when it is a regular file): a FIFO or a device would block."""
+    if not path.exists():
+        return "no such file"
+    return "" if path.is_file() else "not a regular file (a folder, FIFO, socket or device)"
+
+
 def _decoded(path: Path, size: int, transform: Any) -> tuple[np.ndarray | None, str]:
     """(the photo as shown — or, when it is larger than GROUP_MAX_PIXELS, already the model's input — , error)."""
+    refused = _regular_file(Path(path))
+    if refused:
+        return None, refused
     try:
         pixels = read_photo(path)
     except FileNotFoundError:

@@ -12,6 +12,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from fungilib.artifacts.run_record import ACTIVE, FINISHED, RunState, read_status, write_status
+from fungilib.dask_cluster import check_scheduler
 from fungilib.errors import FungilibError
 from fungilib.executors import RunPlacement, submit_all
 from fungilib.run_execution import execute, now
@@ -48,6 +49,8 @@ def run_sweep(path: Path, runs_root: Path = Path("runs"), workers: int = 0, sche
     Finished stages and runs (status.json 'done') are skipped, so a rerun of a finished sweep only reports,
     and a killed sweep resumes: unfinished runs are executed again in the same folder (training continues
     from its last epoch)."""
+    if scheduler:  # before any run is marked queued
+        check_scheduler(scheduler)
     place = RunPlacement(workers, scheduler, local_cluster, list(gpus or []), runs_per_gpu, gpu_resource)
     sweep = load_sweep(path)
     prepare_source(sweep, runs_root)

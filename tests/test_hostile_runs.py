@@ -3,6 +3,8 @@ bad request (exit 2, no traceback), a clean input cleans, and two processes neve
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
 import sys
@@ -201,3 +203,75 @@ def test_two_trainings_into_one_folder_the_second_is_refused(pipeline, tmp_path:
     finally:
         first.kill()
         first.wait()
+
+
+# -- second round, 8 and 13: a run or bundle whose files do not belong together answers nothing -------------------
+def _copy_run(trained_run: Path, target: Path) -> Path:
+    target.mkdir(parents=True)
+    for name in ("model.keras", "labels.csv", "labels.json", "preprocessing.json", "metrics.json",
+                 "train_summary.json"):
+        (target / name).write_bytes((trained_run / name).read_bytes())
+    return target
+
+
+def test_a_run_whose_labels_model_or_preprocessing_do_not_fit_is_one_line(pipeline, trained_run: Path,  # noqa: ANN001
+                                                                          tmp_path: Path) -> None:
+    photo = sorted((pipeline.root / "download" / "images").rglob("*.jpg"))[0]
+    cut = _copy_run(trained_run, tmp_path / "cut")
+    lines = (cut / "labels.csv").read_text().splitlines()
+    (cut / "labels.csv").write_text("\n".join(lines[:4]) + "\n")  # 3 classes for a 10-output model
+    for args in (("predict", str(photo), "--model", str(cut)), ("export", str(cut), "--out", str(tmp_path / "b")),
+                 ("evaluate", str(cut))):
+        _one_line(_cli(*args), f"{cut}: the label table lists 3 classes but the model answers 10")
+    assert not (tmp_path / "b").exists()
+    damaged = _copy_run(trained_run, tmp_path / "damaged")
+    (damaged / "model.keras").write_bytes((damaged / "model.keras").read_bytes()[:5000])
+    _one_line(_cli("predict", str(photo), "--model", str(damaged)), "model.keras: not a readable Keras model (")
+    odd = _copy_run(trained_run, tmp_path / "odd")
+    spec = json.loads((odd / "preprocessing.json").read_text())
+    (odd / "preprocessing.json").write_text(json.dumps({**spec, "input_size": "abc"}))
+    _one_line(_cli("predict", str(photo), "--model", str(odd)), "preprocessing.json's input_size 'abc' is not one the")
+
+
+def test_a_bundle_whose_labels_do_not_fit_its_model_answers_nothing(pipeline, bundle, tmp_path: Path) -> None:  # noqa: ANN001
+    photo = sorted((pipeline.root / "download" / "images").rglob("*.jpg"))[0]
+    site = tmp_path / "bundle"
+    site.mkdir()
+    for name in ("model_f32.tflite", "preprocessing.json", "config.json"):
+        (site / name).write_bytes((bundle.bundle / name).read_bytes())
+    (site / "labels.json").write_text(json.dumps(json.loads((bundle.bundle / "labels.json").read_text())[:3]))
+    _one_line(_cli("predict", str(photo), "--model", str(site)), "the label table lists 3 classes but the model")
+
+
+# -- second round, 15: only regular files are photos; a scheduler that is not there fails at once -----------------
+def test_a_fifo_is_never_read_as_a_photo(pipeline, trained_run: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    proc = _cli("predict", str(fifo), "--model", str(trained_run), "--json", timeout=120)
+    assert proc.returncode == 1 and '"not a regular file' in proc.stdout, proc.stdout + proc.stderr
+    tree = tmp_path / "tree"
+    (tree / "amanita").mkdir(parents=True)
+    (tree / "boletus").mkdir()
+    photos = sorted((pipeline.root / "download" / "images").rglob("*.jpg"))
+    for i, photo in enumerate(photos[:12]):
+        (tree / ("amanita" if i % 2 else "boletus") / photo.name).write_bytes(photo.read_bytes())
+    os.mkfifo(tree / "amanita" / "pipe.jpg")
+    proc = _cli("import-folder", str(tree), "--out", str(tmp_path / "import"), "--set", "min_per_class=2", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "import" / "import_report.json").read_text())
+    assert report["dropped"].get("not a regular file") == 1, report
+
+
+def test_a_sweep_on_a_scheduler_that_is_not_there_fails_at_once_and_marks_nothing(pipeline, tmp_path: Path,  # noqa: ANN001
+                                                                                  free_port: int) -> None:
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(yaml.safe_dump({"name": "nowhere", "pipeline": ["train"], "manifest": str(pipeline.root / "clean"),
+                                     "base": {"train": {"fit": {"epochs": 1}}}}))
+    started = time.monotonic()
+    proc = _cli("sweep", str(sweep), "--runs-root", str(tmp_path / "runs"), "--scheduler",
+                f"tcp://127.0.0.1:{free_port}")
+    _one_line(proc, f"scheduler tcp://127.0.0.1:{free_port}: nothing answers there")
+    assert time.monotonic() - started < 30
+    assert not list((tmp_path / "runs").rglob("status.json"))  # no run marked queued
+    _one_line(_cli("sweep", str(sweep), "--runs-root", str(tmp_path / "runs"), "--scheduler", "not an address"),
+              "scheduler 'not an address': expected tcp://HOST:PORT")

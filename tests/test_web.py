@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import json
 import subprocess
 import sys
@@ -376,6 +377,7 @@ def test_the_page_weighs_in_where_and_when(bundle: ExportResult, trained_run: Pa
     log_prior = prior.log_prior(where)[0]
     # the same photo with EXIF GPS (Hygrocybe's range) and a May date
     tagged = _with_gps(image, tmp_path / "tagged.jpg", (60.0, 0.0, 0.0), (6.0, 0.0, 0.0), "2024:05:10 10:00:00")
+    impossible = _with_gps(image, tmp_path / "impossible.jpg", (95.0, 0.0, 0.0), (6.0, 0.0, 0.0), "2024:05:10 10:00:00")
     origin = f"http://127.0.0.1:{free_port}"
 
     def rows(page) -> list[tuple[int, float, float, bool]]:  # noqa: ANN001
@@ -416,6 +418,9 @@ def test_the_page_weighs_in_where_and_when(bundle: ExportResult, trained_run: Pa
             _classify(page, tagged)
             assert page.get_attribute("body", "data-prior") == "the photo's GPS position and date"
             assert "(60.0, 6.0, May)" in page.inner_text("#prior-source")
+            _classify(page, impossible)  # latitude 95°: no place, so neither used nor claimed
+            assert page.get_attribute("body", "data-prior") == "none"
+            assert "GPS" not in page.inner_text("#prior-source")
             browser.close()
 
 
@@ -478,6 +483,15 @@ def test_the_journal_keeps_identifications_offline_and_exports_darwin_core(bundl
             assert blurred[0]["decimalLatitude"] == "55.5" and blurred[0]["decimalLongitude"] == "12.6"
             assert plain[1]["scientificName"] == "" and "best guess" in plain[1]["identificationRemarks"]
             assert plain[1]["decimalLatitude"] == ""  # no position known for the first photo
+            # a name or note a spreadsheet would run as a formula is neutralised; a bare CR stays inside its cell
+            hostile = page.evaluate("""FungiJournal.csv([{id: "j1", chosen: "=cmd|' /C calc'!A0", time: "t",
+                lat: -12.5, lon: -70.25, accuracy: 5, notes: "@SUM(A1)\\rsecond line", top: null},
+                {id: "j2", chosen: "+1", time: "t", lat: null, lon: null, notes: "-2+3", top: null}], false)""")
+            rows = list(csv.DictReader(io.StringIO(hostile, newline="")))
+            assert len(rows) == 2  # the CR split no row
+            assert rows[0]["scientificName"] == "'=cmd|' /C calc'!A0" and rows[1]["scientificName"] == "'+1"
+            assert rows[0]["occurrenceRemarks"] == "'@SUM(A1)\rsecond line" and rows[1]["occurrenceRemarks"] == "'-2+3"
+            assert rows[0]["decimalLatitude"] == "-12.500000"  # numbers stay numbers
             page.click("#journal-list li:last-child .delete")
             page.wait_for_selector("body[data-journal='1']", state="attached", timeout=10_000)
             browser.close()

@@ -461,6 +461,12 @@ import { createRuntime } from "./runtime.js";
       document.body.dataset.model = model ? model.id : "main";
       const wanted = new URLSearchParams(location.search).get("runtime") || state.config.runtime || "";
       state.runtime = await createRuntime(state.config, state.spec, wanted);
+      const size = state.spec.input_size; // a model whose outputs are not the label table answers nothing
+      const outputs = (await state.runtime.predict(new Float32Array(size * size * 3))).length;
+      if (outputs !== state.labels.length) {
+        throw new Error(`the model answers ${outputs} classes but labels.json lists ${state.labels.length}; ` +
+          "export the run again");
+      }
     } catch (err) {
       setStatus(`The model could not be loaded: ${err.message}`, "failed");
       return;

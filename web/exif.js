@@ -59,7 +59,8 @@
       const gps = entries(u32(gpsPointer.at));
       const lat = degrees(gps.get(2));
       const lon = degrees(gps.get(4));
-      if (lat !== null && lon !== null) {
+      // a position no place on Earth has (|lat| > 90, |lon| > 180, not a number) is no position at all
+      if (lat !== null && lon !== null && Number.isFinite(lat) && Number.isFinite(lon) && lat <= 90 && lon <= 180) {
         result.lat = gps.get(1) && ascii(gps.get(1)).startsWith("S") ? -lat : lat;
         result.lon = gps.get(3) && ascii(gps.get(3)).startsWith("W") ? -lon : lon;
       }

@@ -49,9 +49,12 @@
     explain,
     // Darwin Core CSV: the chosen name (or the best guess, marked as such), place (optionally blurred to 0.1°).
     csv(entries, blur) {
+      // RFC 4180 quoting (a CR too), and a cell a spreadsheet would run as a formula (=, +, -, @, a tab or a CR
+      // first) neutralised with a leading apostrophe, as OWASP advises for CSV exports
       const cell = (value) => {
-        const text = value === null || value === undefined ? "" : String(value);
-        return /[",\n]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
+        let text = value === null || value === undefined ? "" : String(value);
+        if (/^[=+\-@\t\r]/.test(text) && !/^-?\d+(\.\d+)?$/.test(text)) text = `'${text}`; // not a number
+        return /[",\n\r]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
       };
       const rows = entries.map((e) => {
         const named = e.chosen && e.chosen !== "unknown";

@@ -146,7 +146,11 @@ class TrainedRun:
                            keep_default_na=False)
 
     def preprocessing(self) -> dict[str, Any]:
-        return json.loads((self.folder / PREPROCESSING).read_text())
+        try:
+            spec = json.loads((self.folder / PREPROCESSING).read_text())
+        except (OSError, ValueError) as exc:
+            raise FungilibError(f"{self.folder / PREPROCESSING}: not readable ({exc})") from None
+        return spec
 
     def open_set_gate(self) -> dict[str, Any]:
         """open_set.json (the gate fitted on held-out species), or {} when the run has none."""
@@ -163,18 +167,27 @@ class TrainedRun:
         return pd.read_csv(path) if path.exists() else None
 
     def load_model(self) -> Any:
-        """The Keras model (fungilib's custom layers registered)."""
+        """The Keras model (fungilib's custom layers registered); a damaged file is one line naming it."""
         import keras
 
         from fungilib.models import colour_jitter_layer_class, hub_layer_class
 
         self.require_model()
-        return keras.models.load_model(self.model_file, safe_mode=False, custom_objects={
-            "HubModuleLayer": hub_layer_class(), "ColourJitter": colour_jitter_layer_class()})
+        try:
+            return keras.models.load_model(self.model_file, safe_mode=False, custom_objects={
+                "HubModuleLayer": hub_layer_class(), "ColourJitter": colour_jitter_layer_class()})
+        except Exception as exc:  # Keras raises zip, HDF5, JSON and value errors for a damaged file
+            detail = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+            raise FungilibError(f"{self.model_file}: not a readable Keras model ({detail}); train the run again "
+                                "or restore the file") from None
 
     def load(self) -> tuple[Any, Any, dict[str, Any]]:
-        """(Keras model, label table, preprocessing spec) of a finished run."""
-        return self.load_model(), self.labels(), self.preprocessing()
+        """(Keras model, label table, preprocessing spec) of a finished run, checked against each other: as many
+        labels as the model has outputs, an input size the model takes."""
+        labels, spec = self.labels(), self.preprocessing()
+        model = self.load_model()
+        check_model_files(self.folder, int(model.output_shape[-1]), len(labels), spec, model.input_shape[1])
+        return model, labels, spec
 
     # writers
     def write_inputs(self, labels: Any, preprocessing: dict[str, Any]) -> None:
@@ -201,6 +214,18 @@ class TrainedRun:
         per_class.to_csv(self.folder / PER_CLASS, index=False)
         confusions.to_csv(self.folder / CONFUSIONS, index=False)
         predictions.to_csv(self.folder / PREDICTIONS, index=False)
+
+
+def check_model_files(folder: Path, outputs: int, labels: int, spec: dict[str, Any], model_size: int | None) -> None:
+    """A model, its label table and its preprocessing belong together: one line naming what does not fit."""
+    if outputs != labels:
+        raise FungilibError(f"{folder}: the label table lists {labels} classes but the model answers {outputs}; the "
+                            "folder is damaged (export or train the run again)")
+    size = spec.get("input_size")
+    if not isinstance(size, int) or isinstance(size, bool) or not 16 <= size <= 4096 or (
+            model_size is not None and size != model_size):
+        raise FungilibError(f"{folder}: preprocessing.json's input_size {size!r} is not one the model takes"
+                            + (f" ({model_size} px)" if model_size else "") + "; the folder is damaged")
 
 
 def load_trained(run_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
