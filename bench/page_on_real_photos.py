@@ -55,7 +55,8 @@ def main() -> None:
                 rows.append({"photo": photo.name, "folder": photo.parent.name, "ms": ms,
                              "verdict": page.inner_text("#verdict").splitlines()[0],
                              "rank": page.get_attribute("#verdict", "data-rank"),
-                             "top": [{"index": int(a), "probability": round(float(b), 4), "text": c} for a, b, c in top]})
+                             "top": [{"index": int(a), "probability": round(float(b), 4), "text": c}
+                                     for a, b, c in top]})
                 if i == 0 and args.screenshot:
                     args.screenshot.parent.mkdir(parents=True, exist_ok=True)
                     page.screenshot(path=str(args.screenshot), full_page=False)
@@ -73,8 +74,8 @@ def main() -> None:
     out.write_text(json.dumps(result, indent=2) + "\n")
     for row in rows:
         print(f"{row['folder']}/{row['photo']}: {row['verdict']} ({row['ms']:.0f} ms)")
-    print(f"{runtime}, {config.get('litert_variant')}, {spec['input_size']} px: median {result['median_ms_after_first']}"
-          " ms per answer after the first")
+    print(f"{runtime}, {config.get('litert_variant')}, {spec['input_size']} px: median "
+          f"{result['median_ms_after_first']} ms per answer after the first")
 
 
 if __name__ == "__main__":
