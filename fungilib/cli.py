@@ -215,8 +215,9 @@ def _print_runs_table(runs_root: Path, sweep: str | None, sort: str) -> None:
     if "value" in table and table["value"].notna().any():  # an Optuna study: the best trial first
         minimize = "direction" in table and (table["direction"] == "minimize").all()
         table = table.sort_values("value", ascending=bool(minimize), na_position="last")
-    elif sort in VALIDATION:
-        table = pd.concat([ranked(table, sort), table[~table.index.isin(ranked(table, sort).index)]])
+    elif sort in VALIDATION:  # best first on validation, then the runs that cannot be ranked (not evaluated)
+        best = ranked(table, sort)
+        table = pd.concat([best, table[~table.index.isin(best.index)]])
     elif sort in table:
         table = table.sort_values(sort, ascending=False)
     print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.4g}"))

@@ -116,7 +116,9 @@ def ranked(table: Any, metric: str) -> Any:
     """Finished, evaluated runs best first by ``metric`` (a validation metric); ties go to the higher validation
     macro-F1, then to the smaller run id, so every caller names the same run."""
     check_choice_metric(metric)
-    done = table[(table["status"] == "done") & table[metric].notna()] if metric in table else table.iloc[0:0]
+    if metric not in table:  # no evaluated run (a sweep of data stages): nothing to rank
+        return table.iloc[0:0]
+    done = table[(table["status"] == "done") & table[metric].notna()]
     keys = [metric, *(["val_macro_f1"] if "val_macro_f1" in done and metric != "val_macro_f1" else []), "run_id"]
     ascending = [metric in LOWER_IS_BETTER, *([False] if len(keys) == 3 else []), True]
     return done.sort_values(keys, ascending=ascending)
