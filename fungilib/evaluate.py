@@ -13,6 +13,7 @@ from fungilib.artifacts.dataset import load_manifest
 from fungilib.artifacts.trained_run import TrainedRun
 from fungilib.contact_sheets import confidently_wrong_sheet
 from fungilib.errors import FungilibError
+from fungilib.find_metrics import choose_rule, observation_metrics
 from fungilib.input_pipeline import make_dataset
 from fungilib.metrics import (
     confusion_matrix,
@@ -202,6 +203,29 @@ def _open_set(model: Any, frame: pd.DataFrame, val_logits: np.ndarray, logits: n
     return result.metrics, {"open_set": path}
 
 
+OBSERVATION_KEYS = ("top1", "top3", "macro_f1", "nll", "ece")
+
+
+def _per_observation(test: pd.DataFrame, probs: np.ndarray, y: np.ndarray, val: pd.DataFrame, val_probs: np.ndarray,
+                     labels: pd.DataFrame, prior_probs: np.ndarray | None) -> dict[str, Any]:
+    """One answer per observation (its photos combined by the rule validation prefers), with the prior too."""
+    if "gbifID" not in test:
+        return {}
+    groups = test["gbifID"].astype(str).to_numpy()
+    rule, by_rule = "mean_log", {}
+    if len(val):
+        rule, by_rule = choose_rule(val_probs, val["label"].to_numpy(), val["gbifID"].astype(str).to_numpy(), labels,
+                                    classification_metrics)
+    found = observation_metrics(probs, y, groups, rule, labels, classification_metrics)
+    out: dict[str, Any] = {"observations": int(len(set(groups))), "observation_rule": rule,
+                           "observation_rule_val_top1": by_rule,
+                           **{f"obs_{k}": found[k] for k in OBSERVATION_KEYS}}
+    if prior_probs is not None:
+        with_prior = observation_metrics(prior_probs, y, groups, rule, labels, classification_metrics)
+        out.update({f"obs_{k}_with_prior": with_prior[k] for k in ("top1", "top3", "macro_f1")})
+    return out
+
+
 def _poisonous_confusion(toxicity: Path, labels: pd.DataFrame, probs: np.ndarray, y: np.ndarray,
                          with_prior: np.ndarray | None) -> dict[str, Any]:
     """How often a deadly or toxic species is predicted as an edible one, with and without the place prior."""
@@ -249,6 +273,7 @@ def evaluate_run(params: EvaluateParams) -> EvalResult:
     probs = softmax(logits, temperature)
     with_prior, prior_probs = _with_place_prior(frame, test, probs, softmax(val_logits, temperature), labels, run_dir)
     metrics.update(with_prior)
+    metrics.update(_per_observation(test, probs, y, val, softmax(val_logits, temperature), labels, prior_probs))
     if params.toxicity is not None:
         metrics.update(_poisonous_confusion(params.toxicity, labels, probs, y, prior_probs))
     open_set_metrics, open_set_plots = (_open_set(model, frame, val_logits, logits, y, temperature, size, batch_size,

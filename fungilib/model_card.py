@@ -72,6 +72,13 @@ def model_card(run_dir: Path, labels: Any, size: int, parity: dict, sizes: dict[
            f"weight {metrics['prior_weight']:.1f} fitted on validation): "
            + ", ".join(f"{k} {metrics[k + '_with_prior']:.3f}" for k in ("top1", "top3", "macro_f1"))]
           if "top1_with_prior" in metrics else []),
+        *([f"- per observation ({metrics['observations']} finds of {metrics['images']} test photos; photos of one "
+           f"find combined by {metrics['observation_rule']}, the rule chosen on validation): "
+           + ", ".join(f"{k} {metrics['obs_' + k]:.3f}" for k in ("top1", "top3", "macro_f1"))
+           + ("; with the prior: " + ", ".join(f"{k} {metrics['obs_' + k + '_with_prior']:.3f}"
+                                              for k in ("top1", "top3", "macro_f1"))
+              if "obs_top1_with_prior" in metrics else "")]
+          if "obs_top1" in metrics else []),
         *_open_set_lines(metrics),
         "- formats and sizes: " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sizes.items()),
         f"- parity vs Keras on {int(parity['images']['count'])} test images: " + "; ".join(

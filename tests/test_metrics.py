@@ -87,3 +87,24 @@ def test_rank_metrics_only_where_the_rank_is_known() -> None:
     table = pd.DataFrame({"genus": ["", "", ""], "family": ["F", "F", "G"]})
     metrics = classification_metrics(np.log(PROBS), LABELS, table)
     assert "genus_top1" not in metrics and "family_top1" in metrics
+
+
+def test_photos_of_one_find_are_answered_together_and_the_rule_is_chosen_on_validation() -> None:
+    import pandas as pd
+
+    from fungilib.evaluate import classification_metrics
+    from fungilib.find_metrics import choose_rule, combine, observation_metrics
+
+    labels = pd.DataFrame({"label": [0, 1, 2], "species": ["a", "b", "c"]})
+    # one find, three photos: two say species 1, one says species 0 a little more surely
+    probs = np.array([[0.1, 0.85, 0.05], [0.1, 0.85, 0.05], [0.9, 0.08, 0.02], [0.1, 0.1, 0.8]])
+    groups = np.array(["find-1", "find-1", "find-1", "find-2"])
+    first, mean_log = combine(probs, groups, "mean_log")
+    assert first.tolist() == [0, 3] and mean_log.shape == (2, 3) and np.allclose(mean_log.sum(axis=1), 1)
+    assert mean_log[0].argmax() == 1  # the geometric mean: one surer photo does not outvote two
+    assert combine(probs, groups, "max")[1][0].argmax() == 0  # the max rule follows the surest photo
+    y = np.array([1, 1, 1, 2])
+    found = observation_metrics(probs, y, groups, "mean_log", labels, classification_metrics)
+    assert found["top1"] == 1.0  # both finds right, though one of the find's photos alone is wrong
+    rule, by_rule = choose_rule(probs, y, groups, labels, classification_metrics)
+    assert rule == "mean_log" and by_rule == {"mean_log": 1.0, "max": 0.5}
