@@ -189,7 +189,8 @@ import { createRuntime } from "./runtime.js";
       name.textContent = row.species || row.class_key;
       const group = document.createElement("span");
       group.className = "genus";
-      group.textContent = ` ${percent(row.probability)} · ${row.genus || "?"}, ${row.family || "?"}`;
+      const ranks = [row.genus, row.family].filter(Boolean).join(", "); // a folder's labels may know neither
+      group.textContent = ` ${percent(row.probability)}${ranks ? ` · ${ranks}` : ""}`;
       const bar = document.createElement("span");
       bar.className = "bar";
       bar.style.width = `${Math.max(1, Math.round(100 * row.probability))}%`;
