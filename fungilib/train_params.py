@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from fungilib.artifacts.trained_run import TrainResult
 from fungilib.errors import FungilibError
 from fungilib.input_pipeline import Augmentation
 
@@ -114,13 +115,5 @@ class TrainParams:
             raise FungilibError("fit.distribution=multi_worker: an Optuna trial trains on one host (use mirrored)")
 
 
-@dataclass
-class TrainResult:
-    model: Path
-    epochs_run: int
-    resumed_from_epoch: int
-    seconds: float
-    train_images_per_second: float
-    best_val_loss: float | None
-    skipped: bool = False
-    pruned_at_epoch: int = 0  # an Optuna trial stopped by its pruner after this epoch (0: not pruned)
+__all__ = ["DatasetParams", "FitParams", "ModelParams", "OptimizerParams", "RegularizationParams", "ScheduleParams",
+           "TrainParams", "TrainResult", "TrialParams"]

@@ -33,17 +33,23 @@ TRAIN_CLAIM = ".train-claim"  # held by the one process training into the folder
 
 
 @dataclass
-class TrainSummary:
-    """train_summary.json: what a finished run did, with its resolved parameters."""
+class TrainResult:
+    """What a training run did (its model, epochs, speed); the start of its summary."""
 
+    model: Path
     epochs_run: int
     resumed_from_epoch: int
     seconds: float
     train_images_per_second: float
     best_val_loss: float | None
     skipped: bool = False
-    pruned_at_epoch: int = 0
-    model: str = ""
+    pruned_at_epoch: int = 0  # an Optuna trial stopped by its pruner after this epoch (0: not pruned)
+
+
+@dataclass
+class TrainSummary(TrainResult):
+    """train_summary.json: what a finished run did, with its resolved parameters."""
+
     seed: int = 0
     params: dict[str, Any] = field(default_factory=dict)
     train_images: int = 0
@@ -61,7 +67,7 @@ class TrainSummary:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainSummary:
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return cls(**{k: Path(v) if k == "model" else v for k, v in data.items() if k in names})
 
 
 class TrainedRun:
