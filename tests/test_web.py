@@ -753,3 +753,25 @@ def test_one_bundle_offers_several_models_and_keeps_the_picked_one_offline(bundl
             page.wait_for_selector("body[data-ready=true][data-model=accurate]", state="attached", timeout=60_000)
             assert _classify(page, image) == picked  # offline, the picked model and its labels
             browser.close()
+
+
+def test_a_page_whose_labels_do_not_fit_its_model_answers_nothing(bundle: ExportResult, tmp_path: Path,
+                                                                  free_port: int) -> None:
+    """labels.json cut to 3 rows for the 10-output model: the page says so in one line and never answers."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    site = tmp_path / "site"
+    shutil.copytree(bundle.bundle, site)
+    (site / "labels.json").write_text(json.dumps(json.loads((site / "labels.json").read_text())[:3]))
+    with _served(site, free_port):
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{free_port}/")
+            page.wait_for_selector("#status[data-state=failed]", state="attached", timeout=60_000)
+            assert "the model answers 10 classes but labels.json lists 3; export the run again" in page.inner_text(
+                "#status")
+            assert page.get_attribute("body", "data-ready") != "true"
+            browser.close()
