@@ -13,7 +13,6 @@ from typing import Any
 
 from fungilib import __version__
 from fungilib.artifacts.dataset import LABELS_CSV, MANIFEST_FILE
-from fungilib.artifacts.run_record import INDEX_CSV, INDEX_H5
 from fungilib.errors import FungilibError
 from fungilib.params import ParamLayers, parse_value
 from fungilib.stages import COMMANDS, Command, Flag, command_layers, stage
@@ -170,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "species held out of training) says is not a species it knows")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object per photo (JSON Lines) instead of a table")
+    p.add_argument("--group-by", help="answer finds, not photos: 'folder' (each folder is one find) or a CSV of "
+                                      "path,find_id; photos of one find are combined, each photo's answer kept")
     p.add_argument("--batch-size", type=int, default=512,
                    help="photos decoded and prepared together (photos of one size are resized in one call)")
 
@@ -199,27 +200,9 @@ def _positive(text: str) -> int:
 
 
 def _print_runs_table(runs_root: Path, sweep: str | None, sort: str) -> None:
-    import pandas as pd
+    from fungilib.runs_index import runs_table_text
 
-    from fungilib.runs_index import HEADLINE, VALIDATION, ranked, write_index
-
-    table = write_index(runs_root, sweep)
-    if table.empty:
-        print("no runs yet")
-        return
-    swept = [c for c in table.columns if c.startswith("param.") and table[c].astype(str).nunique() > 1]
-    trials = [c for c in ("trial", "trial_state", "value", "pruned_at_epoch") if c in table]
-    columns = ["run_id", "sweep", "status", "duration_s", "data", *trials, *swept, *[m for m in HEADLINE if m in table]]
-    if "value" in table and table["value"].notna().any():  # an Optuna study: the best trial first
-        minimize = "direction" in table and (table["direction"] == "minimize").all()
-        table = table.sort_values("value", ascending=bool(minimize), na_position="last")
-    elif sort in VALIDATION:  # best first on validation, then the runs that cannot be ranked (not evaluated)
-        best = ranked(table, sort)
-        table = pd.concat([best, table[~table.index.isin(best.index)]])
-    elif sort in table:
-        table = table.sort_values(sort, ascending=False)
-    print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    print(f"(index: {Path(runs_root) / INDEX_H5}, {Path(runs_root) / INDEX_CSV})")
+    print(runs_table_text(runs_root, sweep, sort))
 
 
 def _check_port(port: int) -> None:
@@ -292,6 +275,11 @@ def _sweep_command(args: argparse.Namespace) -> int:
 def _predict_command(args: argparse.Namespace) -> int:
     from fungilib.predict import as_json, format_one, iter_predictions
 
+    if args.group_by:
+        from fungilib.predict_finds import print_finds
+
+        return print_finds(args.images, args.model, args.group_by, args.top, args.threshold, args.no_open_set,
+                           args.json)
     count = failed = 0
     for prediction in iter_predictions(args.images, args.model, args.top, args.threshold,
                                        batch_size=args.batch_size, progress=None,

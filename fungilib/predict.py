@@ -39,6 +39,7 @@ class Prediction:
     top: list[dict] = field(default_factory=list)
     answer: Answer | None = None
     open_set_score: float | None = None  # the gate's score of the photo (higher: more like a species it knows)
+    probabilities: np.ndarray | None = field(default=None, repr=False)  # every species' (for combining a find)
 
 
 @dataclass
@@ -158,7 +159,7 @@ def prepare_batch(pixels: list[np.ndarray], transform: Any, size: int | None = N
 
 def iter_predictions(inputs: Iterable[Path], model: Path, top: int = 5, threshold: float | None = None,
                      batch_size: int = 512, workers: int | None = None, progress: bool | None = False,
-                     no_open_set: bool = False) -> Iterator[Prediction]:
+                     no_open_set: bool = False, predictor: Predictor | None = None) -> Iterator[Prediction]:
     """Predictions for photos and folders of photos, in input order, as they are ready (a stream: nothing is held
     back until the end). Photos are decoded in parallel threads (Pillow releases the GIL) while the previous batch
     is prepared and run through the model; photos of one size are resized and cropped together.
@@ -170,7 +171,7 @@ def iter_predictions(inputs: Iterable[Path], model: Path, top: int = 5, threshol
     import tensorflow as tf
     from tqdm.auto import tqdm
 
-    predictor = load_predictor(model)
+    predictor = predictor or load_predictor(model)
     size = int(predictor.preprocessing["input_size"])
     cut = predictor.threshold if threshold is None else threshold
     transform = tf.function(lambda pixels: eval_transform(pixels, size),
@@ -199,7 +200,8 @@ def iter_predictions(inputs: Iterable[Path], model: Path, top: int = 5, threshol
                 p = by_index[i]
                 yield Prediction(str(path), ok=True, top=top_k(p, predictor.labels, top), answer=answer(p, ranks, cut,
                                                                                                         gate),
-                                 open_set_score=float(probability_score(p, gate.score)) if gate else None)
+                                 open_set_score=float(probability_score(p, gate.score)) if gate else None,
+                                 probabilities=p)
             bar.update(len(chunk))
 
 

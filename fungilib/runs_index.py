@@ -156,3 +156,25 @@ def tensorboard_command(runs_root: Path, sweep: str | None, host: str = "127.0.0
                     for p in logs)
     exe = shutil.which("tensorboard", path=str(Path(sys.executable).parent)) or "tensorboard"
     return [exe, "--logdir_spec", spec, "--host", host, "--port", str(port)]
+
+
+def runs_table_text(runs_root: Path, sweep: str | None, sort: str) -> str:
+    """The runs table as ``fungilib runs`` prints it: the swept parameters and the metrics, an Optuna study's best
+    trial first, else best first on a validation metric (the runs that cannot be ranked after), else by ``sort``."""
+    table = write_index(runs_root, sweep)
+    if table.empty:
+        return "no runs yet"
+    swept = [c for c in table.columns if c.startswith("param.") and table[c].astype(str).nunique() > 1]
+    trials = [c for c in ("trial", "trial_state", "value", "pruned_at_epoch") if c in table]
+    columns = ["run_id", "sweep", "status", "duration_s", "data", *trials, *swept, *[m for m in HEADLINE if m in table]]
+    if "value" in table and table["value"].notna().any():
+        minimize = "direction" in table and (table["direction"] == "minimize").all()
+        table = table.sort_values("value", ascending=bool(minimize), na_position="last")
+    elif sort in VALIDATION:
+        best = ranked(table, sort)
+        table = pd.concat([best, table[~table.index.isin(best.index)]])
+    elif sort in table:
+        table = table.sort_values(sort, ascending=False)
+    return (table[columns].to_string(index=False, float_format=lambda v: f"{v:.4g}")
+            + f"\n(index: {Path(runs_root) / INDEX_H5}, {Path(runs_root) / INDEX_CSV})")
+

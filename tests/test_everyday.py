@@ -274,3 +274,39 @@ def test_photos_prepared_together_are_prepared_exactly_as_one_by_one(tmp_path: P
     mixed = prepare_batch([photos[0], prepared, photos[1]], transform, 48)
     np.testing.assert_allclose(mixed[1], eval_transform(tf.constant(big), 48).numpy(), atol=1e-4)
     np.testing.assert_allclose(mixed[[0, 2]], one_by_one[[0, 1]], atol=1e-4)
+
+
+def test_predict_answers_a_find_of_several_photos_once(trained_run: Path, pipeline, tmp_path: Path) -> None:  # noqa: ANN001
+    """--group-by folder: each folder is one find, its photos combined into one answer (the run's own rule), each
+    photo's answer kept in --json; an unreadable photo is reported and left out; photos that each name another
+    species surely carry a note; a CSV path,find_id groups the same way."""
+    from fungilib.predict import predict_files
+
+    manifest, labels = load_manifest(pipeline.root / "clean")
+    test = manifest[manifest["split"] == "test"]
+    by_species = [Path(p) for p in test.groupby("label")["path"].first()]
+    sure = [p for p in predict_files(by_species, trained_run) if p.top[0]["probability"] >= 0.8]
+    assert len(sure) >= 2  # two photos the model names surely, as different species
+    finds = tmp_path / "finds"
+    one, two = finds / "find-1", finds / "find-2"
+    one.mkdir(parents=True)
+    two.mkdir()
+    for i, path in enumerate(test[test["label"] == test["label"].iloc[0]]["path"].head(3)):
+        shutil.copy(path, one / f"p{i}.jpg")
+    (one / "broken.jpg").write_bytes(b"\xff\xd8 not a photo")
+    shutil.copy(sure[0].path, two / "a.jpg")
+    shutil.copy(sure[1].path, two / "b.jpg")
+    proc = _predict(str(finds), "--model", str(trained_run), "--group-by", "folder", "--json")
+    assert proc.returncode == 1, proc.stderr  # a photo could not be read
+    rows = {Path(r["find"]).name: r for r in map(json.loads, proc.stdout.splitlines())}
+    assert set(rows) == {"find-1", "find-2"}
+    first = rows["find-1"]
+    assert first["photos"] == 4 and first["readable"] == 3 and len(first["per_photo"]) == 4
+    assert [p["ok"] for p in first["per_photo"]].count(False) == 1 and first["answer"] is not None
+    assert first["rule"] in ("mean_log", "max") and first["top"][0]["index"] == int(test["label"].iloc[0])
+    assert rows["find-2"]["disagree"] is True and not first["disagree"]
+    table = tmp_path / "finds.csv"
+    table.write_text("path,find_id\n" + "".join(f"finds/find-1/p{i}.jpg,cap-and-gills\n" for i in range(3)))
+    proc = _predict(str(tmp_path), "--model", str(trained_run), "--group-by", str(table))
+    assert proc.returncode == 0, proc.stderr
+    assert "find cap-and-gills (3 of 3 photos combined" in proc.stdout

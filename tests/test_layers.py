@@ -20,7 +20,7 @@ STAGES = {
     "train": {"train", "train_params", "keras_parts", "multi_worker_fit"},
     "evaluate": {"evaluate"},
     "export": {"export", "export_checks", "model_card", "webapp", "tfjs_convert"},
-    "predict": {"predict"},
+    "predict": {"predict", "predict_finds"},
     "serve": {"serve"},
 }
 # Orchestration: the only modules that know several stages.
