@@ -76,9 +76,6 @@ class TrainedRun:
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
 
-    def __truediv__(self, name: str) -> Path:
-        return self.folder / name
-
     @property
     def model_file(self) -> Path:
         return self.folder / MODEL_FILE
