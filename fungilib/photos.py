@@ -57,16 +57,22 @@ def is_plain_jpeg(img: Image.Image) -> bool:
     return img.format == "JPEG" and img.mode == "RGB" and img.getexif().get(ORIENTATION, 1) == 1
 
 
+def _open(source: bytes | Path) -> Image.Image:
+    """The photo opened (its header read, nothing decoded) with Pillow's own pixel limit lifted: the caller's
+    ``max_pixels`` is the limit, above or below Pillow's 89.5 MP."""
+    with _OPEN_LOCK:
+        previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
+
+
 def photo_pixels(source: bytes | Path) -> int:
     """Width × height from the photo's header alone (nothing decoded); 0 when there is no readable header."""
     try:
-        with _OPEN_LOCK:
-            previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-            try:
-                with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
-                    return img.width * img.height
-            finally:
-                Image.MAX_IMAGE_PIXELS = previous
+        with _open(source) as img:
+            return img.width * img.height
     except Exception:  # decoding reports it, with its reason
         return 0
 
@@ -76,14 +82,7 @@ def decode_photo(source: bytes | Path, max_pixels: int, max_side: int | None = N
     """Open and fully decode a photo (a JPEG at a reduced DCT scale when ``max_side`` allows: faster, same size
     after resizing) and its original size; PhotoError for a pixel bomb or anything Pillow cannot decode."""
     try:
-        with warnings.catch_warnings(), _OPEN_LOCK:
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            # the user's max_pixels is the limit, above or below Pillow's own (89.5 MP), checked below
-            previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-            try:
-                img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-            finally:
-                Image.MAX_IMAGE_PIXELS = previous
+        img = _open(source)
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             width, height = img.size
