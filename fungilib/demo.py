@@ -12,7 +12,8 @@ from fungilib.artifacts.run_record import OUTPUT_DIR, read_status
 from fungilib.artifacts.trained_run import TrainedRun
 from fungilib.data_version import content_key, source_version
 from fungilib.errors import FungilibError
-from fungilib.params import deep_merge
+from fungilib.fsutil import PROJECT_ROOT
+from fungilib.params import deep_merge, read_yaml
 from fungilib.run_execution import StageRun, execute
 from fungilib.sample import ARCHIVE_NAME, DEFAULT_PORT, ensure_sample
 from fungilib.stages import DEMO_PIPELINE, SOURCE, stage
@@ -40,7 +41,11 @@ def _runner(name: str, root: Path, port: int) -> dict[str, Any]:
 # two of the sample's twelve species are kept out of training: the demo's model learns ten, and its "not a species
 # this model knows" answer is fitted and measured on photos of the two it never saw
 DEMO_HELD_OUT = ["Coprinus comatus", "Morchella esculenta"]
-DEMO_VALUES = {"download": {"timeout": 3.0, "retries": 2}, "clean": {"holdout_species": DEMO_HELD_OUT}}
+# the sample's photos are drawn, not photographed: the demo trains the sample's recipe (MobileNetV3Small from scratch,
+# 96 px; params/recipes/sample.yaml) where the default for a user's photos is the pretrained EfficientNet-Lite0
+SAMPLE_RECIPE = PROJECT_ROOT / "params" / "recipes" / "sample.yaml"
+DEMO_VALUES = {"download": {"timeout": 3.0, "retries": 2}, "clean": {"holdout_species": DEMO_HELD_OUT},
+               "train": read_yaml(SAMPLE_RECIPE)}
 
 
 def _headline(run_dir: Path) -> str:
@@ -86,6 +91,11 @@ def run_demo(root: Path, observations: int = 700, port: int = DEFAULT_PORT,
         folder = root / st.folder
         run = StageRun(name, key, folder, stage_parameters(name, values, folder, outs, _runner(name, root, port)),
                        data=data)
+        if name == "train":
+            m = values["model"]
+            print(f"[demo] train: {m['base']}, weights {m['weights']}, {values['dataset']['image_size']} px — the "
+                  f"sample's recipe ({SAMPLE_RECIPE.relative_to(PROJECT_ROOT)}); for real photos the default is "
+                  "EfficientNet-Lite0 from its packaged ImageNet weights (params/train.yaml)", flush=True)
         skipped += not _run_once(run)
         if name == "train":
             print(f"[demo]   {_headline(folder)}", flush=True)

@@ -4,6 +4,7 @@ use, the Optuna trial's reporter and the network itself."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from fungilib.artifacts.trained_run import TrainedRun
 from fungilib.errors import FungilibError
 from fungilib.fsutil import write_json
 from fungilib.input_pipeline import EVAL_CROP, RESIZE_RULE
-from fungilib.models import build_classifier, spec_for
+from fungilib.models import build_classifier, imagenet_unavailable, spec_for
 from fungilib.optuna_storage import make_pruner, open_storage
 from fungilib.train_params import OptimizerParams, ScheduleParams, TrainParams, TrialParams
 
@@ -168,6 +169,20 @@ def preprocessing_spec(params: TrainParams) -> dict[str, Any]:
         "crop_fraction": EVAL_CROP, **RESIZE_RULE, "inside_model": f"scaling '{spec.scaling}' for base {spec.name}",
         "output": "logits (the exported model adds softmax)",
     }
+
+
+def resolve_weights(params: TrainParams) -> tuple[TrainParams, str | None]:
+    """``model.weights: auto`` made concrete: ``imagenet`` when the base's ImageNet weights are on this machine;
+    otherwise ``none`` with ``freeze: train_all`` (a head on random features learns nothing) and the one line
+    that says so and how to get the weights."""
+    m = params.model
+    if m.weights != "auto":
+        return params, None
+    missing = imagenet_unavailable(m.base)
+    if missing is None:
+        return replace(params, model=replace(m, weights="imagenet")), None
+    return (replace(params, model=replace(m, weights="none", freeze="train_all")),
+            f"training {m.base} from scratch (freeze train_all): {missing}")
 
 
 def classifier(params: TrainParams, num_classes: int, weights: str) -> tuple[Any, Any]:

@@ -170,6 +170,33 @@ def build_base(spec: BaseSpec, weights: str, image_size: int) -> Any:
     return model
 
 
+def _in_keras_cache(application: str) -> bool:
+    """Whether Keras' cache holds ``application``'s no-top ImageNet weights (its file names vary by model:
+    weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5, efficientnetb0_notop.h5, …)."""
+    wanted = "".join(c for c in application.lower() if c.isalnum())
+    folder = keras_cache_dir()
+    return folder.is_dir() and any(
+        wanted in "".join(c for c in f.name.lower() if c.isalnum()) and "notop" in f.name.lower().replace("_", "")
+        for f in folder.iterdir())
+
+
+def imagenet_unavailable(name: str) -> str | None:
+    """Why base ``name``'s ImageNet weights cannot load on this machine (None when they can): its installed
+    checkpoint package, Keras' cache or TF Hub's cache — nothing is downloaded to find out."""
+    spec = spec_for(name)
+    try:
+        if spec.checkpoint:
+            checkpoint_file(name)
+        elif spec.hub_handle:
+            resolve_hub_module(spec.hub_handle)
+        elif not _in_keras_cache(spec.application):
+            return (f"ImageNet weights for {name} are not in Keras' cache {keras_cache_dir()} (on a connected machine "
+                    f"run `fungilib weights fetch {name}` and copy that folder here)")
+    except FungilibError as exc:
+        return str(exc)
+    return None
+
+
 def fetch_weights(name: str) -> Path:
     """Download ``name``'s weights into the library's own cache (run on a connected machine)."""
     spec = spec_for(name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from fungilib.keras_parts import (
     make_optimizer,
     make_schedule,
     preprocessing_spec,
+    resolve_weights,
     training_callbacks,
 )
 from fungilib.multi_worker_fit import fit_multi_worker
@@ -85,7 +87,9 @@ def _train(params: TrainParams, run: TrainedRun, placement: Any) -> TrainResult:
     import keras
 
     out = run.folder
-
+    params, weights_note = resolve_weights(params)  # model.weights: auto → imagenet here, or none and why
+    if weights_note and placement.chief:
+        print(f"fungilib train: {weights_note}", file=sys.stderr, flush=True)
     manifest_path = Path(params.dataset.manifest)
     manifest, labels = load_manifest(manifest_path)
     if placement.chief:
@@ -175,5 +179,6 @@ def _train(params: TrainParams, run: TrainedRun, placement: Any) -> TrainResult:
     run.write_summary({**result.__dict__, "model": str(result.model), "seed": fit.seed,
                               "params": params_to_dict(params), "train_images": len(train_rows),
                               "cache": cache.__dict__, "replicas": placement.replicas, "workers": placement.workers,
-                              "val_images": len(val_rows), "classes": n})
+                              "val_images": len(val_rows), "classes": n,
+                              **({"weights_note": weights_note} if weights_note else {})})
     return result

@@ -15,7 +15,7 @@ from fungilib.input_pipeline import Augmentation
 @dataclass
 class DatasetParams:
     manifest: Path = Path("")
-    image_size: int = 96
+    image_size: int = 128
     batch_size: int = 32
     # decoded photos kept in memory between epochs: auto = only when they fit cache_budget_mb (see plan_cache)
     cache: Literal["auto", "memory", "none"] = "auto"
@@ -25,17 +25,21 @@ class DatasetParams:
 
 @dataclass
 class ModelParams:
-    base: str = "MobileNetV3Small"  # a name of fungilib.models.BASES, a TF Hub handle or a SavedModel folder
-    weights: str = "none"  # imagenet, none, or a weights file
+    # the default: EfficientNet-Lite0 from its packaged ImageNet checkpoint, head first then all of it (the best
+    # recipe on real photos in bench/results/real_photos.json at 128 px)
+    base: str = "EfficientNetLite0"  # a name of fungilib.models.BASES, a TF Hub handle or a SavedModel folder
+    # auto: imagenet when the base's ImageNet weights are on this machine, else none (and freeze train_all), said
+    # in one line; imagenet (an error when absent), none, or a weights file
+    weights: str = "auto"
     dropout: float = 0.2
-    freeze: Literal["train_all", "head_only", "top_k", "two_phase"] = "train_all"
+    freeze: Literal["train_all", "head_only", "top_k", "two_phase"] = "two_phase"
     top_k: int = 20  # layers of the base unfrozen by freeze=top_k
 
 
 @dataclass
 class OptimizerParams:
     name: Literal["adam", "sgd", "rmsprop"] = "adam"
-    learning_rate: float = 0.002
+    learning_rate: float = 0.003
     weight_decay: float = 0.0
     momentum: float = 0.9  # sgd and rmsprop
 
@@ -47,7 +51,7 @@ class ScheduleParams:
     step_epochs: int = 5  # step: decay every N epochs …
     step_gamma: float = 0.1  # … by this factor
     plateau_patience: int = 2  # plateau: epochs without val_loss progress before the rate is cut by 10
-    head_epochs: int = 2  # two_phase: epochs of head-only warm-up
+    head_epochs: int = 3  # two_phase: epochs of head-only warm-up
     finetune_lr_factor: float = 0.1  # two_phase: fine-tuning rate = learning_rate x this
 
 
@@ -106,7 +110,9 @@ class TrainParams:
         if not 0 <= self.model.dropout < 1 or not 0 <= self.regularization.label_smoothing < 1:
             raise FungilibError("model.dropout and regularization.label_smoothing must be in [0, 1)")
         if self.model.freeze == "two_phase" and self.schedule.head_epochs >= self.fit.epochs:
-            raise FungilibError("schedule.head_epochs must be below fit.epochs for freeze=two_phase")
+            raise FungilibError(f"schedule.head_epochs ({self.schedule.head_epochs}) must be below fit.epochs "
+                                f"({self.fit.epochs}) for freeze=two_phase: lower schedule.head_epochs or set "
+                                "model.freeze=train_all")
         if self.optimizer.learning_rate <= 0:
             raise FungilibError("optimizer.learning_rate must be > 0")
         if self.fit.replicas < 0 or self.fit.worker_timeout_s <= 0:

@@ -18,11 +18,13 @@ import pytest
 from fungilib.distribution import free_loopback_ports, read_tf_config
 from fungilib.errors import FungilibError
 
+from .conftest import SCRATCH_SETS
+
 pytest.importorskip("tensorflow")
 
 
 def _train_cmd(manifest: Path, out: Path, *sets: str) -> list[str]:
-    cmd = [sys.executable, "-m", "fungilib.cli", "train", "--manifest", str(manifest), "--out", str(out)]
+    cmd = [sys.executable, "-m", "fungilib.cli", "train", "--manifest", str(manifest), "--out", str(out), *SCRATCH_SETS]
     for item in sets:
         cmd += ["--set", item]
     return cmd

@@ -17,6 +17,8 @@ import yaml
 from fungilib.artifacts.downloads import DOWNLOAD_CLAIM
 from fungilib.claims import claim
 
+from .conftest import SCRATCH_MODEL, SCRATCH_SETS
+
 
 def _cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "fungilib.cli", *args], capture_output=True, text=True,
@@ -36,7 +38,8 @@ def test_a_sweep_name_cannot_leave_the_runs_root(pipeline, tmp_path: Path, file_
     base = tmp_path / "a" / "b" / "c"
     runs = base / "runs"
     runs.mkdir(parents=True)
-    data = {"manifest": str(pipeline.root / "clean"), "pipeline": ["train"], **({"name": name} if name else {})}
+    data = {"manifest": str(pipeline.root / "clean"), "pipeline": ["train"], **({"name": name} if name else {}),
+            "base": {"train": {"model": SCRATCH_MODEL}}}
     sweep_file = base / file_name
     sweep_file.write_text(yaml.safe_dump(data))
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
@@ -190,7 +193,8 @@ def test_a_stage_reruns_into_its_own_folder(pipeline, tmp_path: Path) -> None:  
 def test_two_trainings_into_one_folder_the_second_is_refused(pipeline, tmp_path: Path) -> None:  # noqa: ANN001
     out = tmp_path / "run"
     first = subprocess.Popen([sys.executable, "-m", "fungilib.cli", "train", "--manifest", str(pipeline.root / "clean"),
-                              "--out", str(out), "--set", "fit.epochs=30", "--set", "dataset.image_size=32",
+                              "--out", str(out), *SCRATCH_SETS,
+                              "--set", "fit.epochs=30", "--set", "dataset.image_size=32",
                               "--no-evaluate"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         claim_file = out / ".train-claim"
@@ -198,7 +202,8 @@ def test_two_trainings_into_one_folder_the_second_is_refused(pipeline, tmp_path:
         while not (claim_file.exists() and claim_file.read_text().startswith("pid")) and time.monotonic() < deadline:
             assert first.poll() is None, first.stderr.read() if first.stderr else ""
             time.sleep(0.1)
-        second = _cli("train", "--manifest", str(pipeline.root / "clean"), "--out", str(out), "--set", "fit.epochs=1")
+        second = _cli("train", "--manifest", str(pipeline.root / "clean"), "--out", str(out), *SCRATCH_SETS,
+                      "--set", "fit.epochs=1")
         _one_line(second, f"{out}: another training is writing here (pid {first.pid} ")
     finally:
         first.kill()
@@ -274,7 +279,7 @@ def test_a_sweep_on_a_scheduler_that_is_not_there_fails_at_once_and_marks_nothin
                                                                                   free_port: int) -> None:
     sweep = tmp_path / "s.yaml"
     sweep.write_text(yaml.safe_dump({"name": "nowhere", "pipeline": ["train"], "manifest": str(pipeline.root / "clean"),
-                                     "base": {"train": {"fit": {"epochs": 1}}}}))
+                                     "base": {"train": {"fit": {"epochs": 1}, "model": SCRATCH_MODEL}}}))
     started = time.monotonic()
     proc = _cli("sweep", str(sweep), "--runs-root", str(tmp_path / "runs"), "--scheduler",
                 f"tcp://127.0.0.1:{free_port}")

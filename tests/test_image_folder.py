@@ -17,6 +17,8 @@ from fungilib.artifacts.dataset import load_dropped, load_manifest
 from fungilib.errors import FungilibError
 from fungilib.image_folder import FolderParams, import_folder
 
+from .conftest import SCRATCH_MODEL
+
 CLASSES = {"Amanita muscaria": "9100000", "Boletus édulis (cèpe)": "9100001", "Cantharellus/2024/trip 1": "9100002"}
 
 
@@ -96,7 +98,8 @@ def test_import_folder_reports_every_defect_and_trains(pipeline, tmp_path: Path)
     from fungilib.train import TrainParams, train
 
     run = train(build_params(TrainParams, {"out": tmp_path / "run", "dataset": {
-        "manifest": str(out), "image_size": 32, "batch_size": 16}, "fit": {"epochs": 1, "temperature_scaling": False}}))
+        "manifest": str(out), "image_size": 32, "batch_size": 16}, "model": SCRATCH_MODEL,
+        "fit": {"epochs": 1, "temperature_scaling": False}}))
     assert run.epochs_run == 1 and (tmp_path / "run" / "model.keras").exists()
 
 
@@ -146,7 +149,8 @@ def test_a_sweep_can_name_an_image_folder_as_its_source(pipeline, tmp_path: Path
             shutil.copy(photo, tree / folder / photo.name)
     sweep_file = tmp_path / "folder-sweep.yaml"
     sweep_file.write_text(f"name: folder-sweep\nfolder: {tree}\nimport: {{min_per_class: 4, seed: 1}}\n"
-                          "pipeline: [train]\nbase: {train: {dataset: {image_size: 32}}}\n"
+                          "pipeline: [train]\nbase: {train: {dataset: {image_size: 32}, "
+                          "model: {base: MobileNetV3Small, weights: none, freeze: train_all}}}\n"
                           "search: {grid: {train.optimizer.learning_rate: [0.001, 0.002]}}\n")
     sweep = load_sweep(sweep_file)
     prepare_source(sweep, tmp_path / "runs")

@@ -97,8 +97,8 @@ def test_command_line_overrides_apply_in_the_order_given(tmp_path: Path) -> None
     assert (from_file.min_per_class, from_file.seed) == (20, 5)
     assert command_params(parse([*base, "--out", "a", "--params", str(file), "--seed", "6"])).seed == 6
     # groups merge key by key: one --set inside a group keeps the group's other defaults
-    train = command_params(parse(["train", "--manifest", "m", "--out", "r", "--set", "fit.epochs=2"]))
-    assert train.fit.epochs == 2 and train.fit.patience == 5 and train.dataset.manifest == Path("m")
+    train = command_params(parse(["train", "--manifest", "m", "--out", "r", "--set", "fit.epochs=4"]))
+    assert train.fit.epochs == 4 and train.fit.patience == 5 and train.dataset.manifest == Path("m")
     assert command_params(parse(["train", "--manifest", "m", "--out", "r", "--set", "dataset.manifest=n"])
                           ).dataset.manifest == Path("n")
 
@@ -119,6 +119,8 @@ BAD = [
     (["clean", "--observations", "o", "--downloads", "d", "--out", "c", "--seed", "-1"],
      "--seed -1: seed must be >= 0"),
     (["train", "--manifest", "m", "--out", "r", "--set", "fit.epochs=-1"], "--set fit.epochs=-1: fit.epochs and"),
+    (["train", "--manifest", "m", "--out", "r", "--set", "fit.epochs=2"], "--set fit.epochs=2: schedule.head_epochs "
+     "(3) must be below fit.epochs (2) for freeze=two_phase: lower schedule.head_epochs or set model.freeze=train_all"),
     (["download", "o", "--set", "workers=2"], "command line: missing required parameter 'out' for DownloadParams: "
                                               "give --out (or --set out=...)"),
     (["ingest", "--out", "x"], "command line: missing required parameter 'archive' for IngestParams: give the "

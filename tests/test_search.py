@@ -14,6 +14,8 @@ from fungilib.errors import FungilibError
 from fungilib.sweep import run_sweep
 from fungilib.sweep_file import load_sweep
 
+from .conftest import SCRATCH_MODEL
+
 
 def _write(path: Path, data: dict) -> Path:
     path.write_text(yaml.safe_dump(data))
@@ -28,6 +30,7 @@ def _optuna_sweep(pipeline, path: Path, name: str, epochs: int, **optuna: object
     return _write(path, {
         "name": name, "manifest": str(pipeline.root / "clean"), "pipeline": ["train"],
         "base": {"train": {"dataset": {"image_size": 32, "batch_size": 64}, "fit": {"epochs": epochs},
+                           "model": SCRATCH_MODEL,
                            "evaluate": False}},
         "search": {"optuna": {"params": SPACE, **optuna}}})
 
@@ -88,6 +91,7 @@ def test_a_trial_is_pruned_inside_its_training_run(pipeline, tmp_path: Path, bac
     out = tmp_path / "run"
     params = build_params(TrainParams, {"out": out, "dataset": {"manifest": str(pipeline.root / "clean"),
                                                                 "image_size": 32, "batch_size": 64},
+                                        "model": SCRATCH_MODEL,
                                         "fit": {"epochs": 3}, "optimizer": {"learning_rate": 1e-6},
                                         "trial": {"storage": storage, "study": "prune-me", "number": trial.number,
                                                   "metric": "val_accuracy", "pruner": "median"}})

@@ -21,6 +21,8 @@ from fungilib.sweep import run_sweep
 from fungilib.sweep_file import expand_search, load_sweep
 from fungilib.sweep_plan import plan
 
+from .conftest import SCRATCH_MODEL
+
 
 def test_grid_is_a_sorted_cartesian_product_with_nested_keys() -> None:
     runs = expand_search({"grid": {"train.optimizer.learning_rate": [0.1, 0.2, 0.3],
@@ -129,7 +131,8 @@ def test_training_sweep_on_a_dask_local_cluster_then_the_comparison_notebook(pip
                                                                             tmp_path: Path) -> None:
     path = _write(tmp_path / "dask.yaml", {
         "name": "dask", "manifest": str(pipeline.root / "clean"), "pipeline": ["train"],
-        "base": {"train": {"dataset": {"image_size": 32, "batch_size": 64}, "fit": {"epochs": 1}}},
+        "base": {"train": {"dataset": {"image_size": 32, "batch_size": 64}, "fit": {"epochs": 1},
+                           "model": SCRATCH_MODEL}},
         "search": {"grid": {"train.optimizer.learning_rate": [0.001, 0.01]}}})
     result = run_sweep(path, sweep_root, local_cluster=2)
     assert [s["state"] for s in result.statuses] == ["done", "done"]

@@ -16,6 +16,8 @@ from fungilib.errors import FungilibError
 from fungilib.params import build_params
 from fungilib.train import TrainParams, train
 
+from .conftest import SCRATCH_MODEL
+
 keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
@@ -25,7 +27,7 @@ TINY = {"image_size": 32, "batch_size": 64, "cache": "memory"}
 def _params(pipeline, out: Path, **groups: dict) -> TrainParams:
     values = {"out": out, "dataset": {**TINY, "manifest": str(pipeline.root / "clean"), **groups.pop("dataset", {})},
               "fit": {"epochs": 1, "patience": 5, "seed": 0, "temperature_scaling": False, **groups.pop("fit", {})},
-              **groups}
+              **groups, "model": {**SCRATCH_MODEL, **groups.get("model", {})}}
     return build_params(TrainParams, values)
 
 
