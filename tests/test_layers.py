@@ -98,7 +98,8 @@ def test_every_module_has_a_layer() -> None:
     (listed here so that a stage module is never added as a 'helper' by accident)."""
     helpers = {"errors", "fsutil", "params", "plotting", "tables", "dwc_terms", "dwca", "data_version", "claims",
                "host_policy", "http_client", "photos", "split", "metrics", "history", "rollup", "open_set",
-               "place_prior", "toxicity", "litert", "input_pipeline", "models", "distribution", "gpus", "sample_art",
+               "feature_scores", "model_outputs", "place_prior", "toxicity", "litert", "input_pipeline", "models",
+               "distribution", "gpus", "sample_art",
                "contact_sheets", "dataset_builder", "optuna_storage", "search_space", "dask_cluster", "torch_weights",
                "find_metrics", "pretrained_bases", "__init__"}
     modules = {_short(m) for m in import_graph()}
