@@ -13,8 +13,8 @@ from fungilib.artifacts.dataset import load_manifest
 from fungilib.artifacts.trained_run import TrainedRun
 from fungilib.contact_sheets import confidently_wrong_sheet
 from fungilib.errors import FungilibError
+from fungilib.feature_scores import FEATURE_SCORES, fit_feature_scoring
 from fungilib.find_metrics import choose_rule, observation_metrics
-from fungilib.input_pipeline import make_dataset
 from fungilib.metrics import (
     confusion_matrix,
     expected_calibration_error,
@@ -26,6 +26,7 @@ from fungilib.metrics import (
     top_confusions,
     top_k_accuracy,
 )
+from fungilib.model_outputs import logits_and_embeddings, with_embeddings
 from fungilib.open_set import MIN_AUROC, evaluate_open_set
 from fungilib.place_prior import PlacePrior, combine, fit_weight, knows_place, place_and_season
 from fungilib.plotting import plt, save_figure
@@ -41,14 +42,6 @@ class EvalResult:
     per_class: pd.DataFrame
     confusions: pd.DataFrame
     plots: dict[str, Path]
-
-
-def predict_logits(model: Any, frame: pd.DataFrame, num_classes: int, size: int, batch_size: int = 64) -> np.ndarray:
-    """Logits for ``frame``'s images in manifest order, with the evaluation transform (central crop)."""
-    if frame.empty:
-        return np.zeros((0, num_classes), np.float32)
-    ds = make_dataset(frame, num_classes, size, batch_size, training=False).map(lambda x, y: x)
-    return np.asarray(model.predict(ds, verbose=0))
 
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray, label_table: pd.DataFrame,
@@ -169,23 +162,41 @@ def _with_place_prior(frame: pd.DataFrame, rows: pd.DataFrame, probs: np.ndarray
     return metrics, combined
 
 
-def _open_set(model: Any, frame: pd.DataFrame, val_logits: np.ndarray, logits: np.ndarray, y: np.ndarray,
-              temperature: float, size: int, batch_size: int, run_dir: Path, keep: float, min_auroc: float
-              ) -> tuple[dict[str, Any], dict[str, Path]]:
+STATS_PER_CLASS = 100  # training photos per class whose embeddings the feature scores are fitted on
+
+
+def _open_set(model: Any, frame: pd.DataFrame, val_outputs: tuple[np.ndarray, np.ndarray],
+              test_outputs: tuple[np.ndarray, np.ndarray], y: np.ndarray, temperature: float, size: int,
+              batch_size: int, run_dir: Path, keep: float, min_auroc: float) -> tuple[dict[str, Any], dict[str, Path]]:
     """Open-set metrics when the manifest holds photos of species kept out of training (``clean.holdout_*``):
-    the gate fitted on validation (known + held-out), reported on test; ``open_set.json`` and a plot into the run."""
+    the feature scores fitted on training embeddings, the gate chosen and fitted on validation (known + held-out),
+    reported on test; ``open_set.json``, the k-NN bank when the gate uses it, and a plot into the run.
+    ``model`` answers (logits, embedding): ``model_outputs.with_embeddings``."""
 
     val, val_unknown = frame[frame["split"] == "val"], frame[frame["split"] == "val_unknown"]
     test_unknown = frame[frame["split"] == "test_unknown"]
+    run = TrainedRun(run_dir)
     if val_unknown.empty or test_unknown.empty or val.empty:
-        TrainedRun(run_dir).write_open_set(None)
+        run.write_open_set(None)
+        run.write_open_set_bank(None)
         return {}, {}
+    (val_logits, val_emb), (logits, test_emb) = val_outputs, test_outputs
     n = logits.shape[1]
-    result = evaluate_open_set(val_logits, val["label"].to_numpy(), predict_logits(model, val_unknown, n, size,
-                                                                                   batch_size),
-                               logits, y, predict_logits(model, test_unknown, n, size, batch_size), temperature,
-                               SPECIES_THRESHOLD, keep, min_auroc)
-    TrainedRun(run_dir).write_open_set({**result.record, "held_out": sorted(
+    train = frame[frame["split"] == "train"].groupby("label", group_keys=False).head(STATS_PER_CLASS)
+    _, train_emb = logits_and_embeddings(model, train, n, size, batch_size)
+    vu_logits, vu_emb = logits_and_embeddings(model, val_unknown, n, size, batch_size)
+    tu_logits, tu_emb = logits_and_embeddings(model, test_unknown, n, size, batch_size)
+    scoring = fit_feature_scoring(train_emb, train["label"].to_numpy(), n, val_emb, vu_emb)
+    val_known_f, val_unknown_f = scoring.scores(val_emb), scoring.scores(vu_emb)
+    known_f, unknown_f = scoring.scores(test_emb), scoring.scores(tu_emb)
+    features = {name: (val_known_f[name], val_unknown_f[name], known_f[name], unknown_f[name])
+                for name in FEATURE_SCORES}
+    settings = {**scoring.settings, "knn_int8_bytes_at_2451_classes": scoring.knn.int8_bytes(2451),
+                "training_photos": len(train), "embedding_dims": int(train_emb.shape[1])}
+    result = evaluate_open_set(val_logits, val["label"].to_numpy(), vu_logits, logits, y, tu_logits, temperature,
+                               SPECIES_THRESHOLD, keep, min_auroc, features, settings)
+    run.write_open_set_bank(scoring.knn.to_arrays() if result.gate is not None and result.gate.from_model else None)
+    run.write_open_set({**result.record, "held_out": sorted(
         frame.loc[frame["split"].isin(["val_unknown", "test_unknown"]), "species"].astype(str).unique().tolist())})
     known, unknown = result.test_scores
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -255,13 +266,14 @@ def evaluate_run(params: EvaluateParams) -> EvalResult:
     if test.empty:
         raise FungilibError(f"{manifest}: no images in split {split!r}")
     size, n = int(prep["input_size"]), len(labels)
-    logits = predict_logits(model, test, n, size, batch_size)
+    outputs = with_embeddings(model)
+    logits, test_emb = logits_and_embeddings(outputs, test, n, size, batch_size)
     y = test["label"].to_numpy()
     temperature = 1.0
     val = frame[frame["split"] == "val"]
     # the validation split, with the weights the run keeps: the temperature, the prior's weight and the open-set
     # gate are fitted on it, and every choice of a run (best_run, the demo's export, Optuna) reads its metrics
-    val_logits = predict_logits(model, val, n, size, batch_size) if len(val) else np.zeros((0, n), np.float32)
+    val_logits, val_emb = logits_and_embeddings(outputs, val, n, size, batch_size)
     if temperature_scaling and len(val):
         temperature = float(fit_temperature(val_logits, val["label"].to_numpy()))
     metrics = classification_metrics(logits, y, labels)
@@ -276,8 +288,9 @@ def evaluate_run(params: EvaluateParams) -> EvalResult:
     metrics.update(_per_observation(test, probs, y, val, softmax(val_logits, temperature), labels, prior_probs))
     if params.toxicity is not None:
         metrics.update(_poisonous_confusion(params.toxicity, labels, probs, y, prior_probs))
-    open_set_metrics, open_set_plots = (_open_set(model, frame, val_logits, logits, y, temperature, size, batch_size,
-                                                  run_dir, params.open_set_keep, params.open_set_min_auroc)
+    open_set_metrics, open_set_plots = (_open_set(outputs, frame, (val_logits, val_emb), (logits, test_emb), y,
+                                                  temperature, size, batch_size, run_dir, params.open_set_keep,
+                                                  params.open_set_min_auroc)
                                         if split == "test" else ({}, {}))
     metrics.update(open_set_metrics)
     predicted = probs.argmax(axis=1)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
@@ -25,7 +26,7 @@ import numpy as np
 
 from fungilib import __version__
 from fungilib.artifacts import bundle as bundle_files
-from fungilib.artifacts.trained_run import PREPROCESSING, TrainedRun
+from fungilib.artifacts.trained_run import OPEN_SET_BANK, PREPROCESSING, TrainedRun
 from fungilib.errors import FungilibError
 from fungilib.export_checks import (
     PARITY_MAX_ABS_DIFF,
@@ -36,9 +37,12 @@ from fungilib.export_checks import (
     parity_images,
     web_tflite,
 )
+from fungilib.feature_scores import KnnBank
 from fungilib.fsutil import safe_id, write_json
 from fungilib.input_pipeline import RESIZE_RULE
 from fungilib.model_card import about_model, base_origin, model_card
+from fungilib.models import with_open_set_score
+from fungilib.open_set import FROM_MODEL, OpenSetGate
 from fungilib.place_prior import PlacePrior
 from fungilib.rollup import SPECIES_THRESHOLD
 from fungilib.toxicity import class_statuses, load_toxicity
@@ -155,6 +159,20 @@ def add_model(params: ExportParams) -> ExportResult:
     return ExportResult(bundle, files, result.parity)
 
 
+def open_set_bank(run: TrainedRun, gate: dict[str, Any]) -> KnnBank | None:
+    """The k-NN bank of a deployed gate the model computes (None for a gate of the probabilities, or none). A run
+    whose bank is missing exports the fallback gate of its probabilities, and says so."""
+    if gate.get("threshold") is None or gate.get("score") not in FROM_MODEL:
+        return None
+    arrays = run.open_set_bank()
+    if arrays is None:
+        fallback = (gate.get("fallback") or {}).get("score", "none")
+        print(f"fungilib export: {run.folder / OPEN_SET_BANK} is missing or unreadable: the page's open-set gate "
+              f"falls back to {fallback} (from the probabilities)", file=sys.stderr, flush=True)
+        return None
+    return KnnBank.from_arrays(arrays)
+
+
 def export_run(params: ExportParams) -> ExportResult:
     """Write the export bundle for ``params.run``; fail when an unquantized format disagrees with Keras.
 
@@ -171,7 +189,6 @@ def export_run(params: ExportParams) -> ExportResult:
     if params.toxicity is not None:  # a malformed list is one line before anything is exported
         load_toxicity(params.toxicity)
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-    import keras
     import tensorflow as tf
 
     from fungilib.tfjs_convert import convert_saved_model
@@ -185,9 +202,10 @@ def export_run(params: ExportParams) -> ExportResult:
     size = int(prep["input_size"])
     metrics = run.metrics()
     temperature = float(metrics.get("temperature", 1.0))  # fitted on validation at evaluation: calibrated output
-    inputs = keras.Input((size, size, 3), name="image")
-    logits = keras.layers.Rescaling(1.0 / temperature, name="temperature")(model(inputs))
-    with_softmax = keras.Model(inputs, keras.layers.Softmax(name="probabilities")(logits))
+    gate = run.open_set_gate()
+    bank = open_set_bank(run, gate)  # a gate the model computes: its k-NN bank goes inside the model
+    with_softmax = with_open_set_score(model, temperature, bank)
+    n = len(labels)
     saved = work / bundle_files.SAVED_MODEL_DIR
     with_softmax.export(str(saved), verbose=False)
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
@@ -207,17 +225,18 @@ def export_run(params: ExportParams) -> ExportResult:
     reloaded = tf.saved_model.load(str(saved))
     parity: dict[str, dict[str, float]] = {
         "keras": {"top1_agreement": 1.0, "max_abs_diff": 0.0, "ms_per_image": round(keras_ms, 2)},
-        "saved_model": compare(reference, np.asarray(reloaded.serve(tf.constant(images)))),
-        "tflite_f32": compare(reference, *litert_probs(tflite_f32, images)),
-        "tflite_dynamic": compare(reference, *litert_probs(tflite_dynamic, images)),
+        "saved_model": compare(reference, np.asarray(reloaded.serve(tf.constant(images))), classes=n),
+        "tflite_f32": compare(reference, *litert_probs(tflite_f32, images), classes=n),
+        "tflite_dynamic": compare(reference, *litert_probs(tflite_dynamic, images), classes=n),
         # an int8 model is checked on more photos, against their labels too (its probabilities differ by design)
         "tflite_web": (int8_check(with_softmax, tflite_web, run_dir, labels, size, params.int8_check_images)
-                       if params.litert_web == "int8" else compare(reference, *litert_probs(tflite_web, images))),
+                       if params.litert_web == "int8" else compare(reference, *litert_probs(tflite_web, images),
+                                                                   classes=n)),
     }
     for quantization in params.tfjs_quantization:
         folder = TFJS_FOLDERS[quantization]
         parity[f"tfjs_{folder}_node"] = compare(reference, *tfjs_predict_node(work / bundle_files.TFJS_DIR / folder,
-                                                                              images))
+                                                                              images), classes=n)
     parity["images"] = {"count": float(len(images))}
     write_json(work / bundle_files.PARITY, parity)
     exact = ["saved_model", "tflite_f32"] + (["tflite_web"] if params.litert_web == "float32" else []) + (
@@ -240,7 +259,8 @@ def export_run(params: ExportParams) -> ExportResult:
     labels_out = labels[["label", "class_key", "speciesKey", "species", "genus", "family"]].to_dict(orient="records")
     write_json(work / bundle_files.LABELS, labels_out)
     write_json(work / PREPROCESSING, {**prep, **{k: v for k, v in RESIZE_RULE.items() if k not in prep},
-                                            "output": "probabilities (softmax included)",
+                                            "output": "probabilities (softmax included)" + (
+                                                ", then the open-set score (k-NN cosine)" if bank else ""),
                                             "temperature": temperature})
     sizes = {"saved_model": _folder_bytes(saved), "tflite_f32": len(tflite_f32), "tflite_dynamic": len(tflite_dynamic),
              "tflite_web": len(tflite_web)}
@@ -268,9 +288,11 @@ def export_run(params: ExportParams) -> ExportResult:
               "metrics": ", ".join(f"test {k} {metrics[k]:.2f}" for k in ("top1", "macro_f1") if k in metrics)}
     if params.toxicity is not None:
         config["toxicity"] = bundle_files.TOXICITY
-    gate = run.open_set_gate()
     if gate.get("threshold") is not None:  # "not a species this model knows", fitted on held-out species
-        config["open_set"] = {"score": gate["score"], "threshold": gate["threshold"]}
+        deployed = OpenSetGate(gate["score"], gate["threshold"])
+        config["open_set"] = ({**deployed.as_config(), "fallback": gate.get("fallback")} if bank is not None
+                              else deployed.as_config() if not deployed.from_model
+                              else gate.get("fallback"))  # (a run without its bank: the probabilities' gate)
     write_web_app(work, config, [bundle_files.WEB_TFLITE, bundle_files.ABOUT,
                                  *([bundle_files.PLACE_PRIOR] if prior.exists() else []),
                                  *([bundle_files.TOXICITY] if params.toxicity is not None else [])])

@@ -43,6 +43,11 @@ class KnnBank:
     projection: np.ndarray | None  # (d, r) principal directions of the unit training embeddings
     k: int
 
+    @property
+    def dims(self) -> int:
+        """The embedding dimensions the bank takes."""
+        return int(self.projection.shape[0] if self.projection is not None else self.bank.shape[1])
+
     def embed(self, embeddings: np.ndarray) -> np.ndarray:
         x = unit(embeddings)
         return unit(x @ self.projection) if self.projection is not None else x

@@ -44,8 +44,16 @@ def _open_set_lines(metrics: dict) -> list[str]:
                 f"{metrics['known_turned_away']:.0%}")
     if not isinstance(metrics.get("open_set_threshold"), float):
         return [f"- open set: not deployed, the score does not separate known from never-seen species ({measured})"]
-    return [f"- open set: photos whose {metrics['open_set_score']} is under {metrics['open_set_threshold']:.3g} are "
-            f"answered \"not a species this model knows\" (threshold fitted on validation); {measured}"]
+    score = metrics["open_set_score"]
+    what = {"knn": "cosine similarity to the nearest training photos' features (computed inside the model)",
+            "msp": "top probability", "neg_entropy": "minus the entropy of the probabilities"}.get(score, score)
+    others = ", ".join(f"{name} {metrics[f'open_set_auroc_{name}']:.3f}" for name in
+                       ("msp", "neg_entropy", "max_logit", "neg_energy", "knn", "mahalanobis")
+                       if f"open_set_auroc_{name}" in metrics and name != score)
+    return [f"- open set: photos whose {score} ({what}) is under {metrics['open_set_threshold']:.3g} are answered "
+            f"\"not a species this model knows\" (score chosen and threshold fitted on validation, validation AUROC "
+            f"{metrics.get('open_set_val_auroc', float('nan')):.3f}); {measured}; test AUROC of the other scores: "
+            f"{others}"]
 
 
 def base_origin(base: str, weights: str) -> list[str]:

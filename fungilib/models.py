@@ -298,3 +298,34 @@ def build_classifier(base_name: str, weights: str, image_size: int, num_classes:
     x = keras.layers.Dropout(dropout, name="dropout")(x)
     outputs = keras.layers.Dense(num_classes, name="logits", dtype="float32")(x)  # float32 under mixed precision
     return keras.Model(inputs, outputs, name=f"fungilib_{spec.name.replace('/', '_')}"), base
+
+
+def with_open_set_score(model: Any, temperature: float, bank: Any = None) -> Any:
+    """``model`` (image → logits) answering its calibrated probabilities — softmax of logits / ``temperature`` —
+    and, with a k-NN ``bank`` (``fungilib.feature_scores.KnnBank``), the open-set score appended as one more
+    value: the cosine similarity of the photo's unit embedding (projected as the bank is) to its k-th nearest bank
+    row. One output keeps every exported format and the page's runtime as they are; the bank travels inside the
+    model as constant weights."""
+    import keras
+
+    size = int(model.input_shape[1])
+    inputs = keras.Input((size, size, 3), name="image")
+    if bank is None:
+        logits = keras.layers.Rescaling(1.0 / temperature, name="temperature")(model(inputs))
+        return keras.Model(inputs, keras.layers.Softmax(name="probabilities")(logits))
+    from fungilib.model_outputs import with_embeddings
+
+    raw_logits, embedding = with_embeddings(model)(inputs)
+    probabilities = keras.layers.Softmax(name="probabilities")(
+        keras.layers.Rescaling(1.0 / temperature, name="temperature")(raw_logits))
+    x = keras.layers.UnitNormalization(name="open_set_unit")(embedding)
+    if bank.projection is not None:
+        project = keras.layers.Dense(bank.projection.shape[1], use_bias=False, name="open_set_projection")
+        x = keras.layers.UnitNormalization(name="open_set_unit_projected")(project(x))
+        project.set_weights([bank.projection.astype(np.float32)])
+    compare = keras.layers.Dense(len(bank.bank), use_bias=False, name="open_set_bank")
+    similarity = compare(x)
+    compare.set_weights([bank.bank.T.astype(np.float32)])
+    k = min(bank.k, len(bank.bank))
+    score = keras.layers.Lambda(lambda s: keras.ops.top_k(s, k)[0][:, k - 1:k], name="open_set_score")(similarity)
+    return keras.Model(inputs, keras.layers.Concatenate(name="probabilities_and_open_set")([probabilities, score]))

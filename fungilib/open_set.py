@@ -8,9 +8,14 @@ Scores (higher = more like a species the model knows), all from one forward pass
 - ``max_logit``: the largest logit (Vaze et al. 2022: a good closed-set classifier's logit is a strong baseline)
 - ``neg_energy``: T · logsumexp(logits / T) (Liu et al. 2020)
 
-The exported models output probabilities, so the page and ``predict`` can compute only ``msp`` and
-``neg_entropy``; evaluation measures all four and deploys the better of those two (the logit scores' AUROC is
-reported beside it, so a gap would show).
+and from the model's features (``fungilib.feature_scores``): ``knn``, the cosine similarity to the k-th nearest
+training embedding, and ``mahalanobis``.
+
+Deployable are the scores the exported model lets the page and ``predict`` compute: ``msp`` and ``neg_entropy`` from
+its probabilities, and ``knn``, which the exported model computes itself and appends to its probabilities
+(``fungilib.models.with_open_set_score``: one output, so every format and the page's runtime stay as they are).
+The logit scores and Mahalanobis are measured and reported beside them. An int8 page model could not carry an
+unbounded logit score in the same output as the probabilities without coarsening them; the cosine lies in [-1, 1].
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ import numpy as np
 
 ScoreName = Literal["msp", "neg_entropy", "max_logit", "neg_energy"]
 SCORES: tuple[ScoreName, ...] = ("msp", "neg_entropy", "max_logit", "neg_energy")
-FROM_PROBABILITIES: tuple[ScoreName, ...] = ("msp", "neg_entropy")  # what an exported model's output allows
+FROM_PROBABILITIES: tuple[str, ...] = ("msp", "neg_entropy")  # computable from an exported model's probabilities
+FROM_MODEL: tuple[str, ...] = ("knn",)  # computed inside the exported model, appended to its probabilities
 UNKNOWN_ANSWER = "not a species this model knows"
 
 
@@ -66,16 +72,28 @@ def auroc(known: np.ndarray, unknown: np.ndarray) -> float | None:
 
 @dataclass(frozen=True)
 class OpenSetGate:
-    """Answer "not a species this model knows" when the score of the photo's probabilities is under ``threshold``."""
+    """Answer "not a species this model knows" when the photo's score is under ``threshold``: a score of its
+    probabilities, or (``from_model``) the score the model appends to them."""
 
     score: str
     threshold: float
 
-    def knows(self, probabilities: np.ndarray) -> np.ndarray:
-        return probability_score(probabilities, self.score) >= self.threshold
+    @property
+    def from_model(self) -> bool:
+        return self.score in FROM_MODEL
+
+    def score_of(self, probabilities: np.ndarray, model_score: float | np.ndarray | None = None) -> np.ndarray:
+        if self.from_model:
+            if model_score is None:
+                raise ValueError(f"the {self.score!r} gate reads the score the model appends to its probabilities")
+            return np.asarray(model_score, np.float64)
+        return probability_score(probabilities, self.score)
+
+    def knows(self, probabilities: np.ndarray, model_score: float | np.ndarray | None = None) -> np.ndarray:
+        return self.score_of(probabilities, model_score) >= self.threshold
 
     def as_config(self) -> dict[str, float | str]:
-        return {"score": self.score, "threshold": self.threshold}
+        return {"score": self.score, "threshold": self.threshold, **({"output": "appended"} if self.from_model else {})}
 
     @staticmethod
     def from_config(config: dict | None) -> OpenSetGate | None:
@@ -107,22 +125,37 @@ class OpenSetResult:
     test_scores: tuple[np.ndarray, np.ndarray]  # the deployed score on known and unknown test photos
 
 
+FeatureScores = dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]  # name → val known, val unknown,
+# test known, test unknown
+
+
 def evaluate_open_set(val_logits: np.ndarray, val_labels: np.ndarray, val_unknown_logits: np.ndarray,
                       test_logits: np.ndarray, test_labels: np.ndarray, test_unknown_logits: np.ndarray,
                       temperature: float, species_threshold: float, keep: float = 0.95,
-                      min_auroc: float = MIN_AUROC) -> OpenSetResult:
-    """Choose the score (among those the exported model allows, by validation AUROC against the held-out species)
-    and its threshold (keeping ``keep`` of the right answers on known validation photos), and report on the test
-    photos: AUROC of every score, how often an unknown species gets a species answer before and after the gate,
-    how many known photos it turns away. A score whose validation AUROC is under ``min_auroc`` is not deployed
-    (``gate`` None): the report says so and the answers stay as they were."""
+                      min_auroc: float = MIN_AUROC, features: FeatureScores | None = None,
+                      feature_settings: dict | None = None) -> OpenSetResult:
+    """Choose the score (among the deployable ones, by validation AUROC against the held-out species) and its
+    threshold (keeping ``keep`` of the right answers on known validation photos), and report on the test photos:
+    AUROC of every score, how often an unknown species gets a species answer before and after the gate, how many
+    known photos it turns away. ``features``: the feature scores of the same photos (``fungilib.feature_scores``).
+    A score whose validation AUROC is under ``min_auroc`` is not deployed (``gate`` None): the report says so and
+    the answers stay as they were. A gate the model computes records a fallback from its probabilities, for a
+    bundle whose model does not answer the score."""
     val_known, val_unknown = scores(val_logits, temperature), scores(val_unknown_logits, temperature)
-    val_auroc = {name: auroc(val_known[name], val_unknown[name]) for name in SCORES}
-    chosen = max(FROM_PROBABILITIES, key=lambda name: val_auroc[name] or 0.0)
-    threshold = fit_threshold(val_known[chosen], val_logits.argmax(axis=1) == val_labels, keep)
-    deployed = (val_auroc[chosen] or 0.0) >= min_auroc
-    gate = OpenSetGate(chosen, threshold) if deployed else None
     known, unknown = scores(test_logits, temperature), scores(test_unknown_logits, temperature)
+    for name, (vk, vu, tk, tu) in (features or {}).items():
+        val_known[name], val_unknown[name], known[name], unknown[name] = vk, vu, tk, tu
+    names = list(val_known)
+    val_auroc = {name: auroc(val_known[name], val_unknown[name]) for name in names}
+    val_right = val_logits.argmax(axis=1) == val_labels
+
+    def fitted(candidates: list[str]) -> tuple[str, float, bool]:
+        best = max(candidates, key=lambda name: val_auroc[name] or 0.0)
+        return best, fit_threshold(val_known[best], val_right, keep), (val_auroc[best] or 0.0) >= min_auroc
+
+    chosen, threshold, deployed = fitted([n for n in (*FROM_PROBABILITIES, *FROM_MODEL) if n in val_known])
+    gate = OpenSetGate(chosen, threshold) if deployed else None
+    fallback_score, fallback_threshold, fallback_deployed = fitted(list(FROM_PROBABILITIES))
     named_before = unknown["msp"] >= species_threshold
     named_after = named_before & (unknown[chosen] >= threshold) if deployed else named_before
     turned_away = known[chosen] < threshold if deployed else np.zeros(len(known["msp"]), bool)
@@ -133,7 +166,8 @@ def evaluate_open_set(val_logits: np.ndarray, val_labels: np.ndarray, val_unknow
     metrics: dict[str, float | str] = {
         "open_set_score": chosen, "open_set_threshold": threshold if deployed else "not deployed",
         "open_set_auroc": auroc(known[chosen], unknown[chosen]) or 0.0,
-        **{f"open_set_auroc_{name}": auroc(known[name], unknown[name]) or 0.0 for name in SCORES},
+        "open_set_val_auroc": val_auroc[chosen] or 0.0,
+        **{f"open_set_auroc_{name}": auroc(known[name], unknown[name]) or 0.0 for name in names},
         "unknown_test_images": int(len(test_unknown_logits)),
         "unknown_named_before": rate(named_before), "unknown_over_0.9_before": rate(unknown["msp"] >= 0.9),
         "unknown_named": rate(named_after), "known_turned_away": rate(turned_away),
@@ -143,8 +177,12 @@ def evaluate_open_set(val_logits: np.ndarray, val_labels: np.ndarray, val_unknow
               "deployed": deployed, "species_threshold": species_threshold, "temperature": temperature,
               "fitted_on": {"val_known_images": int(len(val_logits)),
                             "val_unknown_images": int(len(val_unknown_logits))},
-              "val_auroc": val_auroc,
-              "rule": f"score with the best validation AUROC against held-out species among those computable from "
-                      f"probabilities (deployed only at AUROC >= {min_auroc}); threshold keeping {keep:.0%} of the "
-                      f"right answers on known validation photos"}
+              "val_auroc": val_auroc, **({"features": feature_settings} if feature_settings else {}),
+              "rule": f"score with the best validation AUROC against held-out species among those the exported model "
+                      f"lets the page compute ({', '.join((*FROM_PROBABILITIES, *FROM_MODEL))}; deployed only at "
+                      f"AUROC >= {min_auroc}); threshold keeping {keep:.0%} of the right answers on known validation "
+                      f"photos"}
+    if gate is not None and gate.from_model:
+        record["fallback"] = ({"score": fallback_score, "threshold": fallback_threshold} if fallback_deployed
+                              else None)
     return OpenSetResult(gate, metrics, record, (known[chosen], unknown[chosen]))

@@ -19,12 +19,11 @@ import numpy as np
 from PIL import Image
 
 from fungilib.artifacts import bundle as bundle_files
-from fungilib.artifacts.trained_run import PREPROCESSING, TrainedRun, check_model_files
+from fungilib.artifacts.trained_run import OPEN_SET_BANK, PREPROCESSING, TrainedRun, check_model_files
 from fungilib.errors import FungilibError
 from fungilib.input_pipeline import eval_transform
 from fungilib.litert import litert_outputs, litert_runner
-from fungilib.metrics import softmax
-from fungilib.open_set import UNKNOWN_ANSWER, OpenSetGate, probability_score
+from fungilib.open_set import UNKNOWN_ANSWER, OpenSetGate
 from fungilib.photos import upright_rgb
 from fungilib.rollup import SPECIES_THRESHOLD, Answer, RankIndex, answer, top_k
 
@@ -44,29 +43,56 @@ class Prediction:
 
 @dataclass
 class Predictor:
-    """Probabilities for preprocessed batches, with the label table and preprocessing they belong to."""
+    """Probabilities (and the open-set score the model appends, when its gate reads one) for preprocessed
+    batches, with the label table and preprocessing they belong to."""
 
     labels: list[dict]
     preprocessing: dict[str, Any]
     threshold: float
     source: str
-    _probabilities: Any = None
+    _outputs: Any = None  # images → rows of the model's output: probabilities, then the appended score if any
     open_set: OpenSetGate | None = None  # "not a species this model knows" (fitted at evaluation on held-out species)
 
+    def outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities, the model's open-set scores or None)."""
+        rows = np.asarray(self._outputs(images), np.float64)
+        n = len(self.labels)
+        return rows[:, :n], (rows[:, n] if rows.shape[1] > n else None)
+
     def probabilities(self, images: np.ndarray) -> np.ndarray:
-        return self._probabilities(images)
+        return self.outputs(images)[0]
+
+
+def _fallback(gate_config: dict, where: Path, why: str) -> OpenSetGate | None:
+    """The gate from the model's probabilities that stands in for a model-computed one, said once on stderr."""
+    fallback = OpenSetGate.from_config(gate_config.get("fallback"))
+    print(f"fungilib predict: {where} {why}: the open-set gate falls back to "
+          f"{fallback.score if fallback else 'none'} (from the probabilities)", file=sys.stderr, flush=True)
+    return fallback
 
 
 def _keras_predictor(run_dir: Path) -> Predictor:
+    from fungilib.feature_scores import KnnBank
+    from fungilib.model_outputs import EMBEDDING_LAYER
+    from fungilib.models import with_open_set_score
+
     trained = TrainedRun(run_dir)
     model, labels, prep = trained.load()
     temperature = float(trained.metrics().get("temperature", 1.0))
+    config = trained.open_set_gate()
+    gate, bank = OpenSetGate.from_config(config or None), None
+    if gate is not None and gate.from_model:
+        arrays = trained.open_set_bank()
+        bank = KnnBank.from_arrays(arrays) if arrays is not None else None
+        dims = int(model.get_layer(EMBEDDING_LAYER).input.shape[-1])
+        if bank is None or bank.dims != dims:
+            gate, bank = _fallback(config, run_dir / OPEN_SET_BANK, "is missing or unreadable" if bank is None else
+                                   f"holds {bank.dims}-dimensional embeddings, the model {dims}"), None
+    net = with_open_set_score(model, temperature, bank)
 
     def run(images: np.ndarray) -> np.ndarray:
-        logits = model.predict_on_batch(images.astype(np.float32))
-        return softmax(np.asarray(logits, dtype=np.float64), temperature)
+        return np.asarray(net.predict_on_batch(images.astype(np.float32)))
 
-    gate = OpenSetGate.from_config(trained.open_set_gate() or None)
     return Predictor(labels.to_dict(orient="records"), prep, SPECIES_THRESHOLD,
                      f"Keras {trained.model_file} (temperature {temperature:.3g})", run, gate)
 
@@ -75,12 +101,19 @@ def _tflite_predictor(bundle: Path) -> Predictor:
     prep = bundle_files.read_json(bundle, PREPROCESSING)
     model_file = bundle / bundle_files.TFLITE_F32
     labels = bundle_files.read_json(bundle, bundle_files.LABELS)
-    check_model_files(bundle, litert_outputs(model_file.read_bytes()), len(labels), prep, None)
-    run = litert_runner(model_file.read_bytes(), int(prep["input_size"]), batch_size=16)
     config = bundle_files.read_json(bundle, bundle_files.CONFIG, default={})
-    return Predictor(labels, prep,
-                     float(config.get("threshold", SPECIES_THRESHOLD)), f"TFLite {model_file}", run,
-                     OpenSetGate.from_config(config.get("open_set")))
+    gate_config = config.get("open_set") or {}
+    gate = OpenSetGate.from_config(gate_config or None)
+    outputs = litert_outputs(model_file.read_bytes())
+    if gate is not None and gate.from_model:
+        if outputs == len(labels):
+            gate = _fallback(gate_config, model_file, "answers no open-set score")
+        else:
+            outputs -= 1  # the score the model appends to its probabilities
+    check_model_files(bundle, outputs, len(labels), prep, None)
+    run = litert_runner(model_file.read_bytes(), int(prep["input_size"]), batch_size=16)
+    return Predictor(labels, prep, float(config.get("threshold", SPECIES_THRESHOLD)), f"TFLite {model_file}", run,
+                     gate)
 
 
 def load_predictor(model: Path) -> Predictor:
@@ -190,17 +223,18 @@ def iter_predictions(inputs: Iterable[Path], model: Path, top: int = 5, threshol
             ahead = ([pool.submit(_decoded, p, size, transform) for p in chunks[n + 1]]  # decoded while this runs
                      if n + 1 < len(chunks) else [])
             good = [i for i, (x, _) in enumerate(decoded) if x is not None]
-            probs = (predictor.probabilities(prepare_batch([decoded[i][0] for i in good], transform, size))  # type: ignore[misc]
-                     if good else [])
+            probs, model_scores = (predictor.outputs(prepare_batch([decoded[i][0] for i in good], transform, size))  # type: ignore[misc]
+                                   if good else ([], None))
             by_index = dict(zip(good, probs, strict=True))
+            score_of = dict(zip(good, model_scores, strict=True)) if model_scores is not None else {}
             for i, path in enumerate(chunk):
                 if i not in by_index:
                     yield Prediction(str(path), ok=False, error=decoded[i][1])
                     continue
-                p = by_index[i]
-                yield Prediction(str(path), ok=True, top=top_k(p, predictor.labels, top), answer=answer(p, ranks, cut,
-                                                                                                        gate),
-                                 open_set_score=float(probability_score(p, gate.score)) if gate else None,
+                p, model_score = by_index[i], score_of.get(i)
+                yield Prediction(str(path), ok=True, top=top_k(p, predictor.labels, top),
+                                 answer=answer(p, ranks, cut, gate, model_score=model_score),
+                                 open_set_score=float(gate.score_of(p, model_score)) if gate else None,
                                  probabilities=p)
             bar.update(len(chunk))
 

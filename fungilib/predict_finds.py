@@ -72,7 +72,8 @@ def predict_finds(inputs: list[Path], model: Path, group_by: str, top: int = 5, 
         stacked = np.stack([p.probabilities for p in readable])  # type: ignore[misc]
         combined = combine(stacked, np.zeros(len(readable)), rule)[1][0]
         find.top = top_k(combined, predictor.labels, top)
-        find.answer = answer(combined, ranks, cut, gate)
+        scores = [p.open_set_score for p in readable if p.open_set_score is not None]  # a model-computed gate's:
+        find.answer = answer(combined, ranks, cut, gate, model_score=float(np.mean(scores)) if scores else None)
         sure = {p.top[0]["index"] for p in readable if p.top[0]["probability"] >= SURE}
         find.disagree = len(sure) > 1
     return list(finds.values())

@@ -53,14 +53,16 @@ class RankIndex:
 
 
 def answer(probabilities: np.ndarray, labels: Sequence[dict] | RankIndex, threshold: float,
-           open_set: OpenSetGate | None = None, image_probabilities: np.ndarray | None = None) -> Answer:
+           open_set: OpenSetGate | None = None, image_probabilities: np.ndarray | None = None,
+           model_score: float | None = None) -> Answer:
     """The finest rank whose probability reaches ``threshold`` (pass a RankIndex when answering many photos);
     "unknown" — not a species this model knows — first, when ``open_set`` turns the photo's own probabilities
-    (``image_probabilities``, before any place prior; default ``probabilities``) away."""
+    (``image_probabilities``, before any place prior; default ``probabilities``) away — or, for a gate the model
+    computes, the ``model_score`` it appended to them."""
     index = labels if isinstance(labels, RankIndex) else RankIndex(labels)
     best = int(np.argmax(probabilities))
     own = probabilities if image_probabilities is None else image_probabilities
-    if open_set is not None and not open_set.knows(own):
+    if open_set is not None and not open_set.knows(own, model_score):
         return Answer("unknown", None, float(probabilities[best]))
     if probabilities[best] >= threshold:
         return Answer("species", index.labels[best].get("species"), float(probabilities[best]))

@@ -141,6 +141,52 @@ def test_the_run_and_its_bundle_decide_alike_with_and_without_a_deployed_gate(
         assert not any(unknown) and all(p.open_set_score is None for p in from_run + from_bundle)
 
 
+def test_a_gate_of_the_models_features_decides_alike_in_the_run_and_its_bundle_and_falls_back_aloud(
+        trained_run: Path, pipeline, tmp_path: Path, capfd) -> None:  # noqa: ANN001
+    """A k-NN gate on purpose (its threshold at the median score of the photos): the exported model computes the
+    score itself and appends it to its probabilities; the run (Keras) and the bundle (TFLite) decide alike, the score
+    is the bank's own; without its bank the run falls back to the probabilities' gate and says so once."""
+    from fungilib.artifacts.trained_run import TrainedRun
+    from fungilib.export import ExportParams, export_run
+    from fungilib.feature_scores import fit_knn_bank
+    from fungilib.litert import litert_outputs
+    from fungilib.model_outputs import logits_and_embeddings, with_embeddings
+    from fungilib.predict import predict_files
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("export", "logs"))
+    manifest, _ = load_manifest(pipeline.root / "clean")
+    trained = TrainedRun(run)
+    model, labels, prep = trained.load()
+    net, size, n = with_embeddings(model), int(prep["input_size"]), len(labels)
+    train = manifest[manifest["split"] == "train"]
+    bank = fit_knn_bank(logits_and_embeddings(net, train, n, size)[1], train["label"].to_numpy(), n, per_class=8,
+                        rank=0, k=1)
+    shown = pd.concat([manifest[manifest["split"] == "test"].head(20),
+                       manifest[manifest["split"].isin(["val_unknown", "test_unknown"])].head(8)])
+    expected = bank.score(logits_and_embeddings(net, shown.assign(label=0), n, size)[1])
+    threshold = float(np.median(expected))
+    trained.write_open_set_bank(bank.to_arrays())
+    (run / "open_set.json").write_text(json.dumps({"score": "knn", "threshold": threshold, "output": "appended",
+                                                   "fallback": {"score": "msp", "threshold": 0.5}}))
+    site = export_run(ExportParams(run=run, out=tmp_path / "bundle", tfjs_quantization=["none"],
+                                   parity_images=4)).bundle
+    assert json.loads((site / "config.json").read_text())["open_set"]["output"] == "appended"
+    assert litert_outputs((site / "model_f32.tflite").read_bytes()) == n + 1  # probabilities, then the score
+    photos = [Path(p) for p in shown["path"]]
+    from_run, from_bundle = predict_files(photos, run), predict_files(photos, site)
+    assert np.allclose([p.open_set_score for p in from_run], expected, atol=1e-4)  # the bank's own score
+    assert _same_decisions(from_run, from_bundle, threshold) >= len(photos) - 2
+    assert 0 < sum(p.answer.rank == "unknown" for p in from_run) < len(photos)
+    (run / "open_set_bank.npz").unlink()
+    capfd.readouterr()
+    fallback = predict_files(photos, run)
+    said = [line for line in capfd.readouterr().err.splitlines() if line.startswith("fungilib")]
+    assert said == [f"fungilib predict: {run / 'open_set_bank.npz'} is missing or unreadable: the open-set gate "
+                    "falls back to msp (from the probabilities)"]
+    assert all(p.open_set_score == pytest.approx(p.top[0]["probability"]) for p in fallback)  # msp now
+
+
 def _colours(image: Image.Image) -> int:
     """Distinct colours of a 64 × 64 thumbnail: photos have hundreds, an empty canvas a handful."""
     pixels = np.asarray(image.convert("RGB").resize((64, 64))).reshape(-1, 3)

@@ -166,21 +166,24 @@ def test_javascript_rollup_is_pythons() -> None:
     labels = [{"species": f"S{i}", "genus": f"G{i // 3}", "family": f"F{i // 6}", "class_key": str(i)}
               for i in range(12)]
     rng = np.random.default_rng(1)
-    gates = [None, {"score": "msp", "threshold": 0.5}, {"score": "neg_entropy", "threshold": -1.2}]
-    cases = [(rng.dirichlet(np.full(12, alpha)).tolist(), threshold, gate)
+    gates = [None, {"score": "msp", "threshold": 0.5}, {"score": "neg_entropy", "threshold": -1.2},
+             {"score": "knn", "threshold": 0.8, "output": "appended"}]  # the model's own k-NN score, appended
+    cases = [(rng.dirichlet(np.full(12, alpha)).tolist(), threshold, gate, float(rng.uniform(0.6, 1.0)))
              for alpha in (0.05, 0.3, 1.0, 5.0) for threshold in (0.3, 0.6, 0.9) for gate in gates for _ in range(4)]
     script = """
 const R = require(process.argv[1]); const {labels, cases} = JSON.parse(process.argv[2]);
-console.log(JSON.stringify(cases.map(([p, t, g]) => R.answer(p, labels, t, g))));"""
+console.log(JSON.stringify(cases.map(([p, t, g, s]) => R.answer(p, labels, t, g, undefined, s))));"""
     done = _node(script, str(WEB_DIR / "rollup.js"), json.dumps({"labels": labels, "cases": cases}))
     js = json.loads(done.stdout)
-    ranks = set()
-    for (probabilities, threshold, gate), got in zip(cases, js, strict=True):
-        want = answer(np.asarray(probabilities), labels, threshold, OpenSetGate.from_config(gate))
+    ranks, unknown_by_knn = set(), 0
+    for (probabilities, threshold, gate, model_score), got in zip(cases, js, strict=True):
+        want = answer(np.asarray(probabilities), labels, threshold, OpenSetGate.from_config(gate),
+                      model_score=model_score)
+        unknown_by_knn += want.rank == "unknown" and gate is not None and gate["score"] == "knn"
         assert (got["rank"], got["name"]) == (want.rank, want.name)
         assert got["probability"] == pytest.approx(want.probability)
         ranks.add(want.rank)
-    assert ranks == {"species", "genus", "family", "none", "unknown"}  # every branch exercised
+    assert ranks == {"species", "genus", "family", "none", "unknown"} and unknown_by_knn  # every branch exercised
 
 
 

@@ -163,7 +163,7 @@ import { createRuntime } from "./runtime.js";
     document.body.dataset.prior = adjusted.expected ? state.where.source : "none";
     const top = FungiRollup.topK(Array.from(probabilities), state.labels, state.config.top_k || 5);
     const verdict = FungiRollup.answer(Array.from(probabilities), state.labels, state.threshold,
-      state.useOpenSet ? state.config.open_set : null, Array.from(imageProbabilities));
+      state.useOpenSet ? state.config.open_set : null, Array.from(imageProbabilities), state.lastScore);
     const percent = (p) => `${(100 * p).toFixed(1)} %`;
     const heading = $("verdict");
     heading.dataset.rank = verdict.rank;
@@ -351,8 +351,10 @@ import { createRuntime } from "./runtime.js";
       const input = await prepare(file); // decoded, resized and cropped off the main thread
       preview.src = URL.createObjectURL(file);
       $("figure").hidden = false;
-      const probabilities = await state.runtime.predict(input);
+      const outputs = await state.runtime.predict(input); // probabilities, then the open-set score if appended
+      const probabilities = outputs.slice(0, state.labels.length);
       state.last = probabilities;
+      state.lastScore = outputs.length > state.labels.length ? outputs[state.labels.length] : null;
       state.millis = performance.now() - start;
       const shown = render(probabilities, state.millis); // with the prior when it applies: what the journal keeps
       await keep(file, shown)
@@ -464,9 +466,15 @@ import { createRuntime } from "./runtime.js";
       state.runtime = await createRuntime(state.config, state.spec, wanted);
       const size = state.spec.input_size; // a model whose outputs are not the label table answers nothing
       const outputs = (await state.runtime.predict(new Float32Array(size * size * 3))).length;
-      if (outputs !== state.labels.length) {
-        throw new Error(`the model answers ${outputs} classes but labels.json lists ${state.labels.length}; ` +
-          "export the run again");
+      const gate = state.config.open_set;
+      const appended = Boolean(gate && gate.output === "appended");
+      if (appended && outputs === state.labels.length) { // the model computes no score: the probabilities' gate
+        state.config.open_set = gate.fallback || null;
+        document.body.dataset.openSetFallback = "true";
+        console.warn(`the model answers no open-set score: the gate falls back to ${gate.fallback ? gate.fallback.score : "none"}`);
+      } else if (outputs !== state.labels.length + (appended ? 1 : 0)) {
+        throw new Error(`the model answers ${outputs - (appended ? 1 : 0)} classes but labels.json lists ` +
+          `${state.labels.length}; export the run again`);
       }
     } catch (err) {
       setStatus(`The model could not be loaded: ${err.message}`, "failed");

@@ -32,10 +32,21 @@
     throw new Error(`unknown open-set score ${score}`);
   }
 
-  // openSet: {score, threshold} from config.json, or null; imageProbabilities: before any place prior.
-  function answer(probabilities, labels, threshold, openSet, imageProbabilities) {
+  // The gate's score of a photo: of its own probabilities, or (output "appended") the score the model computed
+  // and appended to them (fungilib.open_set.OpenSetGate.score_of).
+  function gateScore(openSet, probabilities, modelScore) {
+    if (openSet.output === "appended") {
+      if (typeof modelScore !== "number") throw new Error(`the ${openSet.score} gate reads the model's appended score`);
+      return modelScore;
+    }
+    return openSetScore(probabilities, openSet.score);
+  }
+
+  // openSet: {score, threshold[, output]} from config.json, or null; imageProbabilities: before any place prior;
+  // modelScore: the open-set score the model appended to its probabilities, when its gate reads one.
+  function answer(probabilities, labels, threshold, openSet, imageProbabilities, modelScore) {
     const [top] = topK(probabilities, labels, 1);
-    if (openSet && openSetScore(imageProbabilities || probabilities, openSet.score) < openSet.threshold) {
+    if (openSet && gateScore(openSet, imageProbabilities || probabilities, modelScore) < openSet.threshold) {
       return { rank: "unknown", name: null, probability: top.probability };
     }
     if (top.probability >= threshold) return { rank: "species", name: top.species, probability: top.probability };
@@ -46,5 +57,5 @@
     return { rank: "none", name: null, probability: top.probability };
   }
 
-  return { topK, answer, openSetScore };
+  return { topK, answer, openSetScore, gateScore };
 });

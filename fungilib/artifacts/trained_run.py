@@ -11,7 +11,7 @@ from typing import Any
 
 from fungilib.artifacts.dataset import LABELS_CSV, write_label_table
 from fungilib.errors import FungilibError
-from fungilib.fsutil import write_json
+from fungilib.fsutil import atomic_path, write_json
 
 MODEL_FILE = "model.keras"
 PREPROCESSING = "preprocessing.json"
@@ -22,6 +22,7 @@ HISTORY = "history.csv"
 BEST_WEIGHTS = "best.weights.h5"
 PRUNED = "pruned.json"
 OPEN_SET = "open_set.json"
+OPEN_SET_BANK = "open_set_bank.npz"  # the k-NN score's training embeddings (fungilib.feature_scores)
 PRIOR = "place_prior.npz"
 PRIOR_SUMMARY = "place_prior.json"
 PER_CLASS = "per_class.csv"
@@ -160,6 +161,17 @@ class TrainedRun:
         path = self.folder / OPEN_SET
         return json.loads(path.read_text()) if path.exists() else {}
 
+    def open_set_bank(self) -> dict[str, Any] | None:
+        """The arrays of open_set_bank.npz, or None when the run has none or it is not readable."""
+        import numpy as np
+
+        path = self.folder / OPEN_SET_BANK
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return {key: data[key] for key in data.files}
+        except (OSError, ValueError, EOFError):
+            return None
+
     def pruned_epoch(self) -> int:
         return json.loads(self.pruned_file.read_text())["epoch"] if self.pruned_file.exists() else 0
 
@@ -208,6 +220,16 @@ class TrainedRun:
             (self.folder / OPEN_SET).unlink(missing_ok=True)
         else:
             write_json(self.folder / OPEN_SET, record)
+
+    def write_open_set_bank(self, arrays: dict[str, Any] | None) -> None:
+        import numpy as np
+
+        path = self.folder / OPEN_SET_BANK
+        if arrays is None:
+            path.unlink(missing_ok=True)
+            return
+        with atomic_path(path) as tmp, tmp.open("wb") as f:
+            np.savez(f, **arrays)
 
     def write_prior(self, data: bytes, summary: dict[str, Any]) -> None:
         self.prior_file.write_bytes(data)
