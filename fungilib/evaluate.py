@@ -26,7 +26,7 @@ from fungilib.metrics import (
     top_confusions,
     top_k_accuracy,
 )
-from fungilib.model_outputs import logits_and_embeddings, with_embeddings
+from fungilib.model_outputs import Outputs, photo_outputs, stored_outputs
 from fungilib.open_set import MIN_AUROC, evaluate_open_set
 from fungilib.place_prior import PlacePrior, combine, fit_weight, knows_place, place_and_season
 from fungilib.plotting import plt, save_figure
@@ -165,13 +165,13 @@ def _with_place_prior(frame: pd.DataFrame, rows: pd.DataFrame, probs: np.ndarray
 STATS_PER_CLASS = 100  # training photos per class whose embeddings the feature scores are fitted on
 
 
-def _open_set(model: Any, frame: pd.DataFrame, val_outputs: tuple[np.ndarray, np.ndarray],
-              test_outputs: tuple[np.ndarray, np.ndarray], y: np.ndarray, temperature: float, size: int,
-              batch_size: int, run_dir: Path, keep: float, min_auroc: float) -> tuple[dict[str, Any], dict[str, Path]]:
+def _open_set(outputs: Outputs, frame: pd.DataFrame, val_outputs: tuple[np.ndarray, np.ndarray],
+              test_outputs: tuple[np.ndarray, np.ndarray], y: np.ndarray, temperature: float, run_dir: Path,
+              keep: float, min_auroc: float) -> tuple[dict[str, Any], dict[str, Path]]:
     """Open-set metrics when the manifest holds photos of species kept out of training (``clean.holdout_*``):
     the feature scores fitted on training embeddings, the gate chosen and fitted on validation (known + held-out),
     reported on test; ``open_set.json``, the k-NN bank when the gate uses it, and a plot into the run.
-    ``model`` answers (logits, embedding): ``model_outputs.with_embeddings``."""
+    ``outputs``: a frame's (logits, embeddings), from its photos or stored embeddings."""
 
     val, val_unknown = frame[frame["split"] == "val"], frame[frame["split"] == "val_unknown"]
     test_unknown = frame[frame["split"] == "test_unknown"]
@@ -183,9 +183,9 @@ def _open_set(model: Any, frame: pd.DataFrame, val_outputs: tuple[np.ndarray, np
     (val_logits, val_emb), (logits, test_emb) = val_outputs, test_outputs
     n = logits.shape[1]
     train = frame[frame["split"] == "train"].groupby("label", group_keys=False).head(STATS_PER_CLASS)
-    _, train_emb = logits_and_embeddings(model, train, n, size, batch_size)
-    vu_logits, vu_emb = logits_and_embeddings(model, val_unknown, n, size, batch_size)
-    tu_logits, tu_emb = logits_and_embeddings(model, test_unknown, n, size, batch_size)
+    _, train_emb = outputs(train)
+    vu_logits, vu_emb = outputs(val_unknown)
+    tu_logits, tu_emb = outputs(test_unknown)
     scoring = fit_feature_scoring(train_emb, train["label"].to_numpy(), n, val_emb, vu_emb)
     val_known_f, val_unknown_f = scoring.scores(val_emb), scoring.scores(vu_emb)
     known_f, unknown_f = scoring.scores(test_emb), scoring.scores(tu_emb)
@@ -266,14 +266,17 @@ def evaluate_run(params: EvaluateParams) -> EvalResult:
     if test.empty:
         raise FungilibError(f"{manifest}: no images in split {split!r}")
     size, n = int(prep["input_size"]), len(labels)
-    outputs = with_embeddings(model)
-    logits, test_emb = logits_and_embeddings(outputs, test, n, size, batch_size)
+    outputs = photo_outputs(model, n, size, batch_size)
+    embedded = run.summary().params.get("dataset", {}).get("embeddings")
+    if embedded:  # a head trained on stored embeddings is evaluated on them (its whole network gives the same)
+        outputs = stored_outputs(model, Path(embedded), outputs)
+    logits, test_emb = outputs(test)
     y = test["label"].to_numpy()
     temperature = 1.0
     val = frame[frame["split"] == "val"]
     # the validation split, with the weights the run keeps: the temperature, the prior's weight and the open-set
     # gate are fitted on it, and every choice of a run (best_run, the demo's export, Optuna) reads its metrics
-    val_logits, val_emb = logits_and_embeddings(outputs, val, n, size, batch_size)
+    val_logits, val_emb = outputs(val)
     if temperature_scaling and len(val):
         temperature = float(fit_temperature(val_logits, val["label"].to_numpy()))
     metrics = classification_metrics(logits, y, labels)
@@ -289,7 +292,7 @@ def evaluate_run(params: EvaluateParams) -> EvalResult:
     if params.toxicity is not None:
         metrics.update(_poisonous_confusion(params.toxicity, labels, probs, y, prior_probs))
     open_set_metrics, open_set_plots = (_open_set(outputs, frame, (val_logits, val_emb), (logits, test_emb), y,
-                                                  temperature, size, batch_size, run_dir, params.open_set_keep,
+                                                  temperature, run_dir, params.open_set_keep,
                                                   params.open_set_min_auroc)
                                         if split == "test" else ({}, {}))
     metrics.update(open_set_metrics)

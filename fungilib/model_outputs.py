@@ -3,6 +3,8 @@ features the logits are computed from, before dropout) for the feature-space ope
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,3 +32,33 @@ def logits_and_embeddings(model: Any, frame: pd.DataFrame, num_classes: int, siz
     ds = make_dataset(frame, num_classes, size, batch_size, training=False).map(lambda x, y: x)
     logits, embeddings = model.predict(ds, verbose=0)
     return np.asarray(logits), np.asarray(embeddings)
+
+
+Outputs = Callable[[pd.DataFrame], tuple[np.ndarray, np.ndarray]]  # a frame's photos → (logits, embeddings)
+
+
+def photo_outputs(model: Any, num_classes: int, size: int, batch_size: int = 64) -> Outputs:
+    """(logits, embeddings) of a frame's photos, through the whole network."""
+    net = with_embeddings(model)
+    return lambda frame: logits_and_embeddings(net, frame, num_classes, size, batch_size)
+
+
+def stored_outputs(model: Any, folder: Path, fallback: Outputs) -> Outputs:
+    """(logits, embeddings) from an embed stage's stored centre-crop embeddings — the model's own logits layer
+    applied to them, which is what the whole network computes from those photos (checked at training) — and through
+    ``fallback`` for a frame holding a photo the folder lacks."""
+    from fungilib.artifacts.embeddings import load_embeddings
+
+    stored = load_embeddings(folder)
+    centre = stored.index[stored.index["view"] == 0]
+    row_of = dict(zip(centre["media_id"].astype(str), centre["row"], strict=True))
+    kernel, bias = model.get_layer("logits").get_weights()
+
+    def outputs(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        ids = frame["media_id"].astype(str)
+        if frame.empty or not ids.isin(row_of.keys()).all():
+            return fallback(frame)
+        x = np.asarray(stored.array[[row_of[i] for i in ids]], np.float32).reshape(len(frame), -1)
+        return x @ kernel + bias, x
+
+    return outputs

@@ -76,6 +76,8 @@ class Stage(Runnable):
     # its entry resumes (or skips) from what its folder holds — a training run's backup, its finished model — so a
     # folder last run with other inputs or parameters is emptied before it runs (never resumed with stale weights)
     resumes: bool = False
+    # dotted parameter → a stage whose ``out`` it reads when that stage is part of the pipeline (else left as it is)
+    optional_reads: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def defaults_file(self) -> Path:
@@ -97,6 +99,9 @@ class Stage(Runnable):
         layers = ParamLayers()
         for dotted, producer in self.reads.items():
             layers.set(dotted, outs.get(producer, outs.get(SOURCE)), "pipeline")
+        for dotted, producer in self.optional_reads.items():
+            if producer in outs:
+                layers.set(dotted, outs[producer], "pipeline")
         return layers.values
 
 
@@ -132,6 +137,13 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in [
                        Flag("out", "--out", "the output folder", **_PATH),
                        Flag("min_per_class", "--min-per-class", "classes with fewer images are dropped"),
                        Flag("seed", "--seed", "seed of the split and the per-class cap"))),)),
+    Stage("embed", "fungilib.embed:EmbedParams", "fungilib.embed:embed", "03b_embed.ipynb",
+          {"manifest": "clean"}, "embed", commands=(
+              Command("embed", "fungilib.embed:EmbedParams", "fungilib.embed:embed",
+                      "the pooled features of every photo of a manifest under a frozen base, once, for head runs "
+                      "on them (train --set dataset.embeddings=DIR)",
+                      (Flag("manifest", "--manifest", "the clean stage's folder (manifest.h5)", **_PATH),
+                       Flag("out", "--out", "the output folder", **_PATH))),)),
     Stage("import_folder", "fungilib.image_folder:FolderParams", "fungilib.image_folder:import_folder", None,
           {"source": SOURCE}, "import", sweepable=False, commands=(
               Command("import-folder", "fungilib.image_folder:FolderParams", "fungilib.image_folder:import_folder",
@@ -140,7 +152,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in [
                       (Flag("source", help="DIR/<label>/... or a CSV", **_PATH),
                        Flag("out", "--out", "the output folder", **_PATH))),)),
     Stage("train", "fungilib.train:TrainParams", "fungilib.composed:train_and_evaluate", "04_train.ipynb",
-          {"dataset.manifest": "clean"}, "train", commands=(
+          {"dataset.manifest": "clean"}, "train", optional_reads={"dataset.embeddings": "embed"}, commands=(
               Command("train", "fungilib.train:TrainParams", "fungilib.composed:train_and_evaluate",
                       "train a classifier on a manifest (resumes when rerun with the same --out), then evaluate it",
                       (Flag("dataset.manifest", "--manifest", "the clean stage's folder (manifest.h5)", **_PATH),

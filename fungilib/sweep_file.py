@@ -170,12 +170,13 @@ def load_sweep(path: Path) -> Sweep:
     if not pipeline or bad:
         raise FungilibError(f"{path}: pipeline: unknown stage {bad[0]!r}" if bad else f"{path}: pipeline is empty"
                             f"; stages: {', '.join(SWEEP_PIPELINE)}")
-    if pipeline != [s for s in SWEEP_PIPELINE if s in pipeline] or pipeline[0] not in ("ingest_eda", "train"):
-        raise FungilibError(f"{path}: pipeline must start at ingest_eda (or be [train]) and keep the order "
-                            f"{' → '.join(SWEEP_PIPELINE)}")
+    if pipeline != [s for s in SWEEP_PIPELINE if s in pipeline] or pipeline[0] not in ("ingest_eda", "embed", "train"):
+        raise FungilibError(f"{path}: pipeline must start at ingest_eda (or be [train] or [embed, train] on a "
+                            f"manifest) and keep the order {' → '.join(SWEEP_PIPELINE)}")
     source_key = "archive" if pipeline[0] == "ingest_eda" else "folder" if "folder" in data else "manifest"
     if source_key not in data:
-        hint = ": a manifest folder, or `folder:` for a labelled image folder" if pipeline[0] == "train" else ""
+        hint = (": a manifest folder, or `folder:` for a labelled image folder" if pipeline[0] in ("embed", "train")
+                else "")
         raise FungilibError(f"{path}: missing {source_key!r} (the input of stage {pipeline[0]}{hint})")
     folder_import = None
     if source_key == "folder":

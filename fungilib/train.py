@@ -18,6 +18,7 @@ from fungilib.claims import claim, holder
 from fungilib.distribution import make_placement
 from fungilib.errors import FungilibError
 from fungilib.fsutil import atomic_path
+from fungilib.head_fit import train_on_embeddings
 from fungilib.input_pipeline import class_weights, make_dataset, plan_cache
 from fungilib.keras_parts import (
     apply_freeze,
@@ -90,6 +91,8 @@ def _train(params: TrainParams, run: TrainedRun, placement: Any) -> TrainResult:
     params, weights_note = resolve_weights(params)  # model.weights: auto → imagenet here, or none and why
     if weights_note and placement.chief:
         print(f"fungilib train: {weights_note}", file=sys.stderr, flush=True)
+    if params.dataset.embeddings:  # the head alone, on an embed stage's stored features
+        return train_on_embeddings(params, run)
     manifest_path = Path(params.dataset.manifest)
     manifest, labels = load_manifest(manifest_path)
     if placement.chief:

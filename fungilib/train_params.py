@@ -20,7 +20,9 @@ class DatasetParams:
     # decoded photos kept in memory between epochs: auto = only when they fit cache_budget_mb (see plan_cache)
     cache: Literal["auto", "memory", "none"] = "auto"
     cache_budget_mb: int = 1024
-    balance: Literal["none", "class_weights", "sampling"] = "none"
+    # smote: new training embeddings between each small class's own (stored embeddings only: dataset.embeddings)
+    balance: Literal["none", "class_weights", "sampling", "smote"] = "none"
+    embeddings: str = ""  # an embed stage's folder: train the head only, on its stored features (fast sweeps)
 
 
 @dataclass
@@ -113,6 +115,9 @@ class TrainParams:
             raise FungilibError(f"schedule.head_epochs ({self.schedule.head_epochs}) must be below fit.epochs "
                                 f"({self.fit.epochs}) for freeze=two_phase: lower schedule.head_epochs or set "
                                 "model.freeze=train_all")
+        if self.dataset.balance == "smote" and not self.dataset.embeddings:
+            raise FungilibError("dataset.balance=smote works on stored embeddings: set dataset.embeddings (an embed "
+                                "stage's folder) or use class_weights / sampling")
         if self.optimizer.learning_rate <= 0:
             raise FungilibError("optimizer.learning_rate must be > 0")
         if self.fit.replicas < 0 or self.fit.worker_timeout_s <= 0:

@@ -185,6 +185,12 @@ def test_a_gate_of_the_models_features_decides_alike_in_the_run_and_its_bundle_a
     assert said == [f"fungilib predict: {run / 'open_set_bank.npz'} is missing or unreadable: the open-set gate "
                     "falls back to msp (from the probabilities)"]
     assert all(p.open_set_score == pytest.approx(p.top[0]["probability"]) for p in fallback)  # msp now
+    other = bank.to_arrays()  # a bank of another model's embeddings: never a wrong distance
+    trained.write_open_set_bank({**other, "bank": other["bank"][:, :7]})
+    predict_files(photos[:2], run)
+    said = [line for line in capfd.readouterr().err.splitlines() if line.startswith("fungilib")]
+    assert said == [f"fungilib predict: {run / 'open_set_bank.npz'} holds 7-dimensional embeddings, the model "
+                    f"{bank.dims}: the open-set gate falls back to msp (from the probabilities)"]
 
 
 def _colours(image: Image.Image) -> int:
