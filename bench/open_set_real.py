@@ -49,8 +49,7 @@ REAL = HERE / "work" / "real_photos"
 WORK = HERE / "work" / "open_set_real"
 RESULTS = HERE / "results" / "open_set_real.json"
 KEEP = 0.95
-COMBINED = "knn+max_logit"
-ALL_SCORES = (*SCORES, *FEATURE_SCORES, COMBINED)
+ALL_SCORES = (*SCORES, *FEATURE_SCORES)
 RECIPES = {
     "head": ["model.base=EfficientNetLite0", "model.weights=imagenet", "model.freeze=head_only",
              "dataset.image_size=128", "fit.epochs=8", "fit.patience=4", "optimizer.learning_rate=0.003"],
@@ -91,16 +90,13 @@ def measure(run: Path, manifest: Path, val_unknown: pd.DataFrame, test_unknown: 
     vu_logits, vu_emb = _outputs(model, val_unknown, n, size)
     tu_logits, tu_emb = _outputs(model, test_unknown, n, size)
     forward_s = time.perf_counter() - started
-    features = fit_feature_scoring(train_emb, train["label"].to_numpy(), n, val_emb, vu_emb)
+    features = fit_feature_scoring(train_emb, train["label"].to_numpy(), n, val_emb, vu_emb, val_logits)
 
     def all_scores(logits: np.ndarray, emb: np.ndarray) -> dict[str, np.ndarray]:
-        return {**scores(logits, temperature), **features.scores(emb)}
+        return {**scores(logits, temperature), **features.scores(emb, logits)}
 
     val_known, val_unknown_s = all_scores(val_logits, val_emb), all_scores(vu_logits, vu_emb)
     test_known, test_unknown_s = all_scores(test_logits, test_emb), all_scores(tu_logits, tu_emb)
-    for group in (val_unknown_s, test_known, test_unknown_s, val_known):  # z-scored on known validation photos
-        group[COMBINED] = sum((group[s] - val_known[s].mean()) / (val_known[s].std() + 1e-12)
-                              for s in ("knn", "max_logit"))
     val_right = val_logits.argmax(axis=1) == val["label"].to_numpy()
     test_named_ok = softmax(tu_logits, temperature).max(axis=1) >= SPECIES_THRESHOLD
     rows = {}

@@ -186,16 +186,17 @@ def _open_set(outputs: Outputs, frame: pd.DataFrame, val_outputs: tuple[np.ndarr
     _, train_emb = outputs(train)
     vu_logits, vu_emb = outputs(val_unknown)
     tu_logits, tu_emb = outputs(test_unknown)
-    scoring = fit_feature_scoring(train_emb, train["label"].to_numpy(), n, val_emb, vu_emb)
-    val_known_f, val_unknown_f = scoring.scores(val_emb), scoring.scores(vu_emb)
-    known_f, unknown_f = scoring.scores(test_emb), scoring.scores(tu_emb)
+    scoring = fit_feature_scoring(train_emb, train["label"].to_numpy(), n, val_emb, vu_emb, val_logits)
+    val_known_f, val_unknown_f = scoring.scores(val_emb, val_logits), scoring.scores(vu_emb, vu_logits)
+    known_f, unknown_f = scoring.scores(test_emb, logits), scoring.scores(tu_emb, tu_logits)
     features = {name: (val_known_f[name], val_unknown_f[name], known_f[name], unknown_f[name])
                 for name in FEATURE_SCORES}
     settings = {**scoring.settings, "knn_int8_bytes_at_2451_classes": scoring.knn.int8_bytes(2451),
                 "training_photos": len(train), "embedding_dims": int(train_emb.shape[1])}
     result = evaluate_open_set(val_logits, val["label"].to_numpy(), vu_logits, logits, y, tu_logits, temperature,
                                SPECIES_THRESHOLD, keep, min_auroc, features, settings)
-    run.write_open_set_bank(scoring.knn.to_arrays() if result.gate is not None and result.gate.from_model else None)
+    run.write_open_set_bank(scoring.bank_for(result.gate.score).to_arrays()
+                            if result.gate is not None and result.gate.from_model else None)
     run.write_open_set({**result.record, "held_out": sorted(
         frame.loc[frame["split"].isin(["val_unknown", "test_unknown"]), "species"].astype(str).unique().tolist())})
     known, unknown = result.test_scores

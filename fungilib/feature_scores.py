@@ -42,6 +42,9 @@ class KnnBank:
     bank_labels: np.ndarray  # (N,)
     projection: np.ndarray | None  # (d, r) principal directions of the unit training embeddings
     k: int
+    # with the largest logit (score "knn+max_logit"): (knn mean, knn std, max-logit mean, max-logit std) on known
+    # validation photos; the score is then sigmoid(z(knn) + z(max logit)), in (0, 1) like the cosine
+    logit_mix: np.ndarray | None = None
 
     @property
     def dims(self) -> int:
@@ -67,13 +70,33 @@ class KnnBank:
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {"bank": self.bank.astype(np.float32), "bank_labels": self.bank_labels.astype(np.int32),
                 "projection": (self.projection if self.projection is not None else np.zeros((0, 0))).astype(
-                    np.float32), "k": np.array(self.k)}
+                    np.float32), "k": np.array(self.k),
+                "logit_mix": (self.logit_mix if self.logit_mix is not None else np.zeros(0)).astype(np.float64)}
 
     @staticmethod
     def from_arrays(arrays: dict[str, np.ndarray]) -> KnnBank:
         projection = np.asarray(arrays["projection"], np.float64)
+        mix = np.asarray(arrays.get("logit_mix", np.zeros(0)), np.float64)
         return KnnBank(np.asarray(arrays["bank"], np.float64), np.asarray(arrays["bank_labels"]),
-                       projection if projection.size else None, int(arrays["k"]))
+                       projection if projection.size else None, int(arrays["k"]), mix if mix.size == 4 else None)
+
+    def gate_score(self, embeddings: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        """The score the exported model appends: the k-NN cosine, or with ``logit_mix`` its mix with the largest
+        logit."""
+        knn = self.score(embeddings)
+        if self.logit_mix is None:
+            return knn
+        return mix_with_max_logit(knn, np.asarray(logits, np.float64).max(axis=1), self.logit_mix)
+
+
+def mix_with_max_logit(knn: np.ndarray, max_logit: np.ndarray, mix: np.ndarray) -> np.ndarray:
+    """sigmoid(z(knn) + z(max logit)), each standardised by ``mix`` (fitted on known validation photos)."""
+    z = (knn - mix[0]) / mix[1] + (max_logit - mix[2]) / mix[3]
+    return 1 / (1 + np.exp(-z))
+
+
+def fit_logit_mix(knn: np.ndarray, max_logit: np.ndarray) -> np.ndarray:
+    return np.array([knn.mean(), knn.std() + 1e-9, max_logit.mean(), max_logit.std() + 1e-9])
 
 
 def bank_bytes(rows: int, rank: int, dims: int) -> int:
@@ -142,15 +165,26 @@ class FeatureScoring:
     val_auroc: dict[str, float]
     settings: dict[str, float | int]  # what validation chose
 
-    def scores(self, embeddings: np.ndarray) -> dict[str, np.ndarray]:
-        return {"knn": self.knn.score(embeddings), "mahalanobis": self.mahalanobis.score(embeddings)}
+    logit_mix: np.ndarray  # fitted on known validation photos (see KnnBank.logit_mix)
+
+    def scores(self, embeddings: np.ndarray, logits: np.ndarray) -> dict[str, np.ndarray]:
+        knn = self.knn.score(embeddings)
+        return {"knn": knn, "mahalanobis": self.mahalanobis.score(embeddings),
+                "knn+max_logit": mix_with_max_logit(knn, np.asarray(logits, np.float64).max(axis=1), self.logit_mix)}
+
+    def bank_for(self, score: str) -> KnnBank:
+        """The bank the exported model needs for ``score``."""
+        bank = self.knn
+        return KnnBank(bank.bank, bank.bank_labels, bank.projection, bank.k,
+                       self.logit_mix if score == "knn+max_logit" else None)
 
 
-FEATURE_SCORES = ("knn", "mahalanobis")
+FEATURE_SCORES = ("knn", "mahalanobis", "knn+max_logit")
 
 
 def fit_feature_scoring(train: np.ndarray, train_labels: np.ndarray, num_classes: int, val_known: np.ndarray,
-                        val_unknown: np.ndarray, budget_bytes: int = BUDGET_BYTES, seed: int = 0) -> FeatureScoring:
+                        val_unknown: np.ndarray, val_known_logits: np.ndarray, budget_bytes: int = BUDGET_BYTES,
+                        seed: int = 0) -> FeatureScoring:
     """Choose on the held-out species' validation photos: the k-NN bank (rank, per class, k) among those within
     ``budget_bytes``, and the Mahalanobis shrinkage. Ties go to the smaller bank."""
     dims = np.asarray(train).shape[1]
@@ -177,8 +211,9 @@ def fit_feature_scoring(train: np.ndarray, train_labels: np.ndarray, num_classes
     maha_auroc = {s: auroc(m.score(val_known), m.score(val_unknown)) or 0.0 for s, m in by_shrinkage.items()}
     shrinkage = max(maha_auroc, key=lambda s: maha_auroc[s])
     knn = best[2]
+    mix = fit_logit_mix(knn.score(val_known), np.asarray(val_known_logits, np.float64).max(axis=1))
     return FeatureScoring(knn, by_shrinkage[shrinkage], {"knn": best[0], "mahalanobis": maha_auroc[shrinkage]},
                           {"knn_k": knn.k, "knn_rank": knn.bank.shape[1], "knn_bank_rows": len(knn.bank),
                            "knn_projected": knn.projection is not None, "knn_int8_bytes": knn.int8_bytes(),
                            "mahalanobis_shrinkage": shrinkage,
-                           "mahalanobis_pooled_classes": by_shrinkage[shrinkage].pooled_classes})
+                           "mahalanobis_pooled_classes": by_shrinkage[shrinkage].pooled_classes}, mix)

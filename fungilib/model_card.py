@@ -46,9 +46,10 @@ def _open_set_lines(metrics: dict) -> list[str]:
         return [f"- open set: not deployed, the score does not separate known from never-seen species ({measured})"]
     score = metrics["open_set_score"]
     what = {"knn": "cosine similarity to the nearest training photos' features (computed inside the model)",
+            "knn+max_logit": "that cosine similarity mixed with the largest logit (computed inside the model)",
             "msp": "top probability", "neg_entropy": "minus the entropy of the probabilities"}.get(score, score)
     others = ", ".join(f"{name} {metrics[f'open_set_auroc_{name}']:.3f}" for name in
-                       ("msp", "neg_entropy", "max_logit", "neg_energy", "knn", "mahalanobis")
+                       ("msp", "neg_entropy", "max_logit", "neg_energy", "knn", "knn+max_logit", "mahalanobis")
                        if f"open_set_auroc_{name}" in metrics and name != score)
     return [f"- open set: photos whose {score} ({what}) is under {metrics['open_set_threshold']:.3g} are answered "
             f"\"not a species this model knows\" (score chosen and threshold fitted on validation, validation AUROC "

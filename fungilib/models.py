@@ -304,8 +304,8 @@ def with_open_set_score(model: Any, temperature: float, bank: Any = None) -> Any
     """``model`` (image → logits) answering its calibrated probabilities — softmax of logits / ``temperature`` —
     and, with a k-NN ``bank`` (``fungilib.feature_scores.KnnBank``), the open-set score appended as one more
     value: the cosine similarity of the photo's unit embedding (projected as the bank is) to its k-th nearest bank
-    row. One output keeps every exported format and the page's runtime as they are; the bank travels inside the
-    model as constant weights."""
+    row, or (the bank's ``logit_mix``) its mix with the largest logit. One output keeps every exported format and
+    the page's runtime as they are; the bank travels inside the model as constant weights."""
     import keras
 
     size = int(model.input_shape[1])
@@ -328,4 +328,11 @@ def with_open_set_score(model: Any, temperature: float, bank: Any = None) -> Any
     compare.set_weights([bank.bank.T.astype(np.float32)])
     k = min(bank.k, len(bank.bank))
     score = keras.layers.Lambda(lambda s: keras.ops.top_k(s, k)[0][:, k - 1:k], name="open_set_score")(similarity)
+    if bank.logit_mix is not None:  # sigmoid(z(knn) + z(max logit)): fungilib.feature_scores.mix_with_max_logit
+        knn_mean, knn_std, logit_mean, logit_std = (float(v) for v in bank.logit_mix)
+        top = keras.layers.Lambda(lambda z: keras.ops.max(z, axis=-1, keepdims=True), name="open_set_max_logit")(
+            raw_logits)
+        score = keras.layers.Lambda(lambda t: keras.ops.sigmoid((t[0] - knn_mean) / knn_std
+                                                                + (t[1] - logit_mean) / logit_std),
+                                    name="open_set_mix")([score, top])
     return keras.Model(inputs, keras.layers.Concatenate(name="probabilities_and_open_set")([probabilities, score]))

@@ -28,7 +28,7 @@ import numpy as np
 ScoreName = Literal["msp", "neg_entropy", "max_logit", "neg_energy"]
 SCORES: tuple[ScoreName, ...] = ("msp", "neg_entropy", "max_logit", "neg_energy")
 FROM_PROBABILITIES: tuple[str, ...] = ("msp", "neg_entropy")  # computable from an exported model's probabilities
-FROM_MODEL: tuple[str, ...] = ("knn",)  # computed inside the exported model, appended to its probabilities
+FROM_MODEL: tuple[str, ...] = ("knn", "knn+max_logit")  # computed inside the exported model, appended
 UNKNOWN_ANSWER = "not a species this model knows"
 
 

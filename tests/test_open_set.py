@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from fungilib.open_set import OpenSetGate, auroc, evaluate_open_set, fit_threshold, probability_score, scores
 from fungilib.rollup import answer
@@ -126,3 +127,28 @@ def test_a_run_with_held_out_species_reports_and_answers_not_a_species_it_knows(
     # without the gate, every photo is named at the species threshold as before
     ranks = pd.Series([r["answer"]["rank"] for r in predict("--no-open-set")])
     assert "unknown" not in set(ranks) and abs((ranks == "species").mean() - metrics["unknown_named_before"]) <= one
+
+
+def test_the_feature_gate_inside_the_model_is_the_numpy_score() -> None:
+    """A real (tiny) Keras network with its k-NN bank inside: its first outputs are the calibrated probabilities,
+    its last the bank's score — the cosine to the k-th nearest bank row, or its sigmoid mix with the largest logit —
+    as fungilib.feature_scores computes them in numpy (what evaluation fitted the threshold on)."""
+    from fungilib.feature_scores import fit_knn_bank, fit_logit_mix, unit
+    from fungilib.metrics import softmax
+    from fungilib.model_outputs import with_embeddings
+    from fungilib.models import build_classifier, with_open_set_score
+
+    model, _ = build_classifier("MobileNetV3Small", "none", 32, 3, 0.0, bn_inference=False)
+    images = np.random.default_rng(0).uniform(0, 255, (24, 32, 32, 3)).astype(np.float32)
+    logits, embeddings = (np.asarray(a, np.float64) for a in with_embeddings(model).predict(images, verbose=0))
+    for rank, k in ((0, 1), (4, 3)):  # as it is / projected on 4 principal directions; k = 1 and 3
+        bank = fit_knn_bank(embeddings[:18], np.arange(18) % 3, 3, per_class=4, rank=rank, k=k)
+        for mix in (None, fit_logit_mix(bank.score(embeddings[18:]), logits[18:].max(axis=1))):
+            bank.logit_mix = mix
+            out = with_open_set_score(model, 1.7, bank).predict(images, verbose=0)
+            assert out.shape == (24, 4)
+            assert np.abs(out[:, :3] - softmax(logits, 1.7)).max() < 1e-5
+            assert np.abs(out[:, 3] - bank.gate_score(embeddings, logits)).max() < 1e-4
+    own = unit(embeddings[:1]) @ unit(embeddings[:18]).T  # a bank photo is its own nearest neighbour (k = 1)
+    assert fit_knn_bank(embeddings[:18], np.arange(18) % 3, 3, per_class=6, rank=0, k=1).score(
+        embeddings[:1])[0] == pytest.approx(own.max())
