@@ -9,6 +9,7 @@ Writes bench/results/page_on_real_photos.json.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import re
 import statistics
@@ -28,6 +29,7 @@ def main() -> None:
     parser.add_argument("photos", type=Path, nargs="+")
     parser.add_argument("--port", type=int, default=8731)
     parser.add_argument("--screenshot", type=Path)
+    parser.add_argument("--results", default="page_on_real_photos.json", help="file name under bench/results/")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -69,8 +71,11 @@ def main() -> None:
     result = {"benchmark": "page_on_real_photos", "date": str(date.today()), "bundle": str(args.bundle),
               "runtime": runtime, "litert_variant": config.get("litert_variant"), "input_size": spec["input_size"],
               "median_ms_after_first": statistics.median(r["ms"] for r in rows[1:]) if len(rows) > 1 else None,
+              "open_set": config.get("open_set"),
+              "answers_by_folder": {folder: dict(collections.Counter(r["rank"] for r in rows if r["folder"] == folder))
+                                    for folder in sorted({r["folder"] for r in rows})},
               "photos": rows}
-    out = HERE / "results" / "page_on_real_photos.json"
+    out = HERE / "results" / args.results
     out.write_text(json.dumps(result, indent=2) + "\n")
     for row in rows:
         print(f"{row['folder']}/{row['photo']}: {row['verdict']} ({row['ms']:.0f} ms)")
