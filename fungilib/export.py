@@ -260,7 +260,8 @@ def export_run(params: ExportParams) -> ExportResult:
     write_json(work / bundle_files.LABELS, labels_out)
     write_json(work / PREPROCESSING, {**prep, **{k: v for k, v in RESIZE_RULE.items() if k not in prep},
                                             "output": "probabilities (softmax included)" + (
-                                                ", then the open-set score (k-NN cosine)" if bank else ""),
+                                                ", then the open-set score" if bank else ""),
+                                            **({bundle_files.OPEN_SET_OUTPUT: "appended"} if bank else {}),
                                             "temperature": temperature})
     sizes = {"saved_model": _folder_bytes(saved), "tflite_f32": len(tflite_f32), "tflite_dynamic": len(tflite_dynamic),
              "tflite_web": len(tflite_web)}

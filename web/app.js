@@ -466,15 +466,17 @@ import { createRuntime } from "./runtime.js";
       state.runtime = await createRuntime(state.config, state.spec, wanted);
       const size = state.spec.input_size; // a model whose outputs are not the label table answers nothing
       const outputs = (await state.runtime.predict(new Float32Array(size * size * 3))).length;
+      const n = state.labels.length; // probabilities, then the open-set score when the model appends one
+      const appended = outputs === n + 1 && state.spec.open_set_output === "appended";
+      if (!appended && outputs !== n) {
+        const classes = outputs - (state.spec.open_set_output === "appended" ? 1 : 0);
+        throw new Error(`the model answers ${classes} classes but labels.json lists ${n}; export the run again`);
+      }
       const gate = state.config.open_set;
-      const appended = Boolean(gate && gate.output === "appended");
-      if (appended && outputs === state.labels.length) { // the model computes no score: the probabilities' gate
+      if (gate && gate.output === "appended" && !appended) { // no score from the model: the probabilities' gate
         state.config.open_set = gate.fallback || null;
         document.body.dataset.openSetFallback = "true";
         console.warn(`the model answers no open-set score: the gate falls back to ${gate.fallback ? gate.fallback.score : "none"}`);
-      } else if (outputs !== state.labels.length + (appended ? 1 : 0)) {
-        throw new Error(`the model answers ${outputs - (appended ? 1 : 0)} classes but labels.json lists ` +
-          `${state.labels.length}; export the run again`);
       }
     } catch (err) {
       setStatus(`The model could not be loaded: ${err.message}`, "failed");

@@ -27,6 +27,8 @@ TFJS_MODEL = "model.json"
 INDEX_PAGE = "index.html"
 SERVICE_WORKER = "sw.js"
 MODELS_DIR = "models"  # added models, one folder each
+# preprocessing.json's key saying the model appends its open-set score to the probabilities (value "appended")
+OPEN_SET_OUTPUT = "open_set_output"
 MARKERS = (CONFIG, PARITY, LABELS)
 # what the page needs of each added model (under models/<id>/)
 MODEL_FILES = (CONFIG, LABELS, PREPROCESSING, ABOUT, WEB_TFLITE, PLACE_PRIOR, TOXICITY, MODEL_CARD)
