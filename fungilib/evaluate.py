@@ -13,7 +13,7 @@ from fungilib.artifacts.dataset import load_manifest
 from fungilib.artifacts.trained_run import TrainedRun
 from fungilib.contact_sheets import confidently_wrong_sheet
 from fungilib.errors import FungilibError
-from fungilib.feature_scores import FEATURE_SCORES, fit_feature_scoring
+from fungilib.feature_scores import FEATURE_SCORES, banks_within_budget, fit_feature_scoring
 from fungilib.find_metrics import choose_rule, observation_metrics
 from fungilib.metrics import (
     confusion_matrix,
@@ -191,7 +191,8 @@ def _open_set(outputs: Outputs, frame: pd.DataFrame, val_outputs: tuple[np.ndarr
     known_f, unknown_f = scoring.scores(test_emb, logits), scoring.scores(tu_emb, tu_logits)
     features = {name: (val_known_f[name], val_unknown_f[name], known_f[name], unknown_f[name])
                 for name in FEATURE_SCORES}
-    settings = {**scoring.settings, "knn_int8_bytes_at_2451_classes": scoring.knn.int8_bytes(2451),
+    settings = {**scoring.settings, "knn_banks_within_budget_at_2451_classes": banks_within_budget(
+                    2451, int(train_emb.shape[1])),
                 "training_photos": len(train), "embedding_dims": int(train_emb.shape[1])}
     result = evaluate_open_set(val_logits, val["label"].to_numpy(), vu_logits, logits, y, tu_logits, temperature,
                                SPECIES_THRESHOLD, keep, min_auroc, features, settings)

@@ -103,6 +103,21 @@ def bank_bytes(rows: int, rank: int, dims: int) -> int:
     return int(rows * rank + dims * rank)
 
 
+def banks_within_budget(classes: int, dims: int, budget_bytes: int = BUDGET_BYTES) -> list[dict[str, int]]:
+    """The bank settings of the grid that fit ``budget_bytes`` at ``classes`` species (every class full), largest
+    first: what validation would choose among for a run of that many species."""
+    fits = []
+    for rank in RANKS:
+        r = rank or dims
+        if rank and rank >= dims:
+            continue
+        for per_class in PER_CLASS:
+            size = bank_bytes(classes * per_class, r, dims if rank else 0)
+            if size <= budget_bytes:
+                fits.append({"rank": r, "per_class": per_class, "int8_bytes": size})
+    return sorted(fits, key=lambda f: -f["int8_bytes"])
+
+
 def principal_directions(embeddings: np.ndarray) -> np.ndarray:
     """The principal directions (rows) of the unit training embeddings, strongest first."""
     x = unit(embeddings)

@@ -106,10 +106,10 @@ def _tflite_predictor(bundle: Path) -> Predictor:
     gate = OpenSetGate.from_config(gate_config or None)
     outputs = litert_outputs(model_file.read_bytes())
     # the open-set score the exported model appends to its probabilities (preprocessing.json says so)
-    extra = int(outputs == len(labels) + 1 and prep.get(bundle_files.OPEN_SET_OUTPUT) == "appended")
-    if gate is not None and gate.from_model and not extra:
+    appended = prep.get(bundle_files.OPEN_SET_OUTPUT) == "appended"
+    check_model_files(bundle, outputs - int(appended), len(labels), prep, None)
+    if gate is not None and gate.from_model and not appended:
         gate = _fallback(gate_config, model_file, "answers no open-set score")
-    check_model_files(bundle, outputs - extra, len(labels), prep, None)
     run = litert_runner(model_file.read_bytes(), int(prep["input_size"]), batch_size=16)
     return Predictor(labels, prep, float(config.get("threshold", SPECIES_THRESHOLD)), f"TFLite {model_file}", run,
                      gate)

@@ -467,9 +467,9 @@ import { createRuntime } from "./runtime.js";
       const size = state.spec.input_size; // a model whose outputs are not the label table answers nothing
       const outputs = (await state.runtime.predict(new Float32Array(size * size * 3))).length;
       const n = state.labels.length; // probabilities, then the open-set score when the model appends one
-      const appended = outputs === n + 1 && state.spec.open_set_output === "appended";
-      if (!appended && outputs !== n) {
-        const classes = outputs - (state.spec.open_set_output === "appended" ? 1 : 0);
+      const appended = state.spec.open_set_output === "appended";
+      const classes = outputs - (appended ? 1 : 0);
+      if (classes !== n) {
         throw new Error(`the model answers ${classes} classes but labels.json lists ${n}; export the run again`);
       }
       const gate = state.config.open_set;
