@@ -103,19 +103,25 @@ def bank_bytes(rows: int, rank: int, dims: int) -> int:
     return int(rows * rank + dims * rank)
 
 
-def banks_within_budget(classes: int, dims: int, budget_bytes: int = BUDGET_BYTES) -> list[dict[str, int]]:
-    """The bank settings of the grid that fit ``budget_bytes`` at ``classes`` species (every class full), largest
-    first: what validation would choose among for a run of that many species."""
+def bank_settings(counts: np.ndarray, dims: int, budget_bytes: int = BUDGET_BYTES) -> list[dict[str, int]]:
+    """The bank settings of the grid (``rank``: the bank's dimensions, ``projected`` or not; ``per_class``) whose
+    int8 bytes fit ``budget_bytes`` for classes of these training ``counts``, largest first."""
     fits = []
     for rank in RANKS:
-        r = rank or dims
         if rank and rank >= dims:
             continue
         for per_class in PER_CLASS:
-            size = bank_bytes(classes * per_class, r, dims if rank else 0)
+            size = bank_bytes(int(np.minimum(counts, per_class).sum()), rank or dims, dims if rank else 0)
             if size <= budget_bytes:
-                fits.append({"rank": r, "per_class": per_class, "int8_bytes": size})
+                fits.append({"rank": rank or dims, "projected": int(rank > 0), "per_class": per_class,
+                             "int8_bytes": size})
     return sorted(fits, key=lambda f: -f["int8_bytes"])
+
+
+def banks_within_budget(classes: int, dims: int, budget_bytes: int = BUDGET_BYTES) -> list[dict[str, int]]:
+    """The bank settings that fit ``budget_bytes`` at ``classes`` species with enough photos each: what validation
+    would choose among for a run of that many species."""
+    return bank_settings(np.full(classes, max(PER_CLASS)), dims, budget_bytes)
 
 
 def principal_directions(embeddings: np.ndarray) -> np.ndarray:
@@ -205,21 +211,15 @@ def fit_feature_scoring(train: np.ndarray, train_labels: np.ndarray, num_classes
     dims = np.asarray(train).shape[1]
     directions = principal_directions(train)
     best: tuple[float, int, KnnBank] | None = None
-    for rank in RANKS:
-        r = rank or dims
-        if rank and rank >= dims:
-            continue
-        for per_class in PER_CLASS:
-            rows = sum(min(per_class, int((np.asarray(train_labels) == c).sum())) for c in range(num_classes))
-            if bank_bytes(rows, r, dims if rank else 0) > budget_bytes:
-                continue
-            bank = fit_knn_bank(train, train_labels, num_classes, per_class, rank, NEIGHBOURS[0], seed, directions)
-            for k in NEIGHBOURS:
-                bank.k = k
-                value = auroc(bank.score(val_known), bank.score(val_unknown)) or 0.0
-                size = bank.int8_bytes()
-                if best is None or (value, -size) > (best[0], -best[1]):
-                    best = (value, size, KnnBank(bank.bank, bank.bank_labels, bank.projection, k))
+    counts = np.bincount(np.asarray(train_labels), minlength=num_classes)
+    for setting in bank_settings(counts, dims, budget_bytes):
+        bank = fit_knn_bank(train, train_labels, num_classes, setting["per_class"],
+                            setting["rank"] if setting["projected"] else 0, NEIGHBOURS[0], seed, directions)
+        for k in NEIGHBOURS:
+            bank.k = k
+            value = auroc(bank.score(val_known), bank.score(val_unknown)) or 0.0
+            if best is None or (value, -setting["int8_bytes"]) > (best[0], -best[1]):
+                best = (value, setting["int8_bytes"], KnnBank(bank.bank, bank.bank_labels, bank.projection, k))
     if best is None:
         raise ValueError(f"no k-NN bank fits {budget_bytes} bytes at {num_classes} classes")
     by_shrinkage = {s: fit_mahalanobis(train, train_labels, num_classes, s) for s in SHRINKAGES}
