@@ -37,7 +37,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from fungilib.artifacts.dataset import load_manifest  # noqa: E402
 from fungilib.artifacts.trained_run import TrainedRun  # noqa: E402
-from fungilib.feature_scores import FEATURE_SCORES, fit_feature_scoring  # noqa: E402
+from fungilib.feature_scores import FEATURE_SCORES, banks_within_budget, fit_feature_scoring  # noqa: E402
 from fungilib.metrics import softmax  # noqa: E402
 from fungilib.model_outputs import logits_and_embeddings, with_embeddings  # noqa: E402
 from fungilib.open_set import SCORES, auroc, fit_threshold, scores  # noqa: E402
@@ -114,7 +114,8 @@ def measure(run: Path, manifest: Path, val_unknown: pd.DataFrame, test_unknown: 
             "unknown": {"val": len(val_unknown), "test": len(test_unknown)},
             "unknown_named_without_gate": round(float(test_named_ok.mean()), 4),
             "chosen_on_validation": chosen, "feature_settings": features.settings, "scores": rows,
-            "embedding_dim": int(train_emb.shape[1]), "knn_int8_bytes_at_2451_classes": features.knn.int8_bytes(2451),
+            "embedding_dim": int(train_emb.shape[1]),
+            "knn_banks_within_budget_at_2451_classes": banks_within_budget(2451, int(train_emb.shape[1])),
             "forward_seconds": round(forward_s, 1)}
 
 

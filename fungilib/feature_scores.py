@@ -61,11 +61,10 @@ class KnnBank:
         k = min(self.k, similarity.shape[1])
         return -np.partition(-similarity, k - 1, axis=1)[:, k - 1]
 
-    def int8_bytes(self, classes: int | None = None) -> int:
-        """Bytes of the bank and projection as int8 weights (the page's model), for ``classes`` species."""
-        rows = len(self.bank) if classes is None else int(round(len(self.bank) / max(1, len(set(
-            self.bank_labels.tolist()))) * classes))
-        return bank_bytes(rows, self.bank.shape[1], self.projection.shape[0] if self.projection is not None else 0)
+    def int8_bytes(self) -> int:
+        """Bytes of the bank and projection as int8 weights (the page's model)."""
+        return bank_bytes(len(self.bank), self.bank.shape[1], self.projection.shape[0] if self.projection is not None
+                          else 0)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {"bank": self.bank.astype(np.float32), "bank_labels": self.bank_labels.astype(np.int32),
