@@ -15,6 +15,7 @@ from fungilib import __version__
 from fungilib.artifacts.dataset import LABELS_CSV, MANIFEST_FILE
 from fungilib.errors import FungilibError
 from fungilib.params import ParamLayers, parse_value
+from fungilib.sample import DEFAULT_OBSERVATIONS
 from fungilib.stages import COMMANDS, Command, Flag, command_layers, stage
 
 OVERRIDES = "overrides"  # the namespace attribute holding (key, value, source) in command-line order
@@ -114,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="generate the embedded sample archive, or serve its images on loopback")
     p.add_argument("action", nargs="?", choices=["generate", "serve"], default="generate")
     p.add_argument("--out", type=Path, default=Path("runs/demo/sample"), help="sample folder")
-    p.add_argument("--observations", type=int, default=700)
+    p.add_argument("--observations", type=int, default=DEFAULT_OBSERVATIONS)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--port", type=int, default=8765, help="loopback port the archive's URLs point at")
     p.add_argument("--slow-seconds", type=float, default=30.0, help="(serve) how long the planted slow response waits")
@@ -185,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job on the embedded sample: sample → ingest/EDA → download → clean")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
-    p.add_argument("--observations", type=int, default=700)
+    p.add_argument("--observations", type=int, default=DEFAULT_OBSERVATIONS)
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--sweep", type=Path, help="a sweep file to run after the stage notebooks")
     return parser

@@ -42,4 +42,4 @@ def train_and_evaluate(params: TrainParams) -> TrainRunResult:
     if not params.evaluate or result.pruned_at_epoch or TrainedRun(Path(params.out)).summary_or_none() is None:
         return TrainRunResult(result)
     return TrainRunResult(result, evaluate_run(EvaluateParams(
-        run=params.out, temperature_scaling=params.fit.temperature_scaling)))
+        run=params.out, temperature_scaling=params.fit.temperature_scaling, toxicity=params.toxicity)))

@@ -25,6 +25,7 @@ from fungilib.artifacts.observations import STAGE_PARAMS, load_observations
 from fungilib.artifacts.stage_folder import prepare_output
 from fungilib.claims import claim, holder
 from fungilib.download_params import DownloadParams, DownloadResult
+from fungilib.download_report import plot_download_report
 from fungilib.download_shards import download_on_cluster
 from fungilib.errors import FungilibError
 from fungilib.fsutil import remove_stale_temps, write_hdf, write_json
@@ -136,6 +137,7 @@ def _finish(params: DownloadParams, out: Path, obs: pd.DataFrame, results: dict[
         images_per_second=round(fetched / seconds, 1) if fetched else 0.0,
     )
     write_json(out / DOWNLOAD_SUMMARY, {**result.__dict__, "downloads": str(result.downloads)})
+    plot_download_report(out, table, since=time.time() - seconds)
     write_params(out / STAGE_PARAMS, params)
     return result
 

@@ -11,6 +11,7 @@ import pandas as pd
 
 from fungilib.artifacts.dataset import load_manifest
 from fungilib.artifacts.trained_run import TrainedRun
+from fungilib.confusion_order import lookalike_order
 from fungilib.contact_sheets import confidently_wrong_sheet
 from fungilib.errors import FungilibError
 from fungilib.feature_scores import FEATURE_SCORES, banks_within_budget, fit_feature_scoring
@@ -76,6 +77,8 @@ def _plots(cm: np.ndarray, names: list[str], confusions: pd.DataFrame, reliabili
            per_class: pd.DataFrame, out: Path) -> dict[str, Path]:
     plots: dict[str, Path] = {}
     if len(names) <= FULL_MATRIX_MAX_CLASSES:
+        order = lookalike_order(cm)  # species confused with each other side by side
+        cm, names = cm[order][:, order], [names[i] for i in order]
         size = max(5, 0.35 * len(names) + 2)
         fig, ax = plt.subplots(figsize=(size, size))
         normalised = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
@@ -85,7 +88,8 @@ def _plots(cm: np.ndarray, names: list[str], confusions: pd.DataFrame, reliabili
         for i, j in zip(*np.nonzero(cm), strict=True):
             ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=6,
                     color="white" if normalised[i, j] > 0.5 else "black")
-        ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix (test split, row-normalised colour)")
+        ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix (test split, row-normalised colour;\n"
+               "species confused with each other side by side)")
         ax.grid(False)
     else:  # thousands of classes: the most frequent confusions as a chart instead of an unreadable matrix
         top = confusions.head(30).iloc[::-1]

@@ -121,4 +121,5 @@ def fetch_one(fetcher: Fetcher, params: Any, out: Path, url: str, target: Path,
     except Exception as exc:  # anything else about this one URL is its row, never the stage's end
         rec.update(status="failed", reason=f"error ({type(exc).__name__}: {plain_message(str(exc))})", path="")
     rec["seconds"] = round(time.perf_counter() - t0, 3)
+    rec["finished_at"] = round(time.time(), 3)  # wall clock: throughput over time in the download report
     return rec

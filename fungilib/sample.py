@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import struct
 import zipfile
 import zlib
@@ -23,6 +24,8 @@ from fungilib.fsutil import atomic_path, write_json
 from fungilib.sample_art import draw_mushroom
 
 ARCHIVE_NAME = "fungi-sample.zip"
+SPEC_FILE = "sample.json"
+GENERATOR_VERSION = 2  # 2: the field flora (26 species, look-alikes, hard photos) is the default
 EML = (b'<?xml version="1.0"?><eml:eml xmlns:eml="eml://ecoinformatics.org/eml-2.1.1">'
        b"<dataset><title>fungilib synthetic sample (not real observations)</title></dataset></eml:eml>")
 DEFAULT_PORT = 8765
@@ -42,7 +45,52 @@ TAXA: dict[str, tuple[str, str, str, str]] = {
     "Ramaria formosa": ("(Pers.) Quél.", "Ramaria", "Gomphaceae", "Gomphales"),
     "Hygrocybe conica": ("(Schaeff.) P.Kumm.", "Hygrocybe", "Hygrophoraceae", "Agaricales"),
     "Mycena galericulata": ("(Scop.) Gray", "Mycena", "Mycenaceae", "Agaricales"),
+    # the field flora adds look-alikes: groups the photo alone does not fully separate but place or month can
+    "Hygrophoropsis aurantiaca": ("(Wulfen) Maire", "Hygrophoropsis", "Hygrophoropsidaceae", "Boletales"),
+    "Omphalotus olearius": ("(DC.) Singer", "Omphalotus", "Omphalotaceae", "Agaricales"),
+    "Boletus reticulatus": ("Schaeff.", "Boletus", "Boletaceae", "Boletales"),
+    "Tylopilus felleus": ("(Bull.) P.Karst.", "Tylopilus", "Boletaceae", "Boletales"),
+    "Agaricus campestris": ("L.", "Agaricus", "Agaricaceae", "Agaricales"),
+    "Amanita virosa": ("Bertill.", "Amanita", "Amanitaceae", "Agaricales"),
+    "Amanita pantherina": ("(DC.) Krombh.", "Amanita", "Amanitaceae", "Agaricales"),
+    "Amanita rubescens": ("Pers.", "Amanita", "Amanitaceae", "Agaricales"),
+    "Gyromitra esculenta": ("(Pers.) Fr.", "Gyromitra", "Discinaceae", "Pezizales"),
+    "Pleurotus pulmonarius": ("(Fr.) Quél.", "Pleurotus", "Pleurotaceae", "Agaricales"),
+    "Armillaria mellea": ("(Vahl) P.Kumm.", "Armillaria", "Physalacriaceae", "Agaricales"),
+    "Galerina marginata": ("(Batsch) Kühner", "Galerina", "Hymenogastraceae", "Agaricales"),
+    "Kuehneromyces mutabilis": ("(Schaeff.) Singer & A.H.Sm.", "Kuehneromyces", "Strophariaceae", "Agaricales"),
+    "Scleroderma citrinum": ("Pers.", "Scleroderma", "Sclerodermataceae", "Boletales"),
 }
+TWELVE = list(TAXA)[:12]  # the first sample's flora, one look per species: the tests' small, fast samples
+# The field flora (the default): 26 species, commonest first (the long tail follows this order), with look-alike
+# groups: chanterelle / false chanterelle / Omphalotus; three boletes; field mushroom / destroying angel (the
+# edible-deadly pair); panther cap / blusher; morel / false morel; two oyster mushrooms; honey fungus / funeral bell /
+# sheathed woodtuft; puffball / earthball. Rare and deadly sit in the tail, as they do in real exports.
+FIELD = [
+    "Amanita muscaria", "Boletus edulis", "Cantharellus cibarius", "Trametes versicolor", "Agaricus campestris",
+    "Armillaria mellea", "Lycoperdon perlatum", "Coprinus comatus", "Pleurotus ostreatus", "Amanita rubescens",
+    "Laetiporus sulphureus", "Hygrophoropsis aurantiaca", "Morchella esculenta", "Tylopilus felleus",
+    "Kuehneromyces mutabilis", "Ramaria formosa", "Boletus reticulatus", "Amanita pantherina", "Hygrocybe conica",
+    "Scleroderma citrinum", "Mycena galericulata", "Pleurotus pulmonarius", "Gyromitra esculenta",
+    "Galerina marginata", "Omphalotus olearius", "Amanita virosa",
+]
+FLORAS: dict[str, list[str]] = {"field": FIELD, "twelve": TWELVE}
+LOOKALIKE_GROUPS: list[tuple[str, ...]] = [
+    ("Cantharellus cibarius", "Hygrophoropsis aurantiaca", "Omphalotus olearius"),
+    ("Boletus edulis", "Boletus reticulatus", "Tylopilus felleus"),
+    ("Agaricus campestris", "Amanita virosa"),
+    ("Amanita pantherina", "Amanita rubescens"),
+    ("Morchella esculenta", "Gyromitra esculenta"),
+    ("Pleurotus ostreatus", "Pleurotus pulmonarius"),
+    ("Armillaria mellea", "Galerina marginata", "Kuehneromyces mutabilis"),
+    ("Lycoperdon perlatum", "Scleroderma citrinum"),
+]
+# the share of a flora's photos drawn hard (partial, blurred, cluttered or dark), as real uploads are
+HARD_SHARE = {"field": 0.18, "twelve": 0.0}
+# the long tail's steepness: the k-th commonest species has 1/k**exponent of the commonest's observations (the field
+# flora's rarest of 26 still has ~13 observations at the default size: learnable, rare)
+TAIL_EXPONENT = {"field": 0.8, "twelve": 1.0}
+DEFAULT_OBSERVATIONS = 900
 # Where and when each species is found in the sample (synthetic, for the place-and-season prior to have something
 # to learn; loosely after European fruiting seasons): range centre (lat, lon) and the months it fruits in.
 PLACE_AND_SEASON: dict[str, tuple[float, float, tuple[int, ...]]] = {
@@ -58,6 +106,21 @@ PLACE_AND_SEASON: dict[str, tuple[float, float, tuple[int, ...]]] = {
     "Ramaria formosa": (46.5, 10.0, (8, 9)),
     "Hygrocybe conica": (60.0, 6.0, (9, 10, 11)),
     "Mycena galericulata": (55.0, 18.0, (10, 11)),
+    # look-alikes part by range or season (one group may overlap in one and part in the other)
+    "Hygrophoropsis aurantiaca": (60.0, 15.0, (10, 11)),
+    "Omphalotus olearius": (46.0, 6.0, (9, 10)),
+    "Boletus reticulatus": (48.0, 16.0, (6, 7)),
+    "Tylopilus felleus": (58.0, 22.0, (7, 8)),
+    "Agaricus campestris": (50.0, 0.0, (7, 8)),
+    "Amanita virosa": (60.5, 17.0, (9, 10)),
+    "Amanita pantherina": (50.5, 10.0, (7, 8)),
+    "Amanita rubescens": (57.0, 20.0, (8, 9, 10)),
+    "Gyromitra esculenta": (59.5, 21.0, (3, 4)),
+    "Pleurotus pulmonarius": (47.0, 12.0, (6, 7, 8)),
+    "Armillaria mellea": (49.0, 4.0, (9, 10)),
+    "Galerina marginata": (58.0, 14.0, (10, 11, 12)),
+    "Kuehneromyces mutabilis": (53.0, 20.0, (4, 5, 6)),
+    "Scleroderma citrinum": (55.0, 0.0, (7, 8)),
 }
 # identifications that stop above species: (rank, name, family, order, share of observations)
 COARSE_IDS = [
@@ -97,21 +160,27 @@ MULTIMEDIA_TERMS = [
 
 @dataclass
 class SampleSpec:
-    """What to generate: ``observations`` species-rank observations, long-tailed over the twelve species."""
+    """What to generate: ``observations`` species-rank observations, long-tailed over the species of ``flora``
+    (``field``: 26 with look-alike groups and some hard photos; ``twelve``: the first twelve, one look each)."""
 
     out: Path
-    observations: int = 700
+    observations: int = DEFAULT_OBSERVATIONS
     seed: int = 0
     base_url: str = DEFAULT_BASE_URL
     image_size: int = 256
-    tail_exponent: float = 1.0
+    tail_exponent: float | None = None  # None: the flora's own (TAIL_EXPONENT)
     extra_columns: int = 0  # empty columns appended, to reach a real export's ~250 terms in benchmarks
     write_images: bool = True
+    flora: str = "field"
 
     def __post_init__(self) -> None:
+        if self.flora not in FLORAS:
+            raise FungilibError(f"flora: {self.flora!r} is not one of {', '.join(FLORAS)}")
+        if self.tail_exponent is None:
+            self.tail_exponent = TAIL_EXPONENT[self.flora]
         if self.observations < MIN_OBSERVATIONS:
             raise FungilibError(f"observations: {self.observations} is too few; the sample needs at least "
-                                f"{MIN_OBSERVATIONS} (12 species and {len(FAULTS)} planted faults)")
+                                f"{MIN_OBSERVATIONS} (its species and {len(FAULTS)} planted faults)")
         if self.seed < 0 or self.image_size < 32:
             raise FungilibError("seed must be >= 0 and image_size >= 32")
 
@@ -128,9 +197,9 @@ class Sample:
     media_rows: int = 0
 
 
-def species_observation_counts(total: int, exponent: float) -> dict[str, int]:
-    """Pareto-like (Zipf) counts: the k-th species gets a share proportional to 1 / k**exponent."""
-    names = list(TAXA)
+def species_observation_counts(total: int, exponent: float, flora: str = "field") -> dict[str, int]:
+    """Pareto-like (Zipf) counts: the k-th species of ``flora`` gets a share proportional to 1 / k**exponent."""
+    names = FLORAS[flora]
     weights = 1.0 / np.arange(1, len(names) + 1) ** exponent
     counts = np.maximum(np.round(total * weights / weights.sum()).astype(int), 6)
     return dict(zip(names, counts.tolist(), strict=True))
@@ -146,11 +215,11 @@ def _jpeg(img: Image.Image, **kwargs: object) -> bytes:
     return buf.getvalue()
 
 
-def _render(job: tuple[int, int, str, int, str, str]) -> None:
+def _render(job: tuple[int, int, str, int, str, str, float]) -> None:
     """Draw one photo (seeded by sample seed and photo id) and write it, applying its planted fault."""
-    seed, photo_id, species, size, fault, path = job
+    seed, photo_id, species, size, fault, path, hard = job
     rng = np.random.default_rng([seed, photo_id])
-    img = draw_mushroom(species, rng, size)
+    img = draw_mushroom(species, rng, size, hard=hard)
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     if fault == "png":
@@ -202,11 +271,13 @@ def _taxon_columns(rank: str, species: str | None, genus: str, family: str, orde
 
 
 def _taxon_keys() -> dict[str, int]:
-    names: list[str] = list(TAXA)
-    for _, genus, family, order in TAXA.values():
+    names: list[str] = list(TWELVE)
+    for _, genus, family, order in [TAXA[s] for s in TWELVE]:
         names += [genus, family, order]
     for _, name, family, order, _ in COARSE_IDS:
         names += [name, family, order]
+    for species in TAXA:  # the look-alikes after: the twelve and the coarse names keep the keys they had
+        names += [species, *TAXA[species][1:]]
     keys: dict[str, int] = {}
     for name in names:
         keys.setdefault(name, 9_100_000 + len(keys))
@@ -257,7 +328,8 @@ def build_tables(spec: SampleSpec) -> tuple[dict[str, list], dict[str, list], li
     media: dict[str, list] = {name: [] for _, name in MULTIMEDIA_TERMS}
     photos: list[tuple] = []  # (photo_id, species or None, gbifID)
     ids: list[tuple[str, str | None, str, str, str]] = []
-    for species, n in species_observation_counts(spec.observations, spec.tail_exponent).items():
+    exponent = float(spec.tail_exponent if spec.tail_exponent is not None else TAIL_EXPONENT[spec.flora])
+    for species, n in species_observation_counts(spec.observations, exponent, spec.flora).items():
         _, genus, family, order = TAXA[species]
         ids += [("SPECIES", species, genus, family, order)] * n
     for rank, name, family, order, share in COARSE_IDS:
@@ -305,7 +377,7 @@ def build_tables(spec: SampleSpec) -> tuple[dict[str, list], dict[str, list], li
             photos.append((photo_id, species or genus or family, gbif_id, lic, user))
             photo_id += 1
     # planted faults and odd rows, on photos of the most common species so every class keeps its images
-    top, second = list(TAXA)[:2]
+    top, second = FLORAS[spec.flora][:2]
     commonest = [p for p in photos if p[1] == top]
     picked = rng.choice(len(commonest), 8, replace=False)
     shared = [commonest[i] for i in picked]  # shared photos stay within one species (the conflict is planted apart)
@@ -315,7 +387,7 @@ def build_tables(spec: SampleSpec) -> tuple[dict[str, list], dict[str, list], li
     # a few photos belong to two observations (same URL, same species); one to two species (a labelling conflict)
     for a, b in zip(shared[0:6:2], shared[1:6:2], strict=True):
         media_rows.append((b[2], a[0], a[3], a[4], "StillImage"))
-    other = next(p for p in photos if p[1] == list(TAXA)[1])
+    other = next(p for p in photos if p[1] == second)
     media_rows.append((other[2], shared[6][0], shared[6][3], shared[6][4], "StillImage"))
     for kind, p in zip(ODD_MEDIA, photos[-len(ODD_MEDIA):], strict=True):
         media_rows.append((p[2], -1, p[3], p[4], kind))
@@ -357,13 +429,14 @@ def generate_sample(spec: SampleSpec, workers: int = 2) -> Sample:
     if spec.write_images:
         jobs = [
             (spec.seed, pid, name, spec.image_size, fault,
-             str(media_dir / _media_path(pid, "png" if fault in {"png", "huge"} else "jpg")))
+             str(media_dir / _media_path(pid, "png" if fault in {"png", "huge"} else "jpg")), HARD_SHARE[spec.flora])
             for pid, name, fault in draw_jobs
             if fault != "missing"
         ]
         with ProcessPoolExecutor(max_workers=workers) as pool:
             list(tqdm(pool.map(_render, jobs, chunksize=16), total=len(jobs), desc="drawing sample photos", unit="img"))
-    write_json(root / "faults.json", faults)
+    write_json(root / SPEC_FILE, _spec_record(spec))
+    write_json(root / "faults.json", faults)  # last: its presence says the sample is complete
     return Sample(root, archive, media_dir, faults, len(occ["gbifID"]), len(media["gbifID"]))
 
 
@@ -374,12 +447,25 @@ def load_sample(root: Path) -> Sample:
     return Sample(root, root / ARCHIVE_NAME, root / "media", faults)
 
 
+def _spec_record(spec: SampleSpec) -> dict[str, object]:
+    """What a sample was generated from (``sample.json``), so a changed spec or generator regenerates it."""
+    return {"generator": GENERATOR_VERSION, "observations": spec.observations, "seed": spec.seed,
+            "base_url": spec.base_url, "image_size": spec.image_size, "tail_exponent": spec.tail_exponent,
+            "extra_columns": spec.extra_columns, "flora": spec.flora}
+
+
 def ensure_sample(root: Path, **spec: object) -> Sample:
-    """Generate the sample under ``root`` unless it is already there."""
+    """Generate the sample under ``root`` unless the same spec (and generator) already made it there; a sample from
+    another spec or an older generator is replaced (its photos removed first, so none is left over)."""
     root = Path(root)
-    if (root / ARCHIVE_NAME).exists() and (root / "faults.json").exists():
-        return load_sample(root)
-    return generate_sample(SampleSpec(out=root, **spec))  # type: ignore[arg-type]
+    wanted = SampleSpec(out=root, **spec)  # type: ignore[arg-type]
+    record = root / SPEC_FILE
+    if (root / ARCHIVE_NAME).exists() and (root / "faults.json").exists() and record.exists():
+        if json.loads(record.read_text()) == _spec_record(wanted):
+            return load_sample(root)
+    if (root / "media").is_dir():
+        shutil.rmtree(root / "media")
+    return generate_sample(wanted)
 
 
 def ensure_sample_for(archive: str | Path, sample_dir: str | Path | None) -> None:
@@ -399,7 +485,8 @@ def write_scaled_archive(out: Path, occurrences: int, extra_columns: int = 200, 
     Written in chunks straight into the zip, so generating 1.4 M occurrences x 250 columns takes little memory.
     No images are drawn; the media rows point at the sample's URLs.
     """
-    occ, media, _, _ = build_tables(SampleSpec(out=Path(out), observations=700, seed=seed, write_images=False))
+    occ, media, _, _ = build_tables(SampleSpec(out=Path(out), observations=700, seed=seed, write_images=False,
+                                               flora="twelve"))
     template = pa.table({k: pa.array([str(v) for v in vals], pa.string()) for k, vals in occ.items()})
     media_table = pa.table({k: pa.array([str(v) for v in vals], pa.string()) for k, vals in media.items()})
     occ_index = {gid: i for i, gid in enumerate(occ["gbifID"])}

@@ -1,4 +1,6 @@
-"""Procedural pictures of twelve synthetic fungi: distinct per species, different every time."""
+"""Procedural pictures of synthetic fungi, different every time: twelve distinct species and, in the field flora,
+look-alike groups that share shape, texture and underside and differ by less than a photo's own colour and light
+variation — the photo alone cannot fully tell them apart; place and month (fungilib.sample) can."""
 
 from __future__ import annotations
 
@@ -40,6 +42,24 @@ LOOKS: dict[str, Look] = {
     "Ramaria formosa": Look("coral", 0.97, 0.45, 0.95, "smooth", "none", (0.0, 0.0), (0, 0, 0)),
     "Hygrocybe conica": Look("cone", 0.03, 0.9, 0.9, "streaks", "gills", (1.1, 0.12), (245, 200, 60)),
     "Mycena galericulata": Look("bell", 0.08, 0.25, 0.55, "streaks", "gills", (1.4, 0.07), (190, 175, 160), cluster=4),
+    # look-alikes of the field flora: each within a colour jitter or two of its group's other members
+    "Hygrophoropsis aurantiaca": Look("funnel", 0.097, 0.92, 0.93, "smooth", "ridges", (0.56, 0.27), (236, 168, 56)),
+    "Omphalotus olearius": Look("funnel", 0.088, 0.95, 0.9, "smooth", "ridges", (0.68, 0.3), (232, 155, 52), cluster=2),
+    "Boletus reticulatus": Look("dome", 0.076, 0.5, 0.5, "smooth", "pores", (0.75, 0.42), (218, 202, 172)),
+    "Tylopilus felleus": Look("dome", 0.066, 0.5, 0.43, "smooth", "pores", (0.8, 0.4), (208, 188, 160)),
+    "Agaricus campestris": Look("dome", 0.09, 0.09, 0.94, "smooth", "gills", (0.68, 0.22), (245, 240, 232), ring=True),
+    "Amanita virosa": Look("dome", 0.1, 0.05, 0.97, "smooth", "gills", (0.8, 0.2), (250, 250, 248), ring=True),
+    "Amanita pantherina": Look("dome", 0.08, 0.5, 0.46, "spots", "gills", (0.95, 0.2), (240, 236, 225), ring=True),
+    "Amanita rubescens": Look("dome", 0.062, 0.44, 0.52, "spots", "gills", (0.95, 0.22), (236, 216, 204), ring=True),
+    "Gyromitra esculenta": Look("morel", 0.065, 0.52, 0.54, "pits", "none", (0.5, 0.32), (228, 216, 198)),
+    "Pleurotus pulmonarius": Look("bracket", 0.1, 0.1, 0.7, "smooth", "gills", (0.0, 0.0), (0, 0, 0), cluster=2),
+    "Armillaria mellea": Look("flat", 0.1, 0.6, 0.7, "scales", "gills", (0.9, 0.12), (225, 200, 150), ring=True,
+                              cluster=3),
+    "Galerina marginata": Look("flat", 0.085, 0.64, 0.62, "smooth", "gills", (0.85, 0.1), (205, 175, 135), ring=True,
+                               cluster=3),
+    "Kuehneromyces mutabilis": Look("flat", 0.092, 0.62, 0.66, "smooth", "gills", (0.85, 0.11), (212, 182, 142),
+                                    ring=True, cluster=3),
+    "Scleroderma citrinum": Look("ball", 0.12, 0.2, 0.88, "warts", "none", (0.12, 0.4), (215, 200, 160)),
     # identifications above species in the sample (genus and family rank) get looks of their own
     "Russula": Look("flat", 0.33, 0.5, 0.6, "smooth", "gills", (0.6, 0.25), (245, 245, 240)),
     "Cortinarius": Look("dome", 0.78, 0.45, 0.55, "streaks", "gills", (0.8, 0.25), (200, 180, 210)),
@@ -239,9 +259,36 @@ def look_for(index: int) -> Look:
                 ring=bool(rng.random() < 0.25), cluster=int(rng.choice([1, 1, 1, 2, 3])))
 
 
-def draw_mushroom(species: str | Look, rng: np.random.Generator, size: int = 256) -> Image.Image:
+HARD_KINDS = ("partial", "blurred", "cluttered", "dark")
+
+
+def _made_hard(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """One of the ways a real upload is hard: only part of the find in frame, out of focus, behind grass and leaves,
+    or shot in the shade of a spruce."""
+    kind = HARD_KINDS[int(rng.integers(len(HARD_KINDS)))]
+    w, h = img.size
+    if kind == "partial":
+        cw, ch = int(w * rng.uniform(0.4, 0.6)), int(h * rng.uniform(0.4, 0.6))
+        x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        return img.crop((x0, y0, x0 + cw, y0 + ch))
+    if kind == "blurred":
+        return img.filter(ImageFilter.GaussianBlur(w * rng.uniform(0.012, 0.025)))
+    if kind == "cluttered":
+        draw = ImageDraw.Draw(img)
+        for _ in range(int(rng.integers(12, 26))):
+            x, y = rng.uniform(0, w), rng.uniform(h * 0.3, h)
+            tone = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
+            draw.line([x, y, x + rng.normal(0, w * 0.05), y - rng.uniform(h * 0.2, h * 0.6)],
+                      fill=_shade(tone, rng.uniform(0.8, 1.6)), width=int(max(1, w * rng.uniform(0.008, 0.02))))
+        return img
+    pixels = np.asarray(img, dtype=np.float32) * rng.uniform(0.3, 0.5) + rng.normal(0, 6, (h, w, 3))
+    return Image.fromarray(np.uint8(np.clip(pixels, 0, 255)))
+
+
+def draw_mushroom(species: str | Look, rng: np.random.Generator, size: int = 256, hard: float = 0.0) -> Image.Image:
     """A new picture of ``species`` (a name of LOOKS, or a Look): random background, light, pose, scale and crop
-    around fixed traits."""
+    around fixed traits; with probability ``hard`` also partial, blurred, cluttered or dark (drawn after the rest,
+    so ``hard=0`` draws the same pictures as before it existed)."""
     look = species if isinstance(species, Look) else LOOKS[species]
     img = _background(size, rng)
     draw = ImageDraw.Draw(img)
@@ -267,6 +314,8 @@ def draw_mushroom(species: str | Look, rng: np.random.Generator, size: int = 256
     img = img.crop((x0, y0, x0 + cw, y0 + ch))
     if rng.random() < 0.5:
         img = img.transpose(Image.FLIP_LEFT_RIGHT)
+    if hard > 0 and rng.random() < hard:
+        img = _made_hard(img, rng)
     return img
 
 

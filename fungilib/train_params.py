@@ -102,6 +102,9 @@ class TrainParams:
     regularization: RegularizationParams = field(default_factory=RegularizationParams)
     fit: FitParams = field(default_factory=FitParams)
     evaluate: bool = True  # evaluate on the test split after training (metrics.json, plots)
+    # a CSV name,status (fungilib.toxicity) you supply: the evaluation adds how often a deadly or toxic species is
+    # named as an edible one, with and without the place prior
+    toxicity: Path | None = None
     trial: TrialParams = field(default_factory=TrialParams)  # an Optuna sweep's trial (see fungilib.search)
 
     def __post_init__(self) -> None:

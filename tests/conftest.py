@@ -14,6 +14,7 @@ import pytest
 
 from fungilib.clean import CleanParams, CleanResult, clean_dataset
 from fungilib.download import DownloadParams, DownloadResult, download_images
+from fungilib.fsutil import PROJECT_ROOT
 from fungilib.ingest import IngestParams, IngestResult, ingest
 from fungilib.sample import Sample, SampleSpec, generate_sample
 from fungilib.sample_server import SampleServer
@@ -52,7 +53,10 @@ HELD_OUT = ("Coprinus comatus", "Morchella esculenta")
 def served_sample(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("sample")
     server = SampleServer(root, port=0, slow_seconds=3.0)
-    sample = generate_sample(SampleSpec(out=root, observations=160, seed=7, base_url=server.base_url, image_size=160))
+    # the first twelve species, one look each: the pipeline behaviour the tests check, at the smallest size that
+    # shows it (the demo's field flora of 26 with look-alikes is tested on its own, in test_sample.py)
+    sample = generate_sample(SampleSpec(out=root, observations=160, seed=7, base_url=server.base_url, image_size=160,
+                                        flora="twelve"))
     server.load_faults()
     with server:
         yield sample, server
@@ -101,7 +105,8 @@ def _train_killed_then_resumed(manifest: Path, out: Path) -> KilledRun:
     """``fungilib train`` killed with SIGKILL after its first finished epoch, then the same command again."""
     cmd = [sys.executable, "-m", "fungilib.cli", "train", "--manifest", str(manifest), "--out", str(out), *SCRATCH_SETS,
            "--set", "dataset.image_size=48", "--set", f"fit.epochs={TRAINED_EPOCHS}", "--set", "fit.patience=50",
-           "--set", "augmentation.enabled=false", "--set", "optimizer.learning_rate=0.004"]
+           "--set", "augmentation.enabled=false", "--set", "optimizer.learning_rate=0.004",
+           "--set", f"toxicity={PROJECT_ROOT / 'params' / 'toxicity-sample.csv'}"]  # evaluated with the sample's list
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     history = out / "history.csv"
     deadline = time.monotonic() + 300

@@ -223,3 +223,23 @@ def test_dask_local_cluster_downloads_in_shards_then_resumes_after_the_client_is
     assert ok["path"].is_unique and len(ok) == len(list((out / "images").rglob("*.jpg")))  # one file per photo
     rest = set(ok.loc[~ok["path"].isin(saved_rel), "url"].str[base:])
     assert rest and all(after[p] - before[p] == 1 for p in rest if p in after)  # fetched once each by the rerun
+
+
+def test_the_download_report_shows_every_outcome_by_reason_and_throughput(pipeline, tmp_path: Path) -> None:
+    """download_report.png beside the run; its numbers: outcomes that add up to the table (each planted fault under
+    its reason) and, for a run that fetched, one point per photo it finished, in time order."""
+    from fungilib.download_report import REPORT_PLOT, failure_examples, outcomes, throughput
+
+    out = tmp_path / "dl"
+    since = time.time()
+    download_images(fast_download_params(pipeline.root / "ingest", out, max_side=64))
+    table = load_downloads(out)
+    counts = outcomes(table)
+    assert counts.sum() == len(table) and counts["ok (fetched)"] == (table["status"] == "ok").sum()
+    assert {"failed: http 404", "failed: not an image", "failed: too many pixels"} <= set(counts.index)
+    timeline = throughput(out, since)
+    assert len(timeline) == len(table.drop_duplicates("url"))  # every URL fetched (or failed) once in this run
+    assert timeline["seconds"].is_monotonic_increasing and timeline["done"].iloc[-1] == len(timeline)
+    examples = failure_examples(table)
+    assert examples["kind"].is_unique and len(examples) == len(counts) - 1  # one per failure kind
+    assert (out / REPORT_PLOT).stat().st_size > 10_000

@@ -24,7 +24,7 @@ SECRET = "TOP-SECRET-CONTENT\tnot\tan\toccurrence\n"
 @pytest.fixture(scope="module")
 def sample_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     root = tmp_path_factory.mktemp("hostile-sample")
-    sample = generate_sample(SampleSpec(out=root, observations=60, seed=3, write_images=False))
+    sample = generate_sample(SampleSpec(out=root, observations=60, seed=3, write_images=False, flora="twelve"))
     with zipfile.ZipFile(sample.archive) as zf:
         return {name: zf.read(name) for name in zf.namelist()}
 

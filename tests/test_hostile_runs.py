@@ -86,7 +86,7 @@ def test_clean_with_nothing_to_drop_runs_its_notebook(pipeline, tmp_path: Path) 
 def test_two_concurrent_sweeps_never_run_the_same_run_twice(tmp_path: Path, free_port: int) -> None:
     from fungilib.sample import SampleSpec, generate_sample
 
-    sample = generate_sample(SampleSpec(out=tmp_path / "sample", observations=60, seed=5, image_size=96,
+    sample = generate_sample(SampleSpec(out=tmp_path / "sample", observations=60, seed=5, image_size=96, flora="twelve",
                                         base_url=f"http://127.0.0.1:{free_port}"))  # its own server: the sweep's
     sweep_file = tmp_path / "twice.yaml"
     sweep_file.write_text(yaml.safe_dump({

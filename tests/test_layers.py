@@ -14,7 +14,7 @@ STAGES = {
     "sample": {"sample", "sample_scale", "sample_server"},
     "ingest": {"ingest"},
     "eda": {"eda"},
-    "download": {"download", "download_params", "download_shards", "photo_fetch"},
+    "download": {"download", "download_params", "download_report", "download_shards", "photo_fetch"},
     "clean": {"clean"},
     "embed": {"embed"},
     "import_folder": {"image_folder"},
@@ -102,7 +102,7 @@ def test_every_module_has_a_layer() -> None:
                "feature_scores", "model_outputs", "place_prior", "toxicity", "litert", "input_pipeline", "models",
                "distribution", "gpus", "sample_art",
                "contact_sheets", "dataset_builder", "optuna_storage", "search_space", "dask_cluster", "torch_weights",
-               "find_metrics", "pretrained_bases", "__init__"}
+               "find_metrics", "pretrained_bases", "confusion_order", "__init__"}
     modules = {_short(m) for m in import_graph()}
     unplaced = {m for m in modules if not m.startswith("artifacts")} - STAGE_MODULES - ORCHESTRATION - helpers
     assert not unplaced, f"modules in no layer: {sorted(unplaced)}"

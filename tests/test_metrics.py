@@ -108,3 +108,18 @@ def test_photos_of_one_find_are_answered_together_and_the_rule_is_chosen_on_vali
     assert found["top1"] == 1.0  # both finds right, though one of the find's photos alone is wrong
     rule, by_rule = choose_rule(probs, y, groups, labels, classification_metrics)
     assert rule == "mean_log" and by_rule == {"mean_log": 1.0, "max": 0.5}
+
+
+def test_lookalike_order_puts_species_confused_with_each_other_side_by_side() -> None:
+    from fungilib.confusion_order import lookalike_order
+
+    cm = np.diag([20] * 8)
+    cm[0, 6], cm[6, 0] = 6, 4  # 0 and 6 are look-alikes
+    cm[2, 7] = 5  # 7 is named for 2 (one way only)
+    cm[3, 5], cm[5, 1], cm[1, 3] = 3, 3, 3  # a triple
+    order = list(lookalike_order(cm))
+    assert sorted(order) == list(range(8))
+    place = {c: i for i, c in enumerate(order)}
+    assert abs(place[0] - place[6]) == 1 and abs(place[2] - place[7]) == 1
+    assert max(place[c] for c in (1, 3, 5)) - min(place[c] for c in (1, 3, 5)) == 2
+    assert list(lookalike_order(np.diag([3, 3]))) == [0, 1]

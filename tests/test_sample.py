@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from fungilib.sample import FAULTS, TAXA, SampleSpec, generate_sample, species_observation_counts
+from fungilib.sample import FAULTS, TWELVE, SampleSpec, generate_sample, species_observation_counts
 
 
 def _tables(archive: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -39,7 +39,7 @@ def test_archive_has_gbif_columns_long_tail_and_coarse_ranks(served_sample) -> N
     for column in ["gbifID", "type", "format", "identifier", "references", "created", "license", "rightsHolder"]:
         assert column in media.columns, column
     per_species = occ[occ["taxonRank"] == "SPECIES"]["species"].value_counts()
-    assert len(per_species) == len(TAXA) == 12
+    assert len(per_species) == len(TWELVE) == 12
     assert per_species.iloc[0] >= 5 * per_species.iloc[-1]  # long-tailed
     assert {"GENUS", "FAMILY"} <= set(occ["taxonRank"])
     assert occ.loc[occ["taxonRank"] == "SPECIES", "acceptedScientificName"].str.contains(r"\(|\.").all()  # authorship
@@ -98,3 +98,67 @@ def test_scale_sample_has_a_gbif_like_long_tail_and_draws_photos_on_request(tmp_
         assert bodies[0] == bodies[2] and bodies[0] != bodies[1] and bodies[0][:2] == b"\xff\xd8"
         with pytest.raises(urllib.error.HTTPError):
             urllib.request.urlopen(f"{server.base_url}/scale/999999/1.jpg", timeout=10)
+
+
+def test_the_field_flora_has_look_alikes_a_photo_cannot_split_and_place_or_month_can(tmp_path: Path) -> None:
+    """The default sample: 26 species, long-tailed; each look-alike group shares shape, underside and ring, with
+    caps within 50 of each other in RGB (less than a photo's own light changes them); in the archive its members
+    part by month or by range; one group pairs a deadly species with an edible one on the sample's toxicity list."""
+    import numpy as np
+
+    from fungilib.fsutil import PROJECT_ROOT
+    from fungilib.sample import FIELD, LOOKALIKE_GROUPS
+    from fungilib.sample_art import LOOKS, _rgb
+    from fungilib.toxicity import load_toxicity
+
+    sample = generate_sample(SampleSpec(out=tmp_path / "s", observations=600, seed=3, write_images=False))
+    occ, _ = _tables(sample.archive)
+    species = occ[occ["taxonRank"] == "SPECIES"]
+    counts = species["species"].value_counts()
+    assert set(counts.index) == set(FIELD) and len(FIELD) == 26
+    assert counts.iloc[0] >= 8 * counts.iloc[-1] and counts.iloc[-1] >= 6  # a long tail, every species learnable
+    months = species.groupby("species")["month"].agg(lambda m: set(m.astype(int)))
+    centre = species.assign(lat=species["decimalLatitude"].astype(float), lon=species["decimalLongitude"].astype(
+        float)).groupby("species")[["lat", "lon"]].mean()
+    for group in LOOKALIKE_GROUPS:
+        looks = [LOOKS[name] for name in group]
+        assert len({(lk.shape, lk.underside, lk.ring) for lk in looks}) == 1, group
+        caps = np.array([_rgb(lk.hue, lk.sat, lk.val) for lk in looks], dtype=float)
+        assert max(np.linalg.norm(x - y) for x in caps for y in caps) < 50, group
+        for i, a in enumerate(group):
+            for b in group[i + 1:]:
+                apart = float(np.hypot(*(centre.loc[a] - centre.loc[b])))
+                assert not months[a] & months[b] or apart > 4, (a, b, months[a], months[b], apart)
+    status = load_toxicity(PROJECT_ROOT / "params" / "toxicity-sample.csv")
+    assert any({"deadly", "edible"} <= {status.get(name) for name in group} for group in LOOKALIKE_GROUPS)
+
+
+def test_hard_photos_come_after_the_rest_so_an_easy_photo_stays_as_it_was() -> None:
+    """``hard`` draws after every other choice: hard=0 gives the pictures the twelve-species tests were made with;
+    hard=1 makes every one of them harder (cut, blurred, cluttered or dark) from the same start."""
+    import numpy as np
+
+    from fungilib.sample_art import draw_mushroom
+
+    for seed in range(12):
+        easy = np.asarray(draw_mushroom("Boletus edulis", np.random.default_rng(seed), 96))
+        same = np.asarray(draw_mushroom("Boletus edulis", np.random.default_rng(seed), 96, hard=0.0))
+        hard = np.asarray(draw_mushroom("Boletus edulis", np.random.default_rng(seed), 96, hard=1.0))
+        np.testing.assert_array_equal(easy, same)
+        assert hard.shape != easy.shape or np.abs(hard.astype(int) - easy).mean() > 2
+
+
+def test_ensure_sample_keeps_the_same_spec_and_replaces_another(tmp_path: Path) -> None:
+    from fungilib.sample import SPEC_FILE, ensure_sample
+
+    root = tmp_path / "sample"
+    first = ensure_sample(root, observations=40, flora="twelve", image_size=48)
+    photos = sorted(p.name for p in first.media_dir.rglob("*.jpg"))
+    stamp = first.archive.stat().st_mtime_ns
+    assert ensure_sample(root, observations=40, flora="twelve", image_size=48).archive.stat().st_mtime_ns == stamp
+    bigger = ensure_sample(root, observations=60, flora="twelve", image_size=48)  # another spec: generated again
+    assert bigger.archive.stat().st_mtime_ns != stamp
+    assert len(list(bigger.media_dir.rglob("*.jpg"))) > len(photos)
+    (root / SPEC_FILE).unlink()  # a sample from before the record (an older generator): replaced too
+    ensure_sample(root, observations=60, flora="twelve", image_size=48)
+    assert (root / SPEC_FILE).exists()
