@@ -86,7 +86,7 @@ LOOKALIKE_GROUPS: list[tuple[str, ...]] = [
     ("Lycoperdon perlatum", "Scleroderma citrinum"),
 ]
 # the share of a flora's photos drawn hard (partial, blurred, cluttered or dark), as real uploads are
-HARD_SHARE = {"field": 0.18, "twelve": 0.0}
+HARD_SHARE = {"field": 0.1, "twelve": 0.0}
 # the long tail's steepness: the k-th commonest species has 1/k**exponent of the commonest's observations (the field
 # flora's rarest of 26 still has ~13 observations at the default size: learnable, rare)
 TAIL_EXPONENT = {"field": 0.8, "twelve": 1.0}
