@@ -16,6 +16,7 @@ from fungilib.contact_sheets import confidently_wrong_sheet
 from fungilib.errors import FungilibError
 from fungilib.feature_scores import FEATURE_SCORES, banks_within_budget, fit_feature_scoring
 from fungilib.find_metrics import choose_rule, observation_metrics
+from fungilib.find_metrics import combine as combine_photos
 from fungilib.metrics import (
     confusion_matrix,
     expected_calibration_error,
@@ -244,8 +245,10 @@ def _per_observation(test: pd.DataFrame, probs: np.ndarray, y: np.ndarray, val: 
 
 
 def _poisonous_confusion(toxicity: Path, labels: pd.DataFrame, probs: np.ndarray, y: np.ndarray,
-                         with_prior: np.ndarray | None) -> dict[str, Any]:
-    """How often a deadly or toxic species is predicted as an edible one, with and without the place prior."""
+                         with_prior: np.ndarray | None, groups: np.ndarray | None = None,
+                         rule: str = "mean_log") -> dict[str, Any]:
+    """How often a deadly or toxic species is predicted as an edible one, with and without the place prior; per
+    photo, and (``groups``: each photo's observation) per find, its photos combined by ``rule``."""
 
     statuses = class_statuses(labels, load_toxicity(toxicity))
     rate = poisonous_as_edible(probs.argmax(axis=1), y, statuses)
@@ -254,6 +257,12 @@ def _poisonous_confusion(toxicity: Path, labels: pd.DataFrame, probs: np.ndarray
     out: dict[str, Any] = {"poisonous_as_edible": rate}
     if with_prior is not None:
         out["poisonous_as_edible_with_prior"] = poisonous_as_edible(with_prior.argmax(axis=1), y, statuses)
+    if groups is not None:
+        for suffix, p in (("", probs), ("_with_prior", with_prior)):
+            if p is not None:
+                first, combined = combine_photos(p, groups, rule)
+                out[f"obs_poisonous_as_edible{suffix}"] = poisonous_as_edible(combined.argmax(axis=1), y[first],
+                                                                              statuses)
     return out
 
 
@@ -296,7 +305,9 @@ def evaluate_run(params: EvaluateParams) -> EvalResult:
     metrics.update(with_prior)
     metrics.update(_per_observation(test, probs, y, val, softmax(val_logits, temperature), labels, prior_probs))
     if params.toxicity is not None:
-        metrics.update(_poisonous_confusion(params.toxicity, labels, probs, y, prior_probs))
+        groups = test["gbifID"].astype(str).to_numpy() if "gbifID" in test else None
+        metrics.update(_poisonous_confusion(params.toxicity, labels, probs, y, prior_probs, groups,
+                                            metrics.get("observation_rule", "mean_log")))
     open_set_metrics, open_set_plots = (_open_set(outputs, frame, (val_logits, val_emb), (logits, test_emb), y,
                                                   temperature, run_dir, params.open_set_keep,
                                                   params.open_set_min_auroc)

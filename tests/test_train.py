@@ -297,6 +297,7 @@ def test_sigkill_mid_training_then_rerun_resumes(killed_run, pipeline) -> None: 
     # trained with `--set toxicity=…`: its own evaluation has the poisonous-confusion rate, with and without the prior
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 <= metrics["poisonous_as_edible"] <= 1 and 0 <= metrics["poisonous_as_edible_with_prior"] <= 1
+    assert 0 <= metrics["obs_poisonous_as_edible"] <= 1 and 0 <= metrics["obs_poisonous_as_edible_with_prior"] <= 1
     assert json.loads((out / "train_summary.json").read_text())["params"]["toxicity"].endswith("toxicity-sample.csv")
     assert history["val_accuracy"].iloc[-1] > 0.3  # it learned: the export and browser tests need real outputs
     _check_evaluation(pipeline, out)
