@@ -451,7 +451,7 @@ def _spec_record(spec: SampleSpec) -> dict[str, object]:
     """What a sample was generated from (``sample.json``), so a changed spec or generator regenerates it."""
     return {"generator": GENERATOR_VERSION, "observations": spec.observations, "seed": spec.seed,
             "base_url": spec.base_url, "image_size": spec.image_size, "tail_exponent": spec.tail_exponent,
-            "extra_columns": spec.extra_columns, "flora": spec.flora}
+            "extra_columns": spec.extra_columns, "flora": spec.flora, "hard_share": HARD_SHARE[spec.flora]}
 
 
 def ensure_sample(root: Path, **spec: object) -> Sample:
