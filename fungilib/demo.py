@@ -4,6 +4,7 @@ nothing changed only reports: every stage is keyed by its parameters and what it
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from fungilib.errors import FungilibError
 from fungilib.fsutil import PROJECT_ROOT
 from fungilib.params import deep_merge, read_yaml
 from fungilib.run_execution import StageRun, execute
-from fungilib.sample import ARCHIVE_NAME, DEFAULT_OBSERVATIONS, DEFAULT_PORT, ensure_sample
+from fungilib.sample import ARCHIVE_NAME, DEFAULT_OBSERVATIONS, DEFAULT_PORT, SPEC_FILE, ensure_sample
 from fungilib.stages import DEMO_PIPELINE, SOURCE, stage
 from fungilib.sweep_plan import stage_parameters
 
@@ -105,7 +106,10 @@ def run_demo(root: Path, observations: int = DEFAULT_OBSERVATIONS, port: int = D
     ensure_sample(root / "sample", observations=observations, base_url=f"http://127.0.0.1:{port}")
     archive = root / "sample" / ARCHIVE_NAME
     outs = {SOURCE: str(archive)}
-    data = input_key = source_version(archive)
+    # the archive and how its photos were drawn (the server serves them): a redrawn sample reruns every stage
+    spec = json.loads((root / "sample" / SPEC_FILE).read_text())
+    data = source_version(archive)
+    input_key = content_key("sample", spec, data)
     runs, skipped = [], 0
     for name in DEMO_PIPELINE:
         st = stage(name)
