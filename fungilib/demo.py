@@ -5,6 +5,7 @@ nothing changed only reports: every stage is keyed by its parameters and what it
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,7 +104,13 @@ def run_demo(root: Path, observations: int = DEFAULT_OBSERVATIONS, port: int = D
              sweep_file: Path | None = None) -> DemoResult:
     """Generate the sample under ``root/sample`` (once) and execute the stage notebooks into ``root/<stage>/``."""
     root = Path(root).resolve()
+    record = root / "sample" / SPEC_FILE
+    drawn = record.read_text() if record.exists() else None
     ensure_sample(root / "sample", observations=observations, base_url=f"http://127.0.0.1:{port}")
+    if drawn is not None and record.read_text() != drawn and (root / "download").is_dir():
+        # the redrawn photos sit at the same URLs: the downloads of the old ones would pass for them
+        print(f"[demo] the sample was drawn again: its earlier downloads ({root / 'download'}) are removed", flush=True)
+        shutil.rmtree(root / "download")
     archive = root / "sample" / ARCHIVE_NAME
     outs = {SOURCE: str(archive)}
     # the archive and how its photos were drawn (the server serves them): a redrawn sample reruns every stage

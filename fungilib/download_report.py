@@ -61,7 +61,8 @@ def plot_download_report(out: Path, downloads: pd.DataFrame, since: float = 0.0)
         span = float(timeline["seconds"].iloc[-1]) or 1e-9
         right.plot(timeline["seconds"], timeline["done"], lw=1.5)
         right.set(xlabel="seconds since the first request", ylabel="photos finished (ok or failed)",
-                  title=f"Throughput: {len(timeline) / span:,.0f} photos/s over {span:,.1f} s")
+                  title=f"Throughput: {len(timeline) / span:,.{0 if len(timeline) >= 10 * span else 2}f} photos/s "
+                        f"over {span:,.1f} s ({len(timeline):,} fetched)")
     else:
         right.text(0.5, 0.5, "nothing fetched in this run\n(every photo was already here or failed for good)",
                    ha="center", va="center", transform=right.transAxes)

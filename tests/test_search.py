@@ -110,12 +110,12 @@ def test_an_optuna_sweep_runs_trials_as_run_folders_and_a_rerun_only_reports(pip
                                                                             capsys: pytest.CaptureFixture) -> None:  # noqa: ANN001
     from fungilib.cli import main
 
-    path = _optuna_sweep(pipeline, tmp_path / "opt.yaml", "opt", 2, n_trials=3, metric="val_top1", seed=1)
+    path = _optuna_sweep(pipeline, tmp_path / "opt.yaml", "opt", 2, n_trials=2, metric="val_top1", seed=1)
     runs = tmp_path / "runs"
     result = run_sweep(path, runs, workers=2)
-    assert len(result.statuses) == 3
+    assert len(result.statuses) == 2
     assert {s["trial_state"] for s in result.statuses} <= {"complete", "pruned"}
-    assert sorted(s["trial"] for s in result.statuses) == [0, 1, 2]
+    assert sorted(s["trial"] for s in result.statuses) == [0, 1]
     for status in result.statuses:
         folder = runs / "opt" / f"trial-{status['trial']:04d}"
         notebook = json.loads((folder / "04_train.ipynb").read_text())
@@ -128,7 +128,7 @@ def test_an_optuna_sweep_runs_trials_as_run_folders_and_a_rerun_only_reports(pip
 
     study = optuna.load_study(study_name="opt", storage=open_storage(f"journal:{runs / 'opt' / 'optuna.journal'}"))
     finished = [t for t in study.trials if t.state.is_finished()]
-    assert len(finished) == 3 and all(len(t.intermediate_values) >= 1 for t in finished)
+    assert len(finished) == 2 and all(len(t.intermediate_values) >= 1 for t in finished)
     from fungilib.search import study_plots
 
     plots = study_plots(runs, "opt", tmp_path / "plots")
@@ -139,7 +139,7 @@ def test_an_optuna_sweep_runs_trials_as_run_folders_and_a_rerun_only_reports(pip
     out = capsys.readouterr().out
     assert "0 executed" in out
     table_lines = [line for line in out.splitlines() if line.startswith("trial-")]
-    assert len(table_lines) == 3  # best trial first (sorted by the objective)
+    assert len(table_lines) == 2  # best trial first (sorted by the objective)
 
 
 @pytest.mark.slow
@@ -156,7 +156,7 @@ def test_a_study_killed_mid_trial_goes_on_where_it_was(pipeline, tmp_path: Path)
 
     from fungilib.optuna_storage import open_storage
 
-    path = _optuna_sweep(pipeline, tmp_path / "killed.yaml", "killed", 2, n_trials=2, pruner="none", seed=3)
+    path = _optuna_sweep(pipeline, tmp_path / "killed.yaml", "killed", 2, n_trials=1, pruner="none", seed=3)
     runs = tmp_path / "runs"
     proc = subprocess.Popen([sys.executable, "-m", "fungilib.cli", "sweep", str(path), "--runs-root", str(runs),
                              "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -172,7 +172,7 @@ def test_a_study_killed_mid_trial_goes_on_where_it_was(pipeline, tmp_path: Path)
     study = optuna.load_study(study_name="killed",
                               storage=open_storage(f"journal:{runs / 'killed' / 'optuna.journal'}"))
     states = [t.state.name for t in study.trials]
-    assert states[0] == "FAIL" and states.count("COMPLETE") == 2, states
+    assert states[0] == "FAIL" and states.count("COMPLETE") == 1, states  # the killed one, then one to finish
     assert all(s["trial_state"] == "complete" for s in result.statuses)
 
 
