@@ -29,7 +29,7 @@ from fungilib.metrics import (
     top_k_accuracy,
 )
 from fungilib.model_outputs import Outputs, photo_outputs, stored_outputs
-from fungilib.open_set import MIN_AUROC, auroc, evaluate_open_set
+from fungilib.open_set import MIN_AUROC, evaluate_open_set
 from fungilib.place_prior import PlacePrior, combine, fit_weight, knows_place, place_and_season
 from fungilib.plotting import plt, save_figure
 from fungilib.rollup import SPECIES_THRESHOLD
@@ -218,20 +218,7 @@ def _open_set(outputs: Outputs, frame: pd.DataFrame, val_outputs: tuple[np.ndarr
     ax.legend(fontsize=7)
     path = save_figure(fig, run_dir / "open_set.png")
     plt.close(fig)
-    return {**result.metrics, **_open_set_per_find(frame, result.test_scores)}, {"open_set": path}
-
-
-def _open_set_per_find(frame: pd.DataFrame, scores: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
-    """The deployed score averaged over each find's photos (test): how well whole finds of never-seen species are
-    told from finds of known ones (``obs_open_set_auroc``); empty without observation ids."""
-    if "gbifID" not in frame:
-        return {}
-    known, unknown = scores
-    finds = {split: frame.loc[frame["split"] == split, "gbifID"].astype(str).to_numpy()
-             for split in ("test", "test_unknown")}
-    per_known = pd.Series(known).groupby(finds["test"]).mean().to_numpy()
-    per_unknown = pd.Series(unknown).groupby(finds["test_unknown"]).mean().to_numpy()
-    return {"obs_open_set_auroc": auroc(per_known, per_unknown) or 0.0, "unknown_test_observations": len(per_unknown)}
+    return result.metrics, {"open_set": path}
 
 
 OBSERVATION_KEYS = ("top1", "top3", "macro_f1", "nll", "ece")
