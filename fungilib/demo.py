@@ -114,7 +114,7 @@ def run_demo(root: Path, observations: int = DEFAULT_OBSERVATIONS, port: int = D
     archive = root / "sample" / ARCHIVE_NAME
     outs = {SOURCE: str(archive)}
     # the archive and how its photos were drawn (the server serves them): a redrawn sample reruns every stage
-    spec = json.loads((root / "sample" / SPEC_FILE).read_text())
+    spec = json.loads(record.read_text())
     data = source_version(archive)
     input_key = content_key("sample", spec, data)
     runs, skipped = [], 0
