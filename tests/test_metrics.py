@@ -123,3 +123,13 @@ def test_lookalike_order_puts_species_confused_with_each_other_side_by_side() ->
     assert abs(place[0] - place[6]) == 1 and abs(place[2] - place[7]) == 1
     assert max(place[c] for c in (1, 3, 5)) - min(place[c] for c in (1, 3, 5)) == 2
     assert list(lookalike_order(np.diag([3, 3]))) == [0, 1]
+
+
+def test_export_parity_counts_a_float_tie_as_agreement_and_a_real_flip_as_disagreement() -> None:
+    from fungilib.export_checks import PARITY_MAX_ABS_DIFF, compare
+
+    reference = np.array([[0.5, 0.5 - PARITY_MAX_ABS_DIFF / 2, 0.0], [0.7, 0.2, 0.1]], dtype=np.float32)
+    tied = np.array([[0.5 - PARITY_MAX_ABS_DIFF / 2, 0.5, 0.0], [0.7, 0.2, 0.1]], dtype=np.float32)
+    flipped = np.array([[0.5, 0.5 - PARITY_MAX_ABS_DIFF / 2, 0.0], [0.2, 0.7, 0.1]], dtype=np.float32)
+    assert compare(reference, tied)["top1_agreement"] == 1.0
+    assert compare(reference, flipped)["top1_agreement"] == 0.5 and compare(reference, flipped)["max_abs_diff"] > 0.4
