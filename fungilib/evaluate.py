@@ -29,7 +29,7 @@ from fungilib.metrics import (
     top_k_accuracy,
 )
 from fungilib.model_outputs import Outputs, photo_outputs, stored_outputs
-from fungilib.open_set import MIN_AUROC, evaluate_open_set
+from fungilib.open_set import MIN_AUROC, auroc, evaluate_open_set
 from fungilib.place_prior import PlacePrior, combine, fit_weight, knows_place, place_and_season
 from fungilib.plotting import plt, save_figure
 from fungilib.rollup import SPECIES_THRESHOLD
@@ -218,7 +218,28 @@ def _open_set(outputs: Outputs, frame: pd.DataFrame, val_outputs: tuple[np.ndarr
     ax.legend(fontsize=7)
     path = save_figure(fig, run_dir / "open_set.png")
     plt.close(fig)
-    return result.metrics, {"open_set": path}
+    threshold = result.gate.threshold if result.gate else None
+    return {**result.metrics, **_open_set_per_find(frame, result.test_scores, threshold)}, {"open_set": path}
+
+
+def _open_set_per_find(frame: pd.DataFrame, scores: tuple[np.ndarray, np.ndarray],
+                       threshold: float | None) -> dict[str, Any]:
+    """The deployed score averaged over each find's photos (test), as `predict --group-by` and the page gate a
+    find: how well whole finds of never-seen species are told from finds of known ones (``obs_open_set_auroc``)
+    and, with a deployed gate, the share of each turned away at its threshold; empty without observation ids."""
+    if "gbifID" not in frame:
+        return {}
+    known, unknown = scores
+    finds = {split: frame.loc[frame["split"] == split, "gbifID"].astype(str).to_numpy()
+             for split in ("test", "test_unknown")}
+    per_known = pd.Series(known).groupby(finds["test"]).mean().to_numpy()
+    per_unknown = pd.Series(unknown).groupby(finds["test_unknown"]).mean().to_numpy()
+    out: dict[str, Any] = {"obs_open_set_auroc": auroc(per_known, per_unknown) or 0.0,
+                           "unknown_test_observations": len(per_unknown)}
+    if threshold is not None:
+        out |= {"obs_unknown_turned_away": float(np.mean(per_unknown < threshold)),
+                "obs_known_turned_away": float(np.mean(per_known < threshold))}
+    return out
 
 
 OBSERVATION_KEYS = ("top1", "top3", "macro_f1", "nll", "ece")

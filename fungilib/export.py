@@ -283,6 +283,7 @@ def export_run(params: ExportParams) -> ExportResult:
     config = {"model": str(web_folder / bundle_files.TFJS_MODEL), "litert_model": bundle_files.WEB_TFLITE,
               "litert_variant": params.litert_web, "about": bundle_files.ABOUT, "threshold": params.threshold,
               "top_k": params.top_k, **({"place_prior": bundle_files.PLACE_PRIOR} if prior.exists() else {}),
+              "observation_rule": metrics.get("observation_rule", "mean_log"),  # a find's photos: chosen on validation
               "run": run_dir.name, "created": str(date.today()), "fungilib": __version__,
               "base": {"name": base["base"], "weights": base["weights"],
                        "origin": base_origin(base["base"], base["weights"])},

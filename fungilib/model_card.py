@@ -42,6 +42,11 @@ def _open_set_lines(metrics: dict) -> list[str]:
     measured = (f"test AUROC known vs never-seen species {metrics['open_set_auroc']:.3f}; never-seen species named "
                 f"{metrics['unknown_named_before']:.0%} → {metrics['unknown_named']:.0%}; known photos turned away "
                 f"{metrics['known_turned_away']:.0%}")
+    if "obs_open_set_auroc" in metrics:  # the score averaged over each find's photos, as predict and the page do
+        measured += (f"; per find ({metrics['unknown_test_observations']} finds of never-seen species): AUROC "
+                     f"{metrics['obs_open_set_auroc']:.3f}" + (
+                         f", never-seen finds turned away {metrics['obs_unknown_turned_away']:.0%}, known finds "
+                         f"{metrics['obs_known_turned_away']:.0%}" if "obs_unknown_turned_away" in metrics else ""))
     if not isinstance(metrics.get("open_set_threshold"), float):
         return [f"- open set: not deployed, the score does not separate known from never-seen species ({measured})"]
     score = metrics["open_set_score"]

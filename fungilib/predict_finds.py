@@ -35,6 +35,13 @@ class Find:
         return sum(p.ok for p in self.photos)
 
 
+def photos_disagree(probabilities: np.ndarray, sure: float = SURE) -> bool:
+    """True when two photos of one find (rows of ``probabilities``) each name a different species at ``sure`` or
+    above (the page's FungiRollup.disagree)."""
+    best = probabilities.argmax(axis=1)
+    return len(set(best[probabilities.max(axis=1) >= sure].tolist())) > 1
+
+
 def find_groups(inputs: list[Path], group_by: str) -> dict[Path, str]:
     """Each photo's find: ``folder`` (every folder of photos is one find), or a CSV ``path,find_id`` (paths
     relative to the CSV's folder)."""
@@ -74,8 +81,7 @@ def predict_finds(inputs: list[Path], model: Path, group_by: str, top: int = 5, 
         find.top = top_k(combined, predictor.labels, top)
         scores = [p.open_set_score for p in readable if p.open_set_score is not None]  # a model-computed gate's:
         find.answer = answer(combined, ranks, cut, gate, model_score=float(np.mean(scores)) if scores else None)
-        sure = {p.top[0]["index"] for p in readable if p.top[0]["probability"] >= SURE}
-        find.disagree = len(sure) > 1
+        find.disagree = photos_disagree(stacked)
     return list(finds.values())
 
 

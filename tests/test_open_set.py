@@ -101,6 +101,11 @@ def test_a_run_with_held_out_species_reports_and_answers_not_a_species_it_knows(
     manifest, _ = load_manifest(pipeline.root / "clean")
     unknown = manifest[manifest["split"] == "test_unknown"]
     assert metrics["unknown_test_images"] == len(unknown)
+    # per find: the score averaged over each observation's photos
+    assert metrics["unknown_test_observations"] == unknown["gbifID"].nunique() and 0 <= metrics[
+        "obs_open_set_auroc"] <= 1
+    if metrics["open_set_threshold"] != "not deployed":  # the gate per find, at the deployed threshold
+        assert 0 <= metrics["obs_known_turned_away"] <= 1 and 0 <= metrics["obs_unknown_turned_away"] <= 1
 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("export", "logs"))

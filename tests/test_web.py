@@ -189,6 +189,29 @@ console.log(JSON.stringify(cases.map(([p, t, g, s]) => R.answer(p, labels, t, g,
     assert ranks == {"species", "genus", "family", "none", "unknown"} and unknown_by_knn  # every branch exercised
 
 
+def test_javascript_combines_a_find_as_python_does() -> None:
+    """The page's find (FungiRollup.combine, .disagree) against fungilib's (find_metrics.combine,
+    predict_finds.photos_disagree) on random finds of 1–4 photos, both rules."""
+    from fungilib.find_metrics import RULES, combine
+    from fungilib.predict_finds import SURE, photos_disagree
+
+    rng = np.random.default_rng(3)
+    finds = [rng.dirichlet(np.full(9, alpha), size=int(rng.integers(1, 5))).tolist()
+             for alpha in (0.02, 0.1, 1.0) for _ in range(12)]
+    script = """
+const R = require(process.argv[1]); const {finds, rules, sure} = JSON.parse(process.argv[2]);
+const answer = (rows) => [rules.map((rule) => R.combine(rows, rule)), R.disagree(rows, sure)];
+console.log(JSON.stringify(finds.map(answer)));"""
+    done = _node(script, str(WEB_DIR / "rollup.js"), json.dumps({"finds": finds, "rules": RULES, "sure": SURE}))
+    disagreeing = 0
+    for rows, (combined, disagree) in zip(finds, json.loads(done.stdout), strict=True):
+        for rule, got in zip(RULES, combined, strict=True):
+            want = combine(np.asarray(rows), np.zeros(len(rows)), rule)[1][0]
+            np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+        assert disagree == photos_disagree(np.asarray(rows))
+        disagreeing += disagree
+    assert 0 < disagreeing < len(finds)  # both answers exercised
+
 
 @contextlib.contextmanager
 def _served(bundle_dir: Path, port: int) -> Iterator[subprocess.Popen]:
@@ -204,8 +227,9 @@ def _served(bundle_dir: Path, port: int) -> Iterator[subprocess.Popen]:
         proc.wait(timeout=10)
 
 
-def _classify(page, image: Path) -> list[tuple[int, float]]:  # noqa: ANN001
-    page.set_input_files("#photo", str(image))
+def _classify(page, image: Path, selector: str = "#photo") -> list[tuple[int, float]]:  # noqa: ANN001
+    """The page's top list for ``image``: a new find (``#photo``), or one more photo of the find (``#add-photo``)."""
+    page.set_input_files(selector, str(image))
     page.wait_for_selector("body[data-result=done], body[data-result=error]", state="attached", timeout=60_000)
     assert page.get_attribute("body", "data-result") == "done", page.inner_text("#error")
     rows = page.eval_on_selector_all("#top li", "els => els.map(e => [+e.dataset.index, +e.dataset.probability])")
@@ -430,18 +454,29 @@ def test_the_page_weighs_in_where_and_when(bundle: ExportResult, trained_run: Pa
             browser.close()
 
 
-def test_the_journal_keeps_identifications_offline_and_exports_darwin_core(bundle: ExportResult, pipeline,  # noqa: ANN001
-                                                                         tmp_path: Path, free_port: int) -> None:
-    """Identify two photos (one with EXIF GPS), name one, stop the server, reload: both entries are there; the CSV
-    export has those rows under Darwin Core headers, positions blurred to 0.1° when asked; delete works."""
+def test_the_journal_keeps_identifications_offline_and_exports_darwin_core(bundle: ExportResult, trained_run: Path,
+                                                                         pipeline, tmp_path: Path,  # noqa: ANN001
+                                                                         free_port: int) -> None:
+    """Identify a find of three photos (added one by one: the answer combines them as `predict --group-by` does;
+    a broken photo added is reported and left out) and one photo with EXIF GPS, name one, stop the server,
+    reload: both finds are there; the CSV export has one row per find (its number of photos) under Darwin Core
+    headers, positions blurred to 0.1° when asked; delete works."""
     import csv
 
     from playwright.sync_api import sync_playwright
 
     from fungilib.artifacts.dataset import load_manifest
+    from fungilib.find_metrics import combine
 
     manifest, _ = load_manifest(pipeline.root / "clean")
-    first, second = [Path(p) for p in manifest.loc[manifest["split"] == "test", "path"].head(2)]
+    test = manifest[manifest["split"] == "test"]
+    first, *more = [Path(p) for p in test["path"].head(3)]
+    second = Path(test["path"].iloc[3])
+    rule = json.loads((bundle.bundle / "config.json").read_text())["observation_rule"]
+    keras = np.stack([_keras_probabilities(trained_run, p) for p in (first, *more)])
+    want = combine(keras, np.zeros(3), rule)[1][0]  # the find's answer, as fungilib combines its photos
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0" + b"\x00garbage" * 50)
     tagged = _with_gps(second, tmp_path / "tagged.jpg", (55.0, 30.0, 0.0), (12.0, 34.0, 30.0), "2024:10:03 09:00:00")
     origin = f"http://127.0.0.1:{free_port}"
     with _served(bundle.bundle, free_port) as server:
@@ -455,7 +490,26 @@ def test_the_journal_keeps_identifications_offline_and_exports_darwin_core(bundl
             page.wait_for_selector("body[data-offline=kept]", state="attached", timeout=60_000)
             _classify(page, first)
             page.wait_for_selector("body[data-journal='1']", state="attached", timeout=30_000)
-            _classify(page, tagged)
+            assert page.get_attribute("body", "data-find-photos") == "1" and page.is_hidden("#find-photos")
+            for photo in more:
+                _classify(page, photo, selector="#add-photo")
+            page.wait_for_selector("#journal-list li[data-photos='3']", state="attached", timeout=30_000)
+            assert page.get_attribute("body", "data-journal") == "1"  # one find, one entry, all its photos
+            assert page.eval_on_selector_all("#journal-list li:first-child img", "els => els.length") == 3
+            assert page.get_attribute("body", "data-find-photos") == "3" and "From 3 photos" in page.inner_text(
+                "#find-count")
+            combined = page.eval_on_selector_all("#top li", "els => els.map(e => [+e.dataset.index, "
+                                                            "+e.dataset.imageProbability])")
+            assert combined[0][0] == int(np.argmax(want))
+            assert all(abs(p - want[i]) <= 2e-4 for i, p in combined), (combined, want)  # photos within 1e-4 each
+            own = page.eval_on_selector_all("#find-photo-list li", "els => els.map(e => +e.dataset.index)")
+            assert own == [int(np.argmax(row)) for row in keras]  # each photo's own answer, one tap away
+            page.set_input_files("#add-photo", str(broken))  # a photo that cannot be read: reported, left out
+            page.wait_for_selector("body[data-result=error]", state="attached", timeout=30_000)
+            assert "could not be read as a picture" in page.inner_text("#error") and page.is_visible("#answer")
+            assert page.get_attribute("body", "data-find-photos") == "3"
+            _classify(page, tagged)  # a new find
+            assert page.get_attribute("body", "data-find-photos") == "1"
             page.wait_for_selector("body[data-journal='2']", state="attached", timeout=30_000)
             newest = page.eval_on_selector("#journal-list li .chosen", "s => Array.from(s.options).map(o => o.value)")
             page.select_option("#journal-list li:first-child .chosen", newest[1])  # name the newest: its top guess
@@ -480,7 +534,8 @@ def test_the_journal_keeps_identifications_offline_and_exports_darwin_core(bundl
                     return list(csv.DictReader(handle))
 
             plain, blurred = export(False), export(True)
-            assert len(plain) == 2
+            assert len(plain) == 2  # one row per find
+            assert [json.loads(row["dynamicProperties"]) for row in plain] == [{"photos": 1}, {"photos": 3}]
             assert {"scientificName", "eventDate", "decimalLatitude", "decimalLongitude",
                     "coordinateUncertaintyInMeters", "identificationRemarks"} <= set(plain[0])
             named = plain[0]

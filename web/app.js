@@ -6,17 +6,21 @@ import { createRuntime } from "./runtime.js";
 {
   const $ = (id) => document.getElementById(id);
   const state = { runtime: null, labels: null, spec: null, config: null, threshold: 0.6, last: null, millis: 0,
-    prior: null, usePrior: true, useOpenSet: true, about: null, position: null, where: null, logPrior: null, toxicity: null };
+    prior: null, usePrior: true, useOpenSet: true, about: null, position: null, where: null, logPrior: null, toxicity: null,
+    find: null }; // find: the photos of the find being identified, answered together
+
+  const SURE = 0.8; // photos of one find that each name another species this surely: the answer says they disagree
 
   function setStatus(text, kind) {
     $("status").textContent = text;
     $("status").dataset.state = kind;
   }
 
-  function showError(text) {
+  // keepAnswer: a photo added to a find failed; the find's answer from its other photos stands.
+  function showError(text, keepAnswer) {
     $("error").textContent = text;
     $("error").hidden = false;
-    $("answer").hidden = true;
+    $("answer").hidden = !keepAnswer;
     document.body.dataset.result = "error";
   }
 
@@ -97,7 +101,10 @@ import { createRuntime } from "./runtime.js";
   // else none. The month: the photo's date, else today's.
   function placeFor(exif) {
     const month = exif.month || new Date().getMonth() + 1;
-    if (state.position) return { source: "your location", lat: state.position.lat, lon: state.position.lon, month };
+    if (state.position) {
+      return { source: "your location", lat: state.position.lat, lon: state.position.lon, month,
+               accuracy: state.position.accuracy };
+    }
     if (exif.lat !== null) return { source: "the photo's GPS position and date", lat: exif.lat, lon: exif.lon, month };
     return null;
   }
@@ -235,6 +242,34 @@ import { createRuntime } from "./runtime.js";
     return probabilities;
   }
 
+  // The find's photos under its answer: how many it rests on, a note when they disagree, and each photo's own
+  // answer one tap away.
+  function renderFind(find) {
+    const count = find.photos.length;
+    document.body.dataset.findPhotos = String(count);
+    $("find-count").textContent = count > 1
+      ? `From ${count} photos of this find, combined (${find.rule === "max" ? "each species' highest probability" : "mean of log-probabilities"}).`
+      : "From one photo. Add the gills or pores, the stem and its base: several photos of one find answer better.";
+    const disagree = FungiRollup.disagree(find.photos.map((p) => p.probabilities), SURE);
+    $("find-disagree").hidden = !disagree;
+    document.body.dataset.findDisagree = String(disagree);
+    $("find-photos").hidden = count < 2;
+    $("find-photo-list").replaceChildren(...find.photos.map((photo, i) => {
+      const [best] = FungiRollup.topK(photo.probabilities, state.labels, 1);
+      const item = document.createElement("li");
+      item.dataset.index = String(best.index);
+      item.dataset.probability = String(best.probability);
+      const img = document.createElement("img");
+      img.src = photo.thumbnail;
+      img.alt = `Photo ${i + 1} of this find`;
+      const text = document.createElement("span");
+      text.textContent = ` ${best.species || best.class_key} (${(100 * best.probability).toFixed(1)} %)`;
+      item.append(img, text);
+      return item;
+    }));
+    $("add-photo-label").hidden = false;
+  }
+
   async function thumbnail(file) {
     const bitmap = await createImageBitmap(file, { imageOrientation: "from-image" });
     const scale = Math.min(1, 320 / Math.max(bitmap.width, bitmap.height));
@@ -251,14 +286,17 @@ import { createRuntime } from "./runtime.js";
     $("journal-error").hidden = !message;
   }
 
-  async function keep(file, probabilities) {
+  // The find as one journal entry (all its photos, downscaled; its combined top 5), rewritten as photos are added:
+  // a name or note already given to it stays.
+  async function keep(find, probabilities) {
     const top = FungiRollup.topK(Array.from(probabilities), state.labels, 5)
       .map((row) => ({ name: row.species || row.class_key, probability: row.probability }));
+    const saved = (state.journal || []).find((e) => e.id === find.id);
     const entry = {
-      id: self.crypto && crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random()}`,
-      time: new Date().toISOString(), photo: await thumbnail(file), top, chosen: "", notes: "",
-      lat: state.where ? state.where.lat : null, lon: state.where ? state.where.lon : null,
-      accuracy: state.where && state.position ? state.position.accuracy : null,
+      id: find.id, time: find.time, photos: find.photos.map((p) => p.thumbnail), photo: find.photos[0].thumbnail, top,
+      chosen: saved ? saved.chosen : "", notes: saved ? saved.notes : "",
+      lat: find.where ? find.where.lat : null, lon: find.where ? find.where.lon : null,
+      accuracy: find.where && find.where.accuracy !== undefined ? find.where.accuracy : null,
     };
     try {
       await FungiJournal.add(entry);
@@ -282,13 +320,19 @@ import { createRuntime } from "./runtime.js";
       item.dataset.id = entry.id;
       item.dataset.chosen = entry.chosen || "";
       item.dataset.notes = entry.notes || "";
-      const img = document.createElement("img");
-      img.src = entry.photo;
-      img.alt = "";
+      const photos = entry.photos || [entry.photo]; // an entry kept before finds had photos: its one photo
+      item.dataset.photos = String(photos.length);
+      const images = photos.map((src) => {
+        const img = document.createElement("img");
+        img.src = src;
+        img.alt = "";
+        return img;
+      });
       const when = document.createElement("span");
       when.className = "muted";
       when.textContent = ` ${entry.time.slice(0, 16).replace("T", " ")}` +
-        (entry.lat !== null ? ` · ${entry.lat.toFixed(3)}, ${entry.lon.toFixed(3)}` : "");
+        (entry.lat !== null ? ` · ${entry.lat.toFixed(3)}, ${entry.lon.toFixed(3)}` : "") +
+        (photos.length > 1 ? ` · ${photos.length} photos` : "");
       const choose = document.createElement("select");
       choose.className = "chosen";
       for (const [value, label] of [["", "not named yet"], ...entry.top.map((t) =>
@@ -319,7 +363,7 @@ import { createRuntime } from "./runtime.js";
       remove.className = "delete";
       remove.textContent = "Delete";
       remove.addEventListener("click", async () => { await FungiJournal.remove(entry.id); await showJournal(); });
-      item.append(img, when, choose, notes, remove);
+      item.append(...images, when, choose, notes, remove);
       return item;
     }));
     document.body.dataset.journal = String(entries.length);
@@ -336,32 +380,48 @@ import { createRuntime } from "./runtime.js";
     setTimeout(() => URL.revokeObjectURL(link.href), 10000);
   }
 
-  async function classify(file) {
+  // A photo: the first of a new find, or (adding) one more of the find on screen. The find's answer combines its
+  // photos' probabilities by the run's rule (config.json observation_rule, chosen on validation) and the mean of
+  // their open-set scores, as `fungilib predict --group-by` does; where and when: the first of its photos that
+  // says. A photo that cannot be read is reported and left out; the find keeps its answer.
+  async function classify(file, adding) {
     document.body.dataset.result = "working";
     $("error").hidden = true;
     if (!state.runtime) { showError("The model is still loading; try again in a moment."); return; }
-    const preview = $("preview");
-    if (preview.src) URL.revokeObjectURL(preview.src);
+    const find = adding && state.find ? state.find : {
+      id: self.crypto && crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random()}`,
+      time: new Date().toISOString(), photos: [], where: null, rule: state.config.observation_rule || "mean_log" };
     try {
       const exif = FungiExif.read(await file.arrayBuffer());
-      state.where = placeFor(exif);
-      state.logPrior = state.prior && state.where
-        ? state.prior.logPrior(state.where.lat, state.where.lon, state.where.month) : null;
       const start = performance.now();
       const input = await prepare(file); // decoded, resized and cropped off the main thread
+      const outputs = await state.runtime.predict(input); // probabilities, then the open-set score if appended
+      const millis = performance.now() - start;
+      const photo = { probabilities: Array.from(outputs.slice(0, state.labels.length)),
+                      score: outputs.length > state.labels.length ? outputs[state.labels.length] : null,
+                      thumbnail: await thumbnail(file) };
+      const preview = $("preview");
+      if (preview.src) URL.revokeObjectURL(preview.src);
       preview.src = URL.createObjectURL(file);
       $("figure").hidden = false;
-      const outputs = await state.runtime.predict(input); // probabilities, then the open-set score if appended
-      const probabilities = outputs.slice(0, state.labels.length);
-      state.last = probabilities;
-      state.lastScore = outputs.length > state.labels.length ? outputs[state.labels.length] : null;
-      state.millis = performance.now() - start;
-      const shown = render(probabilities, state.millis); // with the prior when it applies: what the journal keeps
-      await keep(file, shown)
+      find.where = find.where || placeFor(exif);
+      find.photos.push(photo);
+      state.find = find;
+      state.where = find.where;
+      state.logPrior = state.prior && state.where
+        ? state.prior.logPrior(state.where.lat, state.where.lon, state.where.month) : null;
+      state.last = FungiRollup.combine(find.photos.map((p) => p.probabilities), find.rule);
+      const scores = find.photos.map((p) => p.score).filter((s) => typeof s === "number");
+      state.lastScore = scores.length ? scores.reduce((a, b) => a + b, 0) / scores.length : null;
+      state.millis = millis;
+      const shown = render(state.last, state.millis); // with the prior when it applies: what the journal keeps
+      renderFind(find);
+      await keep(find, shown)
         .catch((err) => journalError(FungiJournal.explain(err))); // the answer stands
     } catch (err) {
-      $("figure").hidden = true;
-      showError(err && err.message ? err.message : String(err));
+      const kept = adding && state.find && state.find.photos.length > 0;
+      if (!kept) $("figure").hidden = true;
+      showError(err && err.message ? err.message : String(err), kept);
     }
   }
 
@@ -533,10 +593,11 @@ import { createRuntime } from "./runtime.js";
     document.body.dataset.ready = "true";
   }
 
-  for (const id of ["photo", "camera"]) {
+  for (const id of ["photo", "camera", "add-photo"]) {
     $(id).addEventListener("change", (event) => {
       const file = event.target.files && event.target.files[0];
-      if (file) classify(file);
+      event.target.value = ""; // the same file picked again is a change again
+      if (file) classify(file, id === "add-photo");
     });
   }
   $("export-csv").addEventListener("click", exportJournal);

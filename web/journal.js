@@ -5,7 +5,7 @@
   const DB = "fungilib-journal";
   const STORE = "entries";
   const COLUMNS = ["occurrenceID", "scientificName", "eventDate", "decimalLatitude", "decimalLongitude",
-    "coordinateUncertaintyInMeters", "identificationRemarks", "occurrenceRemarks", "basisOfRecord"];
+    "coordinateUncertaintyInMeters", "identificationRemarks", "occurrenceRemarks", "basisOfRecord", "dynamicProperties"];
 
   function open() {
     return new Promise((resolve, reject) => {
@@ -47,7 +47,8 @@
       return entries.sort((a, b) => b.time.localeCompare(a.time));
     },
     explain,
-    // Darwin Core CSV: the chosen name (or the best guess, marked as such), place (optionally blurred to 0.1°).
+    // Darwin Core CSV, one row per find: the chosen name (or the best guess, marked as such), place (optionally
+    // blurred to 0.1°), and its number of photos (dynamicProperties {"photos": n}; the photos stay on the device).
     csv(entries, blur) {
       // RFC 4180 quoting (a CR too), and a cell a spreadsheet would run as a formula (=, +, -, @, a tab or a CR
       // first) neutralised with a leading apostrophe, as OWASP advises for CSV exports
@@ -64,7 +65,7 @@
           e.id, named ? e.chosen : "", e.time, round(e.lat), round(e.lon),
           e.lat === null || e.lat === undefined ? "" : blur ? 11100 : Math.round(e.accuracy || 0) || "",
           named ? "identified on the device by its user" : best ? `not identified; the model's best guess was ${best.name} (${(100 * best.probability).toFixed(0)} %)` : "not identified",
-          e.notes || "", "HumanObservation",
+          e.notes || "", "HumanObservation", JSON.stringify({ photos: (e.photos || [e.photo]).filter(Boolean).length }),
         ].map(cell).join(",");
       });
       return [COLUMNS.join(","), ...rows].join("\n") + "\n";

@@ -57,5 +57,36 @@
     return { rank: "none", name: null, probability: top.probability };
   }
 
-  return { topK, answer, openSetScore, gateScore };
+  // The photos of one find (its cap, gills, stem, base) answered together, as fungilib.find_metrics.combine:
+  // "mean_log" (the mean of the photos' log-probabilities, renormalised) or "max" (each species' highest
+  // probability, renormalised) — the rule the run chose on its validation finds.
+  function combine(rows, rule) {
+    if (!rows.length) throw new Error("a find needs at least one photo");
+    const n = rows[0].length;
+    const scores = new Float64Array(n);
+    if (rule === "mean_log") {
+      for (const row of rows) for (let i = 0; i < n; i++) scores[i] += Math.log(Math.max(row[i], 1e-30)) / rows.length;
+      const top = Math.max(...scores);
+      for (let i = 0; i < n; i++) scores[i] = Math.exp(scores[i] - top);
+    } else if (rule === "max") {
+      for (const row of rows) for (let i = 0; i < n; i++) scores[i] = Math.max(scores[i], row[i]);
+    } else {
+      throw new Error(`unknown rule ${rule}; rules: mean_log, max`);
+    }
+    const total = scores.reduce((s, v) => s + v, 0);
+    return Array.from(scores, (v) => v / total);
+  }
+
+  // Photos of one find that each name a different species at ``sure`` or above (fungilib.predict_finds.SURE):
+  // the find's answer says so.
+  function disagree(rows, sure) {
+    const named = new Set();
+    for (const row of rows) {
+      const best = topK(row, [], 1)[0];
+      if (best.probability >= sure) named.add(best.index);
+    }
+    return named.size > 1;
+  }
+
+  return { topK, answer, openSetScore, gateScore, combine, disagree };
 });
