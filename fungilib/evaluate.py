@@ -292,7 +292,19 @@ def evaluate_run(params: EvaluateParams) -> EvalResult:
     run_dir, manifest, split = Path(params.run), params.manifest, params.split
     temperature_scaling, batch_size = params.temperature_scaling, params.batch_size
     run = TrainedRun(run_dir)
-    model, labels, prep = run.load()
+    embedded = run.summary().params.get("dataset", {}).get("embeddings")
+    head = run.head_logits() if embedded else None
+    if head is not None:  # a head on stored embeddings: the whole network loads only if a photo was not embedded
+        run.require_model()
+        labels, prep = run.labels(), run.preprocessing()
+        if head[0].shape[-1] != len(labels):
+            raise FungilibError(f"{run.head_logits_file}: {head[0].shape[-1]} outputs, labels.json lists "
+                                f"{len(labels)}; train the run again")
+
+        def model() -> Any:
+            return run.load()[0]
+    else:
+        model, labels, prep = run.load()
     if manifest is None:
         manifest = run.summary().manifest
     frame, manifest_labels = load_manifest(manifest)
@@ -303,9 +315,9 @@ def evaluate_run(params: EvaluateParams) -> EvalResult:
         raise FungilibError(f"{manifest}: no images in split {split!r}")
     size, n = int(prep["input_size"]), len(labels)
     outputs = photo_outputs(model, n, size, batch_size)
-    embedded = run.summary().params.get("dataset", {}).get("embeddings")
     if embedded:  # a head trained on stored embeddings is evaluated on them (its whole network gives the same)
-        outputs = stored_outputs(model, Path(embedded), outputs)
+        outputs = stored_outputs(head if head is not None else tuple(model.get_layer("logits").get_weights()),
+                                 Path(embedded), outputs)
     logits, test_emb = outputs(test)
     y = test["label"].to_numpy()
     temperature = 1.0

@@ -77,7 +77,8 @@ def composed_parity(model: Any, emb: Embeddings, manifest: Any, n: int, size: in
     split = "val" if (manifest["split"] == "val").any() else "train"
     rows = manifest[manifest["split"] == split].head(PARITY_PHOTOS)
     whole, _ = logits_and_embeddings(with_embeddings(model), rows, n, size)
-    stored, _ = stored_outputs(model, emb.folder, lambda frame: (np.zeros((0, n)), np.zeros((0, 0))))(rows)
+    stored, _ = stored_outputs(tuple(model.get_layer("logits").get_weights()), emb.folder,
+                               lambda frame: (np.zeros((0, n)), np.zeros((0, 0))))(rows)
     result = {"photos": float(len(rows)), "max_abs_logit_diff": float(np.abs(whole - stored).max()),
               "top1_agreement": float(np.mean(whole.argmax(1) == stored.argmax(1)))}
     if result["top1_agreement"] < 1 or not result["max_abs_logit_diff"] <= PARITY_MAX_LOGIT_DIFF:
@@ -125,7 +126,8 @@ def train_on_embeddings(params: TrainParams, run: TrainedRun) -> TrainResult:
                                                                fit.epochs))
     head.compile(optimizer, loss=keras.losses.CategoricalCrossentropy(
         from_logits=True, label_smoothing=params.regularization.label_smoothing),
-        metrics=["accuracy", keras.metrics.TopKCategoricalAccuracy(3, name="top3")])
+        metrics=["accuracy", keras.metrics.TopKCategoricalAccuracy(3, name="top3")],
+        steps_per_execution=steps)  # a whole epoch per call: a head step is too small to pay Python's round trip
     resumed = run.completed_epochs() if run.backup_dir.exists() else 0
     if not resumed and run.history_file.exists():
         run.history_file.unlink()
@@ -141,6 +143,10 @@ def train_on_embeddings(params: TrainParams, run: TrainedRun) -> TrainResult:
                           params.model.weights)  # the network the head belongs on: base, pool, dropout, logits
     model.get_layer("logits").set_weights(head.get_layer("logits").get_weights())
     parity = composed_parity(model, emb, manifest, n, d.image_size)
+    kernel, bias = model.get_layer("logits").get_weights()
+    with atomic_path(run.head_logits_file) as tmp:  # evaluation reads the head alone, never the whole network
+        with tmp.open("wb") as handle:
+            np.savez(handle, kernel=kernel, bias=bias)
     with atomic_path(run.model_file) as tmp:
         tmp_model = tmp.with_suffix(".keras")
         model.save(tmp_model)

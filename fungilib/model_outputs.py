@@ -38,21 +38,28 @@ Outputs = Callable[[pd.DataFrame], tuple[np.ndarray, np.ndarray]]  # a frame's p
 
 
 def photo_outputs(model: Any, num_classes: int, size: int, batch_size: int = 64) -> Outputs:
-    """(logits, embeddings) of a frame's photos, through the whole network."""
-    net = with_embeddings(model)
-    return lambda frame: logits_and_embeddings(net, frame, num_classes, size, batch_size)
+    """(logits, embeddings) of a frame's photos, through the whole network (``model``, or a function returning it:
+    then loaded on the first frame that needs it)."""
+    nets: list[Any] = []
+
+    def outputs(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        if not nets:
+            nets.append(with_embeddings(model() if callable(model) and not hasattr(model, "predict") else model))
+        return logits_and_embeddings(nets[0], frame, num_classes, size, batch_size)
+
+    return outputs
 
 
-def stored_outputs(model: Any, folder: Path, fallback: Outputs) -> Outputs:
+def stored_outputs(logits_layer: tuple[np.ndarray, np.ndarray], folder: Path, fallback: Outputs) -> Outputs:
     """(logits, embeddings) from an embed stage's stored centre-crop embeddings — the model's own logits layer
-    applied to them, which is what the whole network computes from those photos (checked at training) — and through
-    ``fallback`` for a frame holding a photo the folder lacks."""
+    (``logits_layer``: its kernel and bias) applied to them, which is what the whole network computes from those
+    photos (checked at training) — and through ``fallback`` for a frame holding a photo the folder lacks."""
     from fungilib.artifacts.embeddings import load_embeddings
 
     stored = load_embeddings(folder)
     centre = stored.index[stored.index["view"] == 0]
     row_of = dict(zip(centre["media_id"].astype(str), centre["row"], strict=True))
-    kernel, bias = model.get_layer("logits").get_weights()
+    kernel, bias = logits_layer
 
     def outputs(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         ids = frame["media_id"].astype(str)

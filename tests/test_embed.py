@@ -90,7 +90,8 @@ def test_a_head_run_on_embeddings_trains_composes_and_is_evaluated_like_any_run(
     manifest, _ = load_manifest(pipeline.root / "clean")
     test = manifest[manifest["split"] == "test"].head(12)
     whole = photo_outputs(model, len(labels), int(prep["input_size"]))
-    assert np.abs(stored_outputs(model, embedded, whole)(test)[0] - whole(test)[0]).max() < 1e-3
+    assert np.abs(stored_outputs(run.head_logits(), embedded, whole)(test)[0] - whole(test)[0]).max() < 1e-3
+    assert np.array_equal(run.head_logits()[0], model.get_layer("logits").get_weights()[0])  # evaluation's head
 
 
 @pytest.mark.parametrize(("setting", "message"), [

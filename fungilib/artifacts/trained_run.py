@@ -23,6 +23,7 @@ BEST_WEIGHTS = "best.weights.h5"
 PRUNED = "pruned.json"
 OPEN_SET = "open_set.json"
 OPEN_SET_BANK = "open_set_bank.npz"  # the k-NN score's training embeddings (fungilib.feature_scores)
+HEAD_LOGITS = "head_logits.npz"  # a head trained on stored embeddings: its logits layer (kernel, bias)
 PRIOR = "place_prior.npz"
 PRIOR_SUMMARY = "place_prior.json"
 PER_CLASS = "per_class.csv"
@@ -88,6 +89,10 @@ class TrainedRun:
     @property
     def best_weights(self) -> Path:
         return self.folder / BEST_WEIGHTS
+
+    @property
+    def head_logits_file(self) -> Path:
+        return self.folder / HEAD_LOGITS
 
     @property
     def pruned_file(self) -> Path:
@@ -170,6 +175,17 @@ class TrainedRun:
             with np.load(path, allow_pickle=False) as data:
                 return {key: data[key] for key in data.files}
         except (OSError, ValueError, EOFError):
+            return None
+
+    def head_logits(self) -> tuple[Any, Any] | None:
+        """(kernel, bias) of a head trained on stored embeddings, or None for another run or an unreadable file
+        (the caller then reads the logits layer of model.keras)."""
+        import numpy as np
+
+        try:
+            with np.load(self.head_logits_file, allow_pickle=False) as data:
+                return data["kernel"], data["bias"]
+        except (OSError, ValueError, KeyError, EOFError):
             return None
 
     def pruned_epoch(self) -> int:
