@@ -44,21 +44,24 @@ def check_embeddings(emb: Embeddings, params: TrainParams) -> None:
                             f"{params.model.freeze})")
 
 
-def smote(x: np.ndarray, y: np.ndarray, num_classes: int, seed: int, k: int = SMOTE_NEIGHBOURS
-          ) -> tuple[np.ndarray, np.ndarray]:
-    """SMOTE in feature space (Chawla et al. 2002): each class under the largest one's count is filled up with
-    points on the segments between its embeddings and their ``k`` nearest same-class neighbours."""
+def smote(x: np.ndarray, y: np.ndarray, num_classes: int, seed: int, k: int = SMOTE_NEIGHBOURS,
+          per_class: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """SMOTE in feature space (Chawla et al. 2002): each class under ``per_class`` training embeddings (0: the
+    largest class's count) is filled up to it with points on the segments between its embeddings and their ``k``
+    nearest same-class neighbours. On a long tail of thousands of classes, filling every class up to the largest
+    would multiply the set by hundreds: cap it with ``per_class``."""
     rng = np.random.default_rng(seed)
     counts = np.bincount(y, minlength=num_classes)
-    target = counts.max()
+    target = int(per_class or counts.max())
     new_x, new_y = [x], [y]
     for c in np.flatnonzero((counts > 0) & (counts < target)):
-        own = x[y == c]
+        own = x[y == c].astype(np.float64)
         need = target - len(own)
         if len(own) == 1:
             new_x.append(np.repeat(own, need, axis=0))
         else:
-            distances = ((own[:, None, :] - own[None, :, :]) ** 2).sum(axis=2)
+            squares = (own ** 2).sum(axis=1)  # |a - b|² = |a|² + |b|² - 2 a·b: no (n, n, d) array
+            distances = squares[:, None] + squares[None, :] - 2 * own @ own.T
             np.fill_diagonal(distances, np.inf)
             neighbours = np.argsort(distances, axis=1)[:, : min(k, len(own) - 1)]
             start = rng.integers(0, len(own), need)
@@ -115,7 +118,7 @@ def train_on_embeddings(params: TrainParams, run: TrainedRun) -> TrainResult:
     if not len(y_train):
         raise FungilibError(f"{emb.folder}: no training embeddings")
     if d.balance == "smote":
-        x_train, y_train = smote(x_train, y_train, n, fit.seed)
+        x_train, y_train = smote(x_train, y_train, n, fit.seed, per_class=d.smote_per_class)
     weights = class_weights(y_train, n) if d.balance == "class_weights" else None
     keras.utils.set_random_seed(fit.seed)
     head = keras.Sequential([keras.Input((x_train.shape[1],), name="embedding"),

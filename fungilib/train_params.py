@@ -22,6 +22,7 @@ class DatasetParams:
     cache_budget_mb: int = 1024
     # smote: new training embeddings between each small class's own (stored embeddings only: dataset.embeddings)
     balance: Literal["none", "class_weights", "sampling", "smote"] = "none"
+    smote_per_class: int = 0  # smote fills each class up to this many training embeddings; 0: the largest class's
     embeddings: str = ""  # an embed stage's folder: train the head only, on its stored features (fast sweeps)
 
 
@@ -121,6 +122,8 @@ class TrainParams:
         if self.dataset.balance == "smote" and not self.dataset.embeddings:
             raise FungilibError("dataset.balance=smote works on stored embeddings: set dataset.embeddings (an embed "
                                 "stage's folder) or use class_weights / sampling")
+        if self.dataset.smote_per_class < 0:
+            raise FungilibError("dataset.smote_per_class must be ≥ 0 (0: up to the largest class's count)")
         if self.optimizer.learning_rate <= 0:
             raise FungilibError("optimizer.learning_rate must be > 0")
         if self.fit.replicas < 0 or self.fit.worker_timeout_s <= 0:

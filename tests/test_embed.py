@@ -116,6 +116,8 @@ def test_smote_fills_small_classes_with_points_between_their_own() -> None:
     made = new_x[len(x):][new_y[len(x):] == 1]
     own = x[y == 1]
     assert (made.min(axis=0) >= own.min(axis=0) - 1e-9).all() and (made.max(axis=0) <= own.max(axis=0) + 1e-9).all()
+    capped_x, capped_y = smote(x, y, 3, seed=0, per_class=10)  # a long tail's cap: the big class stays as it is
+    assert np.bincount(capped_y).tolist() == [40, 10, 10] and np.allclose(capped_x[: len(x)], x, rtol=1e-6)
     with pytest.raises(FungilibError, match="dataset.balance=smote works on stored embeddings"):
         from fungilib.params import build_params
         from fungilib.train import TrainParams
