@@ -173,6 +173,19 @@ def open_set_bank(run: TrainedRun, gate: dict[str, Any]) -> KnnBank | None:
     return KnnBank.from_arrays(arrays)
 
 
+def _composed_head_parity(run: TrainedRun, model: Any, num_classes: int, size: int) -> dict[str, float] | None:
+    """A head trained on stored embeddings, composed with its base at load: its logits on a few validation photos
+    against the head's on their stored embeddings (one line and no bundle when they differ); None for other runs."""
+    if run.model_file.exists():
+        return None
+    from fungilib.artifacts.dataset import load_manifest
+    from fungilib.model_outputs import composed_parity
+
+    summary = run.summary()
+    manifest, _ = load_manifest(summary.manifest)
+    return composed_parity(model, Path(summary.params["dataset"]["embeddings"]), manifest, num_classes, size)
+
+
 def export_run(params: ExportParams) -> ExportResult:
     """Write the export bundle for ``params.run``; fail when an unquantized format disagrees with Keras.
 
@@ -183,7 +196,7 @@ def export_run(params: ExportParams) -> ExportResult:
         return add_model(params)
     run_dir = Path(params.run)  # requests are checked before TensorFlow starts
     run = TrainedRun(run_dir)
-    if not run.model_file.exists():
+    if not run.has_model:
         raise FungilibError(f"{run_dir} holds no finished training run (no {run.model_file.name}); train it first")
     bundle = bundle_folder(params)
     if params.toxicity is not None:  # a malformed list is one line before anything is exported
@@ -195,6 +208,7 @@ def export_run(params: ExportParams) -> ExportResult:
     from fungilib.webapp import tfjs_predict_node, write_web_app
 
     model, labels, prep = run.load()  # checked together (labels against outputs) before anything is written
+    composed = _composed_head_parity(run, model, len(labels), int(prep["input_size"]))
     work = bundle.with_name(f".{bundle.name}.partial")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -238,6 +252,8 @@ def export_run(params: ExportParams) -> ExportResult:
         parity[f"tfjs_{folder}_node"] = compare(reference, *tfjs_predict_node(work / bundle_files.TFJS_DIR / folder,
                                                                               images), classes=n)
     parity["images"] = {"count": float(len(images))}
+    if composed is not None:  # a head run: its base + head against the head on the stored embeddings
+        parity["composed_head"] = composed
     write_json(work / bundle_files.PARITY, parity)
     exact = ["saved_model", "tflite_f32"] + (["tflite_web"] if params.litert_web == "float32" else []) + (
         ["tfjs_float32_node"] if "none" in params.tfjs_quantization else [])

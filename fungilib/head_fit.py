@@ -1,14 +1,14 @@
 """The training stage on stored embeddings (``dataset.embeddings``: an embed stage's folder): only the head trains —
 dropout and the logits layer, with the run's optimizer, schedule, label smoothing and class balance — in seconds,
-since the frozen base never runs again. The run folder is the usual one: the head is composed with the base into
-``model.keras`` (the network ``freeze: head_only`` would have trained), so evaluation, export and predict take it as
-any other run; evaluation reads the same stored embeddings."""
+since the frozen base never runs again. The run folder is the usual one, with the head's logits layer
+(``head_logits.npz``, kilobytes) where a full run has ``model.keras``: evaluation reads the same stored embeddings,
+and export and predict compose the head with its base when they load the run (``TrainedRun.compose_head``: the
+network ``freeze: head_only`` would have trained; export checks it against the head on the stored embeddings)."""
 
 from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +21,11 @@ from fungilib.data_version import source_version
 from fungilib.errors import FungilibError
 from fungilib.fsutil import atomic_path
 from fungilib.input_pipeline import class_weights
-from fungilib.keras_parts import classifier, make_optimizer, make_schedule, preprocessing_spec, training_callbacks
+from fungilib.keras_parts import make_optimizer, make_schedule, preprocessing_spec, training_callbacks
 from fungilib.params import params_to_dict, write_params
 from fungilib.train_params import TrainParams
 
 SMOTE_NEIGHBOURS = 5
-PARITY_PHOTOS = 16  # validation photos the composed network is checked on against the head on their embeddings
-PARITY_MAX_LOGIT_DIFF = 1e-3
 
 
 def check_embeddings(emb: Embeddings, params: TrainParams) -> None:
@@ -70,24 +68,6 @@ def smote(x: np.ndarray, y: np.ndarray, num_classes: int, seed: int, k: int = SM
             new_x.append(own[start] + gap * (own[other] - own[start]))
         new_y.append(np.full(need, c))
     return np.concatenate(new_x).astype(np.float32), np.concatenate(new_y)
-
-
-def composed_parity(model: Any, emb: Embeddings, manifest: Any, n: int, size: int) -> dict[str, float]:
-    """The composed network on a few validation (else training) photos against the head on their stored
-    embeddings: the same logits, or the run stops and says so."""
-    from fungilib.model_outputs import logits_and_embeddings, stored_outputs, with_embeddings
-
-    split = "val" if (manifest["split"] == "val").any() else "train"
-    rows = manifest[manifest["split"] == split].head(PARITY_PHOTOS)
-    whole, _ = logits_and_embeddings(with_embeddings(model), rows, n, size)
-    stored, _ = stored_outputs(tuple(model.get_layer("logits").get_weights()), emb.folder,
-                               lambda frame: (np.zeros((0, n)), np.zeros((0, 0))))(rows)
-    result = {"photos": float(len(rows)), "max_abs_logit_diff": float(np.abs(whole - stored).max()),
-              "top1_agreement": float(np.mean(whole.argmax(1) == stored.argmax(1)))}
-    if result["top1_agreement"] < 1 or not result["max_abs_logit_diff"] <= PARITY_MAX_LOGIT_DIFF:
-        raise FungilibError(f"{emb.folder}: the composed network disagrees with the head on its stored embeddings "
-                            f"({result}); embed again (the photos or the base changed since)")
-    return result
 
 
 def _dataset(x: np.ndarray, y: np.ndarray, n: int, batch: int, training: bool, seed: int, balance: str) -> Any:
@@ -142,25 +122,17 @@ def train_on_embeddings(params: TrainParams, run: TrainedRun) -> TrainResult:
     seconds = time.perf_counter() - start
     if run.best_weights.exists():
         head.load_weights(str(run.best_weights))
-    model, _ = classifier(replace(params, augmentation=replace(params.augmentation, enabled=False)), n,
-                          params.model.weights)  # the network the head belongs on: base, pool, dropout, logits
-    model.get_layer("logits").set_weights(head.get_layer("logits").get_weights())
-    parity = composed_parity(model, emb, manifest, n, d.image_size)
-    kernel, bias = model.get_layer("logits").get_weights()
-    with atomic_path(run.head_logits_file) as tmp:  # evaluation reads the head alone, never the whole network
+    kernel, bias = head.get_layer("logits").get_weights()
+    run.model_file.unlink(missing_ok=True)  # (a composed network of an earlier run in this folder: stale now)
+    with atomic_path(run.head_logits_file) as tmp:  # the run's model: its base is the embeddings' own
         with tmp.open("wb") as handle:
             np.savez(handle, kernel=kernel, bias=bias)
-    with atomic_path(run.model_file) as tmp:
-        tmp_model = tmp.with_suffix(".keras")
-        model.save(tmp_model)
-        tmp_model.replace(tmp)
     history = run.history()
-    result = TrainResult(run.model_file, len(history), resumed, round(seconds, 1),
+    result = TrainResult(run.head_logits_file, len(history), resumed, round(seconds, 1),
                          round(len(history) * len(y_train) / seconds, 1) if seconds else 0.0,
                          float(history["val_loss"].min()) if "val_loss" in history else None)
     run.write_summary({**result.__dict__, "model": str(result.model), "seed": fit.seed,
                        "params": params_to_dict(params), "train_images": int(len(y_train)),
-                       "val_images": int(len(y_val)), "classes": n, "embeddings": str(emb.folder),
-                       "composed_parity": parity})
+                       "val_images": int(len(y_val)), "classes": n, "embeddings": str(emb.folder)})
     shutil.rmtree(run.backup_dir, ignore_errors=True)
     return result

@@ -97,7 +97,10 @@ def model_card(run_dir: Path, labels: Any, size: int, parity: dict, sizes: dict[
         "- formats and sizes: " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sizes.items()),
         f"- parity vs Keras on {int(parity['images']['count'])} test images: " + "; ".join(
             f"{k} agreement {v['top1_agreement']:.0%}, max |Δp| {v['max_abs_diff']:.1e}"
-            for k, v in parity.items() if k != "images" and "top1" not in v),
+            for k, v in parity.items() if k not in ("images", "composed_head") and "top1" not in v),
+        *([f"- a head trained on stored embeddings, composed with its base for export: on {c['photos']:.0f} validation "
+           f"photos the same species as the head on their stored embeddings ({c['top1_agreement']:.0%}), max |Δ logit| "
+           f"{c['max_abs_logit_diff']:.1e}"] if (c := parity.get("composed_head")) else []),
         *([f"- the page's model is int8 (weights and activations), checked on {web['images']:.0f} test photos: top-1 "
            f"{web['top1']:.3f} (Keras {web['top1_keras']:.3f}), the same species as Keras on "
            f"{web['top1_agreement']:.1%}, "

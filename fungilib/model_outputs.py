@@ -69,3 +69,26 @@ def stored_outputs(logits_layer: tuple[np.ndarray, np.ndarray], folder: Path, fa
         return x @ kernel + bias, x
 
     return outputs
+
+
+PARITY_PHOTOS = 16  # validation photos a composed network is checked on against its head on their embeddings
+PARITY_MAX_LOGIT_DIFF = 1e-3
+
+
+def composed_parity(model: Any, embeddings: Path, manifest: pd.DataFrame, num_classes: int,
+                    size: int) -> dict[str, float]:
+    """A head run's composed network (base + head) on a few validation (else training) photos against the head on
+    their stored embeddings: the same logits, or one line saying they differ."""
+    from fungilib.errors import FungilibError
+
+    split = "val" if (manifest["split"] == "val").any() else "train"
+    rows = manifest[manifest["split"] == split].head(PARITY_PHOTOS)
+    whole, _ = logits_and_embeddings(with_embeddings(model), rows, num_classes, size)
+    stored, _ = stored_outputs(tuple(model.get_layer("logits").get_weights()), embeddings,
+                               lambda frame: (np.zeros((0, num_classes)), np.zeros((0, 0))))(rows)
+    result = {"photos": float(len(rows)), "max_abs_logit_diff": float(np.abs(whole - stored).max()),
+              "top1_agreement": float(np.mean(whole.argmax(1) == stored.argmax(1)))}
+    if result["top1_agreement"] < 1 or not result["max_abs_logit_diff"] <= PARITY_MAX_LOGIT_DIFF:
+        raise FungilibError(f"{embeddings}: the composed network disagrees with the head on its stored embeddings "
+                            f"({result}); embed again (the photos or the base changed since)")
+    return result

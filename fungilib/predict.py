@@ -118,7 +118,7 @@ def _tflite_predictor(bundle: Path) -> Predictor:
 def load_predictor(model: Path) -> Predictor:
     """A run folder (``model.keras``), an export bundle (``model_f32.tflite``), or a run holding ``export/``."""
     model = Path(model)
-    if TrainedRun(model).model_file.exists():
+    if TrainedRun(model).has_model:
         return _keras_predictor(model)
     for bundle in (model, model / "export"):
         if bundle_files.has_litert_model(bundle):

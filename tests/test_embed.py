@@ -80,9 +80,9 @@ def test_a_head_run_on_embeddings_trains_composes_and_is_evaluated_like_any_run(
     assert done.returncode == 0, done.stderr[-3000:]
     run = TrainedRun(out)
     summary = json.loads((out / "train_summary.json").read_text())
-    parity = summary["composed_parity"]  # the base and the trained head in one network: the head's very logits
-    assert parity["top1_agreement"] == 1.0 and parity["max_abs_logit_diff"] < 1e-3
     assert summary["epochs_run"] == 4 and summary["embeddings"] == str(embedded)
+    # the run keeps its head (kilobytes), not a copy of the base: composed when loaded
+    assert not run.model_file.exists() and run.head_logits_file.stat().st_size < 100_000 and run.finished
     metrics = run.metrics()
     assert metrics["val_top1"] > 0.5 and metrics["top1"] > 0.5  # a real head on real features of the sample
     # the stored path and the whole network answer alike for test photos (what evaluation relied on)
@@ -91,6 +91,14 @@ def test_a_head_run_on_embeddings_trains_composes_and_is_evaluated_like_any_run(
     test = manifest[manifest["split"] == "test"].head(12)
     whole = photo_outputs(model, len(labels), int(prep["input_size"]))
     assert np.abs(stored_outputs(run.head_logits(), embedded, whole)(test)[0] - whole(test)[0]).max() < 1e-3
+    # exported as one model: base + head composed, checked against the head on the stored embeddings
+    from fungilib.export import ExportParams, export_run
+
+    exported = export_run(ExportParams(run=out, out=tmp_path / "bundle", tfjs_quantization=["none"], parity_images=4))
+    composed = exported.parity["composed_head"]
+    assert composed["top1_agreement"] == 1.0 and composed["max_abs_logit_diff"] < 1e-3 and composed["photos"] > 0
+    assert exported.parity["tflite_f32"]["top1_agreement"] == 1.0
+    assert "composed with its base for export" in (exported.bundle / "MODEL_CARD.md").read_text()
     assert np.array_equal(run.head_logits()[0], model.get_layer("logits").get_weights()[0])  # evaluation's head
 
 

@@ -111,13 +111,18 @@ class TrainedRun:
         return self.folder / LOGS_DIR
 
     @property
+    def has_model(self) -> bool:
+        """model.keras, or a head trained on stored embeddings (composed with its base when loaded)."""
+        return self.model_file.exists() or self.head_logits_file.exists()
+
+    @property
     def finished(self) -> bool:
-        return (self.folder / SUMMARY).exists() and self.model_file.exists()
+        return (self.folder / SUMMARY).exists() and self.has_model
 
     def require_model(self) -> Path:
-        if not self.model_file.exists():
+        if not self.has_model:
             raise FungilibError(f"{self.folder}: no {MODEL_FILE}; train first (or the run did not finish)")
-        return self.model_file
+        return self.model_file if self.model_file.exists() else self.head_logits_file
 
     # readers
     def summary(self) -> TrainSummary:
@@ -197,13 +202,30 @@ class TrainedRun:
         path = self.folder / PER_CLASS
         return pd.read_csv(path) if path.exists() else None
 
+    def compose_head(self) -> Any:
+        """A head trained on stored embeddings (head_logits.npz) on its frozen base: the network ``freeze:
+        head_only`` would have trained — the base built from its weights (cached once), the logits layer set."""
+        from fungilib.models import build_classifier
+
+        head = self.head_logits()
+        if head is None:
+            raise FungilibError(f"{self.head_logits_file}: not readable; train the run again")
+        model_params, image_size = self.summary().params["model"], int(self.summary().params["dataset"]["image_size"])
+        model, _ = build_classifier(model_params["base"], model_params["weights"], image_size, int(head[0].shape[-1]),
+                                    float(model_params["dropout"]), bn_inference=model_params["weights"] != "none")
+        model.get_layer("logits").set_weights(list(head))
+        return model
+
     def load_model(self) -> Any:
-        """The Keras model (fungilib's custom layers registered); a damaged file is one line naming it."""
+        """The Keras model (fungilib's custom layers registered), or a head run's composed network; a damaged file
+        is one line naming it."""
         import keras
 
         from fungilib.models import colour_jitter_layer_class, hub_layer_class
 
         self.require_model()
+        if not self.model_file.exists():
+            return self.compose_head()
         try:
             return keras.models.load_model(self.model_file, safe_mode=False, custom_objects={
                 "HubModuleLayer": hub_layer_class(), "ColourJitter": colour_jitter_layer_class()})
