@@ -61,7 +61,7 @@ demo: setup
 	$(BIN)/fungilib demo --out runs/demo --sweep params/sweeps/demo.yaml
 
 test: setup lint
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup tests -p no:cacheprovider
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup tests -p no:cacheprovider --durations=20
 	rm -rf $(NBVAL_DIR)/notebooks && mkdir -p $(NBVAL_DIR)/notebooks && cp $(STAGE_NOTEBOOKS) $(NBVAL_DIR)/notebooks/
 	cd $(NBVAL_DIR) && $(CURDIR)/$(BIN)/python -m pytest -q notebooks --nbval-lax -p no:cacheprovider
 
