@@ -80,22 +80,34 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature minimising the negative log-likelihood on (validation) logits, by a log-space search."""
+    """The temperature in [0.05, 20] minimising the negative log-likelihood on (validation) logits. The NLL is
+    convex in 1/T (a log-sum-exp minus a linear term), so a golden-section search on log T finds its minimum in
+    42 evaluations, each one float32 pass of exp over the logits (was 280 full softmaxes: minutes at 2,451 classes
+    × 20 k photos)."""
     if not len(labels):
         return 1.0
+    z = np.asarray(logits, np.float32)
+    z = z - z.max(axis=1, keepdims=True)  # shifting a row leaves its softmax, at every temperature, unchanged
+    true = z[np.arange(len(labels)), labels].astype(np.float64)
 
-    def nll(t: float) -> float:
-        p = softmax(logits, t)[np.arange(len(labels)), labels]
-        return float(-np.mean(np.log(np.maximum(p, 1e-12))))
+    def nll(log_t: float) -> float:  # row max 0: each row's sum is ≥ 1, no overflow, no log of 0
+        sums = np.exp(z * np.float32(np.exp(-log_t))).sum(axis=1, dtype=np.float64)
+        return float(np.mean(np.log(sums) - np.exp(-log_t) * true))
 
-    grid = np.exp(np.linspace(np.log(0.05), np.log(20), 200))
-    best = float(grid[np.argmin([nll(t) for t in grid])])
-    lo, hi = best / 1.04, best * 1.04  # refine around the best grid point (golden-section)
+    lo, hi = np.log(0.05), np.log(20.0)
     ratio = (np.sqrt(5) - 1) / 2
-    for _ in range(40):
-        a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
-        lo, hi = (lo, b) if nll(a) < nll(b) else (a, hi)
-    return (lo + hi) / 2
+    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    fa, fb = nll(a), nll(b)
+    for _ in range(40):  # the bracket shrinks to 1e-8 of its width
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - ratio * (hi - lo)
+            fa = nll(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + ratio * (hi - lo)
+            fb = nll(b)
+    return float(np.exp((lo + hi) / 2))
 
 
 def rollup_accuracy(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float | None:
