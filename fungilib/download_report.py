@@ -15,21 +15,25 @@ from fungilib.plotting import plt, save_figure
 REPORT_PLOT = "download_report.png"
 
 
+def _failed(downloads: pd.DataFrame) -> pd.DataFrame:
+    """The failed rows, each with its failure ``kind`` (``http 404``, ``timeout``, ``undecodable``, …)."""
+    return downloads[downloads["status"] != "ok"].assign(kind=lambda d: d["reason"].map(reason_kind))
+
+
 def outcomes(downloads: pd.DataFrame) -> pd.Series:
     """Photos per outcome: ``ok (fetched)``, ``ok (already here)``, then each failure kind (``http 404``,
     ``timeout``, ``undecodable``, …), commonest first."""
     ok = downloads["status"] == "ok"
     counts = {"ok (fetched)": int((ok & ~downloads["cached"]).sum()),
               "ok (already here)": int((ok & downloads["cached"]).sum())}
-    failed = downloads.loc[~ok, "reason"].map(reason_kind).value_counts()
+    failed = _failed(downloads)["kind"].value_counts()
     counts.update({f"failed: {k}": int(v) for k, v in failed.items()})
     return pd.Series({k: v for k, v in counts.items() if v}, name="photos")
 
 
 def failure_examples(downloads: pd.DataFrame, per_kind: int = 1) -> pd.DataFrame:
     """``per_kind`` failed photos of each failure kind: the URL, the full reason and the attempts it took."""
-    failed = downloads[downloads["status"] != "ok"].assign(kind=lambda d: d["reason"].map(reason_kind))
-    return (failed.groupby("kind", sort=True).head(per_kind)[["kind", "url", "reason", "attempts"]]
+    return (_failed(downloads).groupby("kind", sort=True).head(per_kind)[["kind", "url", "reason", "attempts"]]
             .sort_values("kind").reset_index(drop=True))
 
 

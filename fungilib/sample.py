@@ -328,7 +328,7 @@ def build_tables(spec: SampleSpec) -> tuple[dict[str, list], dict[str, list], li
     media: dict[str, list] = {name: [] for _, name in MULTIMEDIA_TERMS}
     photos: list[tuple] = []  # (photo_id, species or None, gbifID)
     ids: list[tuple[str, str | None, str, str, str]] = []
-    exponent = float(spec.tail_exponent if spec.tail_exponent is not None else TAIL_EXPONENT[spec.flora])
+    exponent = float(spec.tail_exponent)  # resolved to the flora's own in SampleSpec.__post_init__
     for species, n in species_observation_counts(spec.observations, exponent, spec.flora).items():
         _, genus, family, order = TAXA[species]
         ids += [("SPECIES", species, genus, family, order)] * n
