@@ -53,7 +53,8 @@ def photo_outputs(model: Any, num_classes: int, size: int, batch_size: int = 64)
 def stored_outputs(logits_layer: tuple[np.ndarray, np.ndarray], folder: Path, fallback: Outputs) -> Outputs:
     """(logits, embeddings) from an embed stage's stored centre-crop embeddings — the model's own logits layer
     (``logits_layer``: its kernel and bias) applied to them, which is what the whole network computes from those
-    photos (checked at training) — and through ``fallback`` for a frame holding a photo the folder lacks."""
+    photos (``composed_parity``, checked at export) — and through ``fallback`` for a frame holding a photo the
+    folder lacks."""
     from fungilib.artifacts.embeddings import load_embeddings
 
     stored = load_embeddings(folder)
