@@ -89,7 +89,7 @@ def train_on_embeddings(params: TrainParams, run: TrainedRun) -> TrainResult:
 
     emb = load_embeddings(Path(params.dataset.embeddings))
     check_embeddings(emb, params)
-    manifest, labels = load_manifest(params.dataset.manifest)
+    _, labels = load_manifest(params.dataset.manifest)
     n, d, fit = len(labels), params.dataset, params.fit
     write_params(run.folder / RUN_PARAMS, params)
     run.write_inputs(labels, preprocessing_spec(params))

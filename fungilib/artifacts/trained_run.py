@@ -210,7 +210,8 @@ class TrainedRun:
         head = self.head_logits()
         if head is None:
             raise FungilibError(f"{self.head_logits_file}: not readable; train the run again")
-        model_params, image_size = self.summary().params["model"], int(self.summary().params["dataset"]["image_size"])
+        params = self.summary().params
+        model_params, image_size = params["model"], int(params["dataset"]["image_size"])
         model, _ = build_classifier(model_params["base"], model_params["weights"], image_size, int(head[0].shape[-1]),
                                     float(model_params["dropout"]), bn_inference=model_params["weights"] != "none")
         model.get_layer("logits").set_weights(list(head))
