@@ -15,6 +15,7 @@ from fungilib.artifacts.trained_run import TrainedRun
 from fungilib.data_version import content_key, source_version
 from fungilib.errors import FungilibError
 from fungilib.fsutil import PROJECT_ROOT
+from fungilib.kernel_pool import start_pool
 from fungilib.params import deep_merge, read_yaml
 from fungilib.run_execution import StageRun, execute
 from fungilib.sample import ARCHIVE_NAME, DEFAULT_OBSERVATIONS, DEFAULT_PORT, SPEC_FILE, ensure_sample
@@ -104,6 +105,7 @@ def run_demo(root: Path, observations: int = DEFAULT_OBSERVATIONS, port: int = D
              sweep_file: Path | None = None) -> DemoResult:
     """Generate the sample under ``root/sample`` (once) and execute the stage notebooks into ``root/<stage>/``."""
     root = Path(root).resolve()
+    start_pool()  # the stages' kernels (and the sweep's) are forks of one warm zygote
     record = root / "sample" / SPEC_FILE
     drawn = record.read_text() if record.exists() else None
     ensure_sample(root / "sample", observations=observations, base_url=f"http://127.0.0.1:{port}")

@@ -12,6 +12,7 @@ from typing import Any
 import papermill as pm
 
 from fungilib.errors import FungilibError
+from fungilib.kernel_pool import ensure_zygote
 
 KERNEL_NAME = "fungilib"  # the project's kernel: executed notebooks name it, JupyterLab opens them with it
 KERNEL_DISPLAY_NAME = "Python (fungilib)"
@@ -25,6 +26,7 @@ class NotebookRun:
     seconds: float
     ok: bool
     error: str = ""
+    kernel: str = "cold"  # "warm": forked from the pool's zygote (fungilib.kernel_pool), else started afresh
 
 
 def notebook_parameters(notebook: Path) -> dict[str, Any]:
@@ -48,6 +50,9 @@ def check_parameters(notebook: Path, parameters: dict[str, Any], source: str = "
 # file-descriptor output to its own stderr (the terminal or log of whoever runs it); Python's stderr (warnings,
 # progress bars) still appears in the notebook.
 KERNEL_ARGS = ["--IPKernelApp.capture_fd_output=False"]
+# The spec runs the project's launcher: a fork of a warm zygote when the runner keeps one (fungilib.kernel_pool),
+# else exactly ``python -m ipykernel_launcher`` (JupyterLab, nbval).
+KERNEL_LAUNCHER = ["-m", "fungilib.kernel_launcher"]
 
 
 def ensure_kernel(force: bool = False) -> str:
@@ -59,7 +64,7 @@ def ensure_kernel(force: bool = False) -> str:
 
     try:
         spec = KernelSpecManager().get_kernel_spec(KERNEL_NAME)
-        if not force and spec.argv[-len(KERNEL_ARGS):] == KERNEL_ARGS:
+        if not force and spec.argv[-len(KERNEL_ARGS):] == KERNEL_ARGS and KERNEL_LAUNCHER[1] in spec.argv:
             return KERNEL_NAME
     except NoSuchKernel:
         pass
@@ -68,7 +73,9 @@ def ensure_kernel(force: bool = False) -> str:
     folder = Path(install(kernel_name=KERNEL_NAME, display_name=KERNEL_DISPLAY_NAME, prefix=sys.prefix))
     spec_file = folder / "kernel.json"
     data = json.loads(spec_file.read_text())
-    data["argv"] = [a for a in data["argv"] if a not in KERNEL_ARGS] + KERNEL_ARGS
+    argv = [a for a in data["argv"] if a not in KERNEL_ARGS]
+    at = argv.index("ipykernel_launcher") - 1  # ipykernel writes [python, (-X…,) -m, ipykernel_launcher, -f, …]
+    data["argv"] = [*argv[:at], *KERNEL_LAUNCHER, *argv[at + 2:], *KERNEL_ARGS]
     spec_file.write_text(json.dumps(data, indent=1))
     return KERNEL_NAME
 
@@ -96,11 +103,15 @@ def run_notebook(notebook: Path, output: Path, parameters: dict[str, Any], sourc
     output.parent.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the kernel inherits it: no TensorFlow start-up chatter
     start = time.perf_counter()
+    kernel_name = kernel_name or ensure_kernel()
+    # In a process tree that keeps warm kernels (a sweep, the demo, the tests), the heavy imports are done once
+    # and each kernel is a fresh fork of them; else the kernel starts cold.
+    kernel = "warm" if kernel_name == KERNEL_NAME and ensure_zygote() is not None else "cold"
     try:
         for attempt in range(1, KERNEL_START_TRIES + 1):
             try:
                 pm.execute_notebook(str(notebook), str(output), parameters=parameters, cwd=str(notebook.parent),
-                                    progress_bar=False, kernel_name=kernel_name or ensure_kernel(), log_output=False)
+                                    progress_bar=False, kernel_name=kernel_name, log_output=False)
                 break
             except RuntimeError as exc:
                 if not _kernel_died_starting(exc) or attempt == KERNEL_START_TRIES:
@@ -109,8 +120,8 @@ def run_notebook(notebook: Path, output: Path, parameters: dict[str, Any], sourc
                       f"{KERNEL_START_TRIES}); starting another", file=sys.stderr, flush=True)
     except pm.PapermillExecutionError as exc:
         run = NotebookRun(notebook, output, parameters, time.perf_counter() - start, False,
-                          f"{exc.ename}: {exc.evalue}".splitlines()[0])
+                          f"{exc.ename}: {exc.evalue}".splitlines()[0], kernel)
         if raise_on_error:
             raise FungilibError(f"{notebook.name} failed ({run.error}); the executed notebook is {output}") from None
         return run
-    return NotebookRun(notebook, output, parameters, round(time.perf_counter() - start, 1), True)
+    return NotebookRun(notebook, output, parameters, round(time.perf_counter() - start, 1), True, kernel=kernel)

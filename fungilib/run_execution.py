@@ -98,6 +98,7 @@ def _execute_claimed(run: StageRun, threads: int) -> dict[str, Any]:
     try:
         result = run_notebook(notebook, folder / notebook.name, run.parameters, raise_on_error=False)
         ok, error = result.ok, result.error
+        status["kernel"] = result.kernel
     except Exception as exc:  # a kernel that died, a notebook that cannot start: recorded, not raised
         ok, error = False, f"{type(exc).__name__}: {exc}".splitlines()[0]
         traceback.print_exc()

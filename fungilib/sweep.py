@@ -15,6 +15,7 @@ from fungilib.artifacts.run_record import ACTIVE, FINISHED, RunState, read_statu
 from fungilib.dask_cluster import check_scheduler
 from fungilib.errors import FungilibError
 from fungilib.executors import RunPlacement, submit_all
+from fungilib.kernel_pool import start_pool
 from fungilib.run_execution import execute, now
 from fungilib.sample_server import serving
 from fungilib.search import run_optuna
@@ -53,6 +54,7 @@ def run_sweep(path: Path, runs_root: Path = Path("runs"), workers: int = 0, sche
         check_scheduler(scheduler)
     place = RunPlacement(workers, scheduler, local_cluster, list(gpus or []), runs_per_gpu, gpu_resource)
     sweep = load_sweep(path)
+    start_pool()  # every run's kernel a fork of one warm zygote (before any Dask worker starts: they inherit it)
     prepare_source(sweep, runs_root)
     shared, per_run = plan(sweep, runs_root)
     executed: list[dict[str, Any]] = []

@@ -16,6 +16,7 @@ from fungilib.clean import CleanParams, CleanResult, clean_dataset
 from fungilib.download import DownloadParams, DownloadResult, download_images
 from fungilib.fsutil import PROJECT_ROOT
 from fungilib.ingest import IngestParams, IngestResult, ingest
+from fungilib.kernel_pool import start_pool
 from fungilib.sample import Sample, SampleSpec, generate_sample
 from fungilib.sample_server import SampleServer
 
@@ -27,6 +28,13 @@ SCRATCH_SETS = [x for key, value in SCRATCH_MODEL.items() for x in ("--set", f"m
 collect_ignore_glob = ["notebooks/*.ipynb"]  # fixture notebooks (one fails on purpose), not tests
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def warm_kernels() -> None:
+    """Every notebook the tests execute (here or in a CLI they run) gets a fork of one warm zygote: TensorFlow,
+    Keras, pandas and plotting imported once per test process, not once per notebook (fungilib.kernel_pool)."""
+    start_pool()
 
 
 @dataclass

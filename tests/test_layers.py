@@ -26,7 +26,8 @@ STAGES = {
 }
 # Orchestration: the only modules that know several stages.
 ORCHESTRATION = {"cli", "composed", "demo", "executors", "notebooks", "run_execution", "runs_index", "search",
-                 "stages", "sweep", "sweep_file", "sweep_plan", "compare"}
+                 "stages", "sweep", "sweep_file", "sweep_plan", "compare", "kernel_pool", "kernel_zygote",
+                 "kernel_launcher"}
 STAGE_MODULES = {m for modules in STAGES.values() for m in modules}
 
 
