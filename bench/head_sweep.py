@@ -11,9 +11,12 @@ ImageNet weights), same 128 px, one run at a time. Reports wall time end to end 
 pick. Data: the real four-species mushrooms of ../shared/data/images (import-folder, seed 0; the manifest
 bench/real_photos.py made, or made here).
 
-Usage: .venv/bin/python bench/head_sweep.py [--set mushrooms] [--only a|b] [--points 20] [--workers 1]
+Usage: .venv/bin/python bench/head_sweep.py [--set mushrooms] [--only a|b] [--points 20] [--workers 1] [--cold]
 ``--workers 2`` runs two sweep runs at a time (`fungilib sweep --workers`); its results go under the way's name
-with ``_workers2`` appended, beside the one-worker figures.
+with ``_workers2`` appended, beside the one-worker figures. Every run's kernel is a fork of the sweep's warm
+zygote (fungilib.kernel_pool); ``--cold`` starts each kernel afresh (``FUNGILIB_WARM_KERNELS=0``, as before
+2026-12-05's third session): results under the way's name with ``_cold`` appended. Each sweep starts from nothing
+(its runs folder is removed first).
 Writes bench/results/head_sweep.json.
 """
 
@@ -21,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -53,7 +58,7 @@ def _manifest(name: str) -> Path:
     return out
 
 
-def _sweep(way: str, name: str, manifest: Path, points: int, workers: int) -> tuple[dict, float]:
+def _sweep(way: str, name: str, manifest: Path, points: int, workers: int, cold: bool) -> tuple[dict, float]:
     grid = dict(GRID)
     if points < 20:
         grid["train.model.dropout"] = GRID["train.model.dropout"][: max(1, points // 4)]
@@ -65,9 +70,11 @@ def _sweep(way: str, name: str, manifest: Path, points: int, workers: int) -> tu
     path = WORK / f"{sweep['name']}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(sweep))
+    shutil.rmtree(WORK / "runs" / sweep["name"], ignore_errors=True)  # from nothing: the embedding is timed too
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "fungilib.cli", "sweep", str(path), "--runs-root",
-                           str(WORK / "runs"), "--workers", str(workers)], capture_output=True, text=True)
+                           str(WORK / "runs"), "--workers", str(workers)], capture_output=True, text=True,
+                          env={**os.environ, "FUNGILIB_WARM_KERNELS": "0" if cold else "1"})
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"sweep {way} failed:\n{done.stderr[-3000:]}")
@@ -84,7 +91,8 @@ def _runs(sweep: dict) -> list[dict]:
         params = yaml.safe_load((folder / "output" / "params.yaml").read_text())
         rows.append({"run": folder.name, "learning_rate": params["optimizer"]["learning_rate"],
                      "dropout": params["model"]["dropout"], "val_top1": metrics["val_top1"], "top1": metrics["top1"],
-                     "fit_seconds": summary["seconds"], "run_seconds": status.get("duration_s")})
+                     "fit_seconds": summary["seconds"], "run_seconds": status.get("duration_s"),
+                     "kernel": status.get("kernel", "cold")})
     return rows
 
 
@@ -99,6 +107,7 @@ def main() -> None:
     parser.add_argument("--only", default="", choices=["", "a", "b"])
     parser.add_argument("--points", type=int, default=20)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--cold", action="store_true", help="every kernel started afresh (no warm zygote)")
     args = parser.parse_args()
     if not SETS[args.set].is_dir():
         sys.exit(f"{SETS[args.set]} is absent: nothing to measure")
@@ -110,11 +119,11 @@ def main() -> None:
     for way in ("a", "b"):
         if args.only and way != args.only:
             continue
-        sweep, seconds = _sweep(way, args.set, manifest, args.points, args.workers)
+        sweep, seconds = _sweep(way, args.set, manifest, args.points, args.workers, args.cold)
         runs = _runs(sweep)
         best = max(runs, key=lambda r: r["val_top1"])
-        key = way + (f"_workers{args.workers}" if args.workers > 1 else "")
-        entry[key] = {"workers": args.workers,
+        key = way + (f"_workers{args.workers}" if args.workers > 1 else "") + ("_cold" if args.cold else "")
+        entry[key] = {"workers": args.workers, "kernels": sorted({r["kernel"] for r in runs}),
                       "how": "full training runs, frozen base" if way == "a" else "head runs on stored embeddings",
                       "points": len(runs), "wall_seconds": round(seconds, 1),
                       "embed_seconds": round(_embed_seconds(sweep), 1) if way == "b" else 0.0,

@@ -176,7 +176,9 @@ def test_a_gate_of_the_models_features_decides_alike_in_the_run_and_its_bundle_a
     photos = [Path(p) for p in shown["path"]]
     from_run, from_bundle = predict_files(photos, run), predict_files(photos, site)
     assert np.allclose([p.open_set_score for p in from_run], expected, atol=1e-4)  # the bank's own score
-    assert _same_decisions(from_run, from_bundle, threshold) >= len(photos) - 2
+    # a k=1 bank can give several photos one score, the median's: those within float noise of it are not compared
+    at_border = int(np.sum(np.abs(np.asarray(expected) - threshold) < BORDER))
+    assert _same_decisions(from_run, from_bundle, threshold) >= max(len(photos) - at_border, len(photos) // 2)
     assert 0 < sum(p.answer.rank == "unknown" for p in from_run) < len(photos)
     (run / "open_set_bank.npz").unlink()
     capfd.readouterr()
