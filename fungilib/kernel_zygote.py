@@ -181,10 +181,14 @@ def serve(path: Path, owner: int) -> None:
                     sys.stderr.flush()
                     pid = os.fork()
                     if pid == 0:
-                        _become_kernel(request, fds, [listener.fileno(), owner_fd, conn.fileno(), *children])
+                        others = [c.fileno() for _, c in children.values()]  # other kernels' launchers
+                        _become_kernel(request, fds, [listener.fileno(), owner_fd, conn.fileno(), *children, *others])
                     for fd in fds:
                         os.close(fd)
-                    conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+                    try:
+                        conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+                    except OSError:  # the launcher is gone already: its kernel follows it (launcher-watch)
+                        pass
                     children[os.pidfd_open(pid)] = (pid, conn)
                 else:
                     pid, conn = children.pop(item)

@@ -137,6 +137,7 @@ def test_training_sweep_on_a_dask_local_cluster_then_the_comparison_notebook(pip
     result = run_sweep(path, sweep_root, local_cluster=2)
     assert [s["state"] for s in result.statuses] == ["done", "done"]
     assert len({s["pid"] for s in result.statuses}) == 2  # two Dask worker processes
+    assert [s.get("kernel") for s in result.statuses] == ["warm", "warm"]  # the workers share the sweep's pool
     table = collect_runs(sweep_root, "dask")
     assert table["top1"].notna().all() and sorted(table["param.optimizer.learning_rate"]) == [0.001, 0.01]
     from fungilib.notebooks import run_notebook
