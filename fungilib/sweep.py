@@ -104,7 +104,7 @@ def run_sweep(path: Path, runs_root: Path = Path("runs"), workers: int = 0, sche
             trials = run_optuna(sweep, runs_root, stage_values(sweep, last, {}), outs, per_run[0].data, place,
                                 report)
             bar.close()
-            return SweepResult(sweep, trials, skipped, trials)
+            return SweepResult(sweep, [*executed, *trials], skipped, trials)  # the data stages it ran, then trials
         todo = [r for r in per_run if not r.done]
         skipped += len(per_run) - len(todo)
         bar.update(len(per_run) - len(todo))

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from fungilib.artifacts.dataset import has_manifest
-from fungilib.artifacts.run_record import OUTPUT_DIR, STAGES_DIR
+from fungilib.artifacts.run_record import OUTPUT_DIR, STAGES_DIR, RunState, read_status
 from fungilib.data_version import content_key, source_version
 from fungilib.fsutil import join_inside
 from fungilib.params import build_params, deep_merge
@@ -46,7 +46,7 @@ def plan(sweep: Sweep, runs_root: Path) -> tuple[list[StageRun], list[StageRun]]
             if name == "download" and sweep.sample_dir:  # the sweep serves the sample on loopback: allow it
                 values["allow_hosts"] = [*values.get("allow_hosts", []), f"127.0.0.1:{sweep.sample_port}"]
             key = content_key(name, values, input_key)
-            folder = root / STAGES_DIR / f"{name}-{key}"
+            folder = _finished_elsewhere(Path(runs_root), name, key) or root / STAGES_DIR / f"{name}-{key}"
             if i == len(sweep.pipeline) - 1:
                 run_id = content_key(sweep.name, [stage_values(sweep, s, overrides) for s in sweep.pipeline],
                                      input_key)[:10]
@@ -59,6 +59,16 @@ def plan(sweep: Sweep, runs_root: Path) -> tuple[list[StageRun], list[StageRun]]
             outs[name] = parameters["out"]
             input_key = key
     return list(shared.values()), per_run
+
+
+def _finished_elsewhere(runs_root: Path, name: str, key: str) -> Path | None:
+    """A data stage with this content key that another sweep under ``runs_root`` has finished: the same parameters
+    on the same input, so its output is this sweep's too (a second study of heads reuses the first's embeddings).
+    None when no sweep has finished it (this sweep then runs it in its own ``stages/`` folder)."""
+    for folder in sorted(Path(runs_root).glob(f"*/{STAGES_DIR}/{name}-{key}")):
+        if read_status(folder).get("state") == RunState.DONE:
+            return folder.resolve()
+    return None
 
 
 def stage_parameters(name: str, values: dict[str, Any], out: Path, outs: dict[str, str],

@@ -152,3 +152,38 @@ def test_a_sweep_shares_one_embed_stage_among_its_head_runs(pipeline, tmp_path: 
         assert json.loads((run.folder / "output" / "metrics.json").read_text())["val_top1"] > 0
     again = run_sweep(path, tmp_path / "runs", workers=1)
     assert again.executed == [] and again.skipped == 3  # a rerun: unchanged
+
+
+def test_an_optuna_study_of_heads_shares_the_embed_stage_too(pipeline, tmp_path: Path) -> None:  # noqa: ANN001
+    """`search: optuna` over head parameters on `[embed, train]`: one embed stage, every trial a head run on it (the
+    trial's run folder keeps the head alone), a second study over another parameter reuses the stored embeddings."""
+    from fungilib.sweep import run_sweep
+
+    def study(name: str, space: dict) -> Path:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({
+            "name": name, "manifest": str(pipeline.root / "clean"), "pipeline": ["embed", "train"],
+            "base": {"embed": {"image_size": 40, "batch_size": 32},
+                     "train": {"dataset": {"image_size": 40}, "model": {"freeze": "head_only"},
+                               "fit": {"epochs": 2}, "evaluate": False}},
+            "search": {"optuna": {"params": space, "n_trials": 2, "metric": "val_top1", "seed": 0}}}))
+        return path
+
+    runs = tmp_path / "runs"
+    first = run_sweep(study("lr", {"train.optimizer.learning_rate": {"loguniform": [0.001, 0.03]}}), runs, workers=1)
+    assert [s["stage"] for s in first.executed if s.get("stage") == "embed"] == ["embed"]
+    assert sorted(s["trial"] for s in first.statuses) == [0, 1]
+    for status in first.statuses:
+        folder = runs / "lr" / f"trial-{status['trial']:04d}" / "output"
+        params = yaml.safe_load((folder / "params.yaml").read_text())
+        assert params["dataset"]["embeddings"] and (folder / "head_logits.npz").exists()
+        assert not (folder / "model.keras").exists()
+    embeddings = Path(params["dataset"]["embeddings"])
+    stamp = (embeddings / "embeddings.npy").stat().st_mtime_ns
+    second = run_sweep(study("drop", {"train.model.dropout": {"uniform": [0.0, 0.5]}}), runs, workers=1)
+    assert [s for s in second.executed if s.get("stage") == "embed"] == []  # the first study's, reused
+    assert sorted(s["trial"] for s in second.statuses) == [0, 1]
+    for status in second.statuses:
+        folder = runs / "drop" / f"trial-{status['trial']:04d}" / "output"
+        assert Path(yaml.safe_load((folder / "params.yaml").read_text())["dataset"]["embeddings"]) == embeddings
+    assert (embeddings / "embeddings.npy").stat().st_mtime_ns == stamp and not (runs / "drop" / "stages").exists()
