@@ -58,13 +58,15 @@ def _manifest(name: str) -> Path:
     return out
 
 
-def _sweep(way: str, name: str, manifest: Path, points: int, workers: int, cold: bool) -> tuple[dict, float]:
+def _sweep(way: str, name: str, manifest: Path, points: int, workers: int, cold: bool,
+           views: int = 0) -> tuple[dict, float]:
     grid = dict(GRID)
     if points < 20:
         grid["train.model.dropout"] = GRID["train.model.dropout"][: max(1, points // 4)]
-    sweep = {"name": f"head-{way}-{name}" + (f"-w{workers}" if workers > 1 else ""), "manifest": str(manifest),
+    sweep = {"name": f"head-{way}-{name}" + (f"-w{workers}" if workers > 1 else "") + (f"-v{views}" if views else ""),
+             "manifest": str(manifest),
              "pipeline": ["train"] if way == "a" else ["embed", "train"],
-             "base": {"train": COMMON, **({"embed": {"image_size": 128, "base": "EfficientNetLite0"}}
+             "base": {"train": COMMON, **({"embed": {"image_size": 128, "base": "EfficientNetLite0", "views": views}}
                                           if way == "b" else {})},
              "search": {"grid": grid}}
     path = WORK / f"{sweep['name']}.yaml"
@@ -108,6 +110,8 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=20)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--cold", action="store_true", help="every kernel started afresh (no warm zygote)")
+    parser.add_argument("--views", type=int, default=0, help="(b) augmented views per training photo, as (a)'s "
+                        "augmentation sees them; results under b_views<K>")
     args = parser.parse_args()
     if not SETS[args.set].is_dir():
         sys.exit(f"{SETS[args.set]} is absent: nothing to measure")
@@ -119,10 +123,12 @@ def main() -> None:
     for way in ("a", "b"):
         if args.only and way != args.only:
             continue
-        sweep, seconds = _sweep(way, args.set, manifest, args.points, args.workers, args.cold)
+        sweep, seconds = _sweep(way, args.set, manifest, args.points, args.workers, args.cold,
+                                args.views if way == "b" else 0)
         runs = _runs(sweep)
         best = max(runs, key=lambda r: r["val_top1"])
-        key = way + (f"_workers{args.workers}" if args.workers > 1 else "") + ("_cold" if args.cold else "")
+        key = (way + (f"_workers{args.workers}" if args.workers > 1 else "") + ("_cold" if args.cold else "")
+               + (f"_views{args.views}" if way == "b" and args.views else ""))
         entry[key] = {"workers": args.workers, "kernels": sorted({r["kernel"] for r in runs}),
                       "how": "full training runs, frozen base" if way == "a" else "head runs on stored embeddings",
                       "points": len(runs), "wall_seconds": round(seconds, 1),

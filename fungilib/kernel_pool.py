@@ -2,10 +2,12 @@
 
 Every executed notebook used to pay ~5 s before its first line of work (a new Python, then TensorFlow, Keras,
 pandas and matplotlib imported again); for a head run on stored embeddings that is more than its whole fit.
-``ensure_zygote`` (called by ``run_notebook``) starts, once per process tree and import environment, a zygote
+``start_pool`` (a sweep, the demo, the test session: whoever runs many notebooks) makes a pool for its process
+tree; ``ensure_zygote`` (called by ``run_notebook`` in that tree) starts, once per import environment, a zygote
 (``fungilib.kernel_zygote``) that does those imports once; the project's kernel spec (``fungilib.kernel_launcher``)
 then forks each kernel from it. Child processes (a CLI run by a test, Dask workers on this machine) inherit the
 pool through ``FUNGILIB_KERNEL_POOL`` and use the same zygotes. Zygotes end with the process that made the pool.
+Without a pool (one notebook run from the shell) kernels start cold: a zygote would not pay for itself.
 
 ``FUNGILIB_WARM_KERNELS=0`` turns it off: every kernel starts cold, exactly as before.
 """
@@ -98,9 +100,22 @@ def ensure_zygote() -> Path | None:
         path = zygote_socket(pool, signature)
         with open(pool / f"{signature}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # another process of the tree may be starting this zygote
-            if path.exists():
+            if path.exists() and _listening(path):
                 return path
+            path.unlink(missing_ok=True)  # a zygote that was killed leaves its socket behind
             return _start_zygote(path, _owner(pool))
+
+
+def _listening(path: Path) -> bool:
+    """Whether a zygote answers on ``path`` (it reads the empty request of this probe and drops it)."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 def _start_zygote(path: Path, owner: int) -> Path | None:

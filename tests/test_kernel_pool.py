@@ -123,3 +123,17 @@ def test_the_zygote_preloads_what_the_stage_notebooks_import() -> None:
 def test_the_session_keeps_one_pool() -> None:
     pool = active_pool()
     assert pool is not None and os.environ[POOL_ENV] == str(pool)
+
+
+def test_a_killed_zygote_is_started_again(tmp_path: Path) -> None:
+    """Its socket left behind answers nobody: the next run starts a new zygote rather than going cold unawares."""
+    path = start_pool()
+    assert path is not None
+    zygote = next(int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _is_zygote_of(p, path))
+    watch = os.pidfd_open(zygote)
+    os.kill(zygote, signal.SIGKILL)
+    assert select.select([watch], [], [], 30)[0]
+    os.close(watch)
+    assert path.exists()  # SIGKILL: no clean-up
+    run = run_notebook(TINY, tmp_path / "after.ipynb", {"seed": 0})
+    assert run.kernel == "warm" and _printed(run.output)[0]["kernel"] == "warm"
