@@ -96,7 +96,9 @@ def main(argv: list[str]) -> None:
     except OSError:  # no zygote for this environment (or it has gone): a cold kernel, as without a pool
         conn.close()
         _cold(argv)
-    request = {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "launcher": os.getpid()}
+    umask = os.umask(0o022)
+    os.umask(umask)
+    request = {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "umask": umask, "launcher": os.getpid()}
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     socket.send_fds(conn, [json.dumps(request).encode() + b"\n"], [0, 1, 2])

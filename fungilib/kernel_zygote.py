@@ -102,15 +102,15 @@ def _become_kernel(request: dict[str, Any], fds: list[int], keep_closed: list[in
     code = 1
     try:
         os.setsid()
-        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD, signal.SIGPIPE):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for sig, handler in _FRESH_HANDLERS.items():  # as a new Python has them (SIGPIPE ignored: EPIPE raises)
+            signal.signal(sig, handler)
         for fd in keep_closed:
             os.close(fd)
         for target, fd in enumerate(fds[:3]):
             os.dup2(fd, target)
             os.close(fd)
         os.chdir(request["cwd"])
+        os.umask(int(request.get("umask", 0o022)))
         os.environ.clear()
         os.environ.update(request["env"])
         os.environ[WARM_MARK_ENV] = "warm"
@@ -142,6 +142,12 @@ def _become_kernel(request: dict[str, Any], fds: list[int], keep_closed: list[in
             except Exception:  # noqa: BLE001
                 pass
         os._exit(code)
+
+
+def _describe(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit {os.waitstatus_to_exitcode(status)}"
 
 
 def _read_request(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
@@ -194,6 +200,8 @@ def serve(path: Path, owner: int) -> None:
                     pid, conn = children.pop(item)
                     os.close(item)
                     _, status = os.waitpid(pid, 0)
+                    if status:  # the zygote's log (in the pool folder) keeps how a kernel ended, if not cleanly
+                        print(f"kernel {pid} ended: {_describe(status)}", file=sys.stderr, flush=True)
                     try:
                         conn.sendall(json.dumps({"status": status}).encode() + b"\n")
                     except OSError:
@@ -204,8 +212,13 @@ def serve(path: Path, owner: int) -> None:
         path.unlink(missing_ok=True)
 
 
+# The handlers of a fresh interpreter for the signals the zygote handles itself; a kernel gets them back.
+_FRESH_HANDLERS: dict[int, Any] = {}
+
+
 def main(argv: list[str]) -> None:
     path, owner, notebooks = Path(argv[0]), int(argv[1]), Path(argv[2])
+    _FRESH_HANDLERS.update({sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGPIPE)})
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     preload([*HEAVY_MODULES, *(m for m in notebook_imports(notebooks) if m.split(".")[0] != "fungilib")])
     if tensorflow_runtime_started():

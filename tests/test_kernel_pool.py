@@ -44,7 +44,7 @@ def test_a_warm_kernel_trains_to_the_same_bits_as_a_cold_one(tmp_path: Path, mon
     (w0, fig0), (w1, _), (c, figc) = (_printed(r.output) for r in (*warm, cold))
     assert w0["kernel"] == w1["kernel"] == "warm" and c["kernel"] == "cold"
     assert w0["loss"] == w1["loss"] == c["loss"] and w0["weights"] == c["weights"]
-    for key in ("cwd", "path0", "argv0", "main", "rc"):
+    for key in ("cwd", "path0", "argv0", "main", "rc", "signals", "umask"):
         assert w0[key] == c[key], key
     assert w0["cwd"] == str(TINY.parent)
     assert "image/png" in fig0 and "image/png" in figc
