@@ -2,7 +2,7 @@
 
 The kernel spec ``fungilib`` runs ``python -m fungilib.kernel_launcher -f CONNECTION_FILE …``. When the process
 that asked for the kernel keeps a pool of warm zygotes (``fungilib.kernel_pool``: TensorFlow, Keras, pandas,
-plotting and the stage modules imported once), this launcher hands its connection file, working folder,
+plotting and the other third-party libraries imported once), this launcher hands its connection file, working folder,
 environment and standard streams to the zygote serving this *import environment*, which forks a kernel for it; the
 launcher then stands in for that kernel towards jupyter_client: it forwards signals (interrupt, terminate) and exits
 as the kernel does. Without a pool, or with ``FUNGILIB_WARM_KERNELS=0``, it becomes ``python -m ipykernel_launcher``
@@ -119,9 +119,10 @@ def main(argv: list[str]) -> None:
         signal.signal(sig, forward)
     # A cold kernel ends when the process that started it dies (ipykernel's parent poller); so does a warm one.
     watched = [conn]
-    if os.environ.get("JPY_PARENT_PID", "0").isdigit() and int(os.environ.get("JPY_PARENT_PID", "0")) > 1:
+    parent = os.environ.get("JPY_PARENT_PID", "0")
+    if parent.isdigit() and int(parent) > 1:
         try:
-            watched.append(os.pidfd_open(int(os.environ["JPY_PARENT_PID"])))
+            watched.append(os.pidfd_open(int(parent)))
         except OSError:
             pass
     ready, _, _ = select.select(watched, [], []) if not replies.pending() else ([conn], [], [])

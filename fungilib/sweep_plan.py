@@ -46,11 +46,14 @@ def plan(sweep: Sweep, runs_root: Path) -> tuple[list[StageRun], list[StageRun]]
             if name == "download" and sweep.sample_dir:  # the sweep serves the sample on loopback: allow it
                 values["allow_hosts"] = [*values.get("allow_hosts", []), f"127.0.0.1:{sweep.sample_port}"]
             key = content_key(name, values, input_key)
-            folder = _finished_elsewhere(Path(runs_root), name, key) or root / STAGES_DIR / f"{name}-{key}"
             if i == len(sweep.pipeline) - 1:
                 run_id = content_key(sweep.name, [stage_values(sweep, s, overrides) for s in sweep.pipeline],
                                      input_key)[:10]
                 folder = root / run_id
+            elif key in shared:  # another grid point's: planned already
+                folder = shared[key].folder
+            else:
+                folder = _finished_elsewhere(Path(runs_root), name, key) or root / STAGES_DIR / f"{name}-{key}"
             parameters = stage_parameters(name, values, folder / OUTPUT_DIR, outs)
             if i == len(sweep.pipeline) - 1:
                 per_run.append(StageRun(name, key, folder, parameters, run_id, data))
